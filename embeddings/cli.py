@@ -1,0 +1,224 @@
+"""``lst-embeddings``: the command line. It only parses arguments and wires the stages together."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from embeddings.contract import ContractError
+
+SPLITS = ("auto", "temporal", "leave-last-out")
+
+
+def _split(args: argparse.Namespace):
+    from embeddings.data import load_data
+    from embeddings.split import leave_last_out, temporal_split
+
+    events, listings = load_data(args.data)
+    protocol = args.split
+    if protocol == "auto":
+        protocol = "temporal" if listings is not None else "leave-last-out"
+    if protocol == "temporal":
+        cutoff = pd.Timestamp(args.cutoff) if args.cutoff else None
+        return temporal_split(events, listings, cutoff), listings
+    return leave_last_out(events, listings), listings
+
+
+def _sasrec_options(args: argparse.Namespace):
+    from embeddings.train import TrainConfig
+
+    model = {
+        "item_encoder": args.item_encoder,
+        "max_len": args.max_len,
+        "dim": args.dim,
+        "n_blocks": args.blocks,
+        "n_heads": args.heads,
+        "dropout": args.dropout,
+        "frozen_linear": args.frozen_linear,
+    }
+    train = TrainConfig(
+        epochs=args.epochs if args.epochs is not None else TrainConfig.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        loss=args.loss,
+        n_negatives=args.negatives,
+        patience=args.patience,
+        seed=args.seed,
+        bf16=not args.fp32,
+        time_budget_s=args.time_budget,
+    )
+    return model, train
+
+
+def _print_table(rows: list[dict], keys: list[str]) -> None:
+    cols = ["model"] + keys
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(cols, widths, strict=True)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
+    return "-" if v is None else str(v)
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from embeddings.synthetic import WeekConfig, write_week
+
+    paths = write_week(WeekConfig(args.users, args.listings, args.days, args.seed), args.out)
+    for name, path in paths.items():
+        print(f"{name:9s} {path}  ({len(pd.read_parquet(path)):,} rows)")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from embeddings.data import load_data
+
+    events, listings = load_data(args.data)
+    print(
+        f"events   {len(events):,} rows, {events['user_id'].nunique():,} users, {events['item_id'].nunique():,} items"
+    )
+    print(f"         {events['event_timestamp'].min()} .. {events['event_timestamp'].max()}")
+    print("         " + ", ".join(f"{k}={v:,}" for k, v in events["event_type"].value_counts().items()))
+    if listings is not None:
+        print(
+            f"listings {len(listings):,} versions of {listings['item_id'].nunique():,} listings, "
+            f"{listings['city'].nunique()} cities; contract OK"
+        )
+    return 0
+
+
+def _fit_and_evaluate(args: argparse.Namespace, split, listings, model_name: str, checkpoint_dir=None):
+    from embeddings.evaluate import evaluate
+    from embeddings.models.lightfm_model import LightFMConfig
+    from embeddings.zoo import make_model
+
+    sasrec, train = _sasrec_options(args)
+    lightfm = LightFMConfig(factors=args.factors, epochs=args.epochs or LightFMConfig.epochs, seed=args.seed)
+    model = make_model(
+        model_name, split, listings, lightfm=lightfm, sasrec=sasrec, train=train, checkpoint_dir=checkpoint_dir
+    )
+    start = time.perf_counter()
+    model.fit(split)
+    fit_s = time.perf_counter() - start
+    metrics = evaluate(model, split.test, ks=args.k, exclude_seen=not args.keep_seen, sampled=args.sampled)
+    return model, {"model": model.name, "protocol": split.protocol, "fit_seconds": fit_s, **metrics}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from embeddings.evaluate import evaluate
+
+    split, listings = _split(args)
+    print(
+        f"{split.protocol} split: {split.n_users:,} users, {split.n_items:,} items, {len(split.test):,} test cases",
+        file=sys.stderr,
+    )
+    rows = []
+    for name in args.model:
+        if name == "sasrec" and args.checkpoint:
+            from embeddings.train import SASRecRecommender
+
+            model = SASRecRecommender.load(args.checkpoint)
+            if list(model.item_ids) != list(split.item_ids):
+                raise SystemExit(f"{args.checkpoint}: its item vocabulary does not match the data's catalogue")
+            metrics = evaluate(model, split.test, ks=args.k, exclude_seen=not args.keep_seen, sampled=args.sampled)
+            rows.append({"model": model.name, "protocol": split.protocol, **metrics})
+        else:
+            rows.append(_fit_and_evaluate(args, split, listings, name)[1])
+    keys = [k for k in rows[0] if k.startswith(("hr@", "ndcg@", "cold_hr", "warm_hr", "sampled100_"))] + ["fit_seconds"]
+    _print_table(rows, keys)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    split, listings = _split(args)
+    model, metrics = _fit_and_evaluate(args, split, listings, "sasrec", checkpoint_dir=args.out)
+    out = Path(args.out)
+    model.save(out / "model.pt", metrics={"test": metrics, "best": model.best, "history": model.history})
+    (out / "metrics.json").write_text(json.dumps({"test": metrics, "best": model.best}, indent=2))
+    keys = [k for k in metrics if k.startswith(("hr@", "ndcg@", "cold_hr", "warm_hr"))] + ["fit_seconds"]
+    _print_table([metrics], keys)
+    print(f"model     {out / 'model.pt'}")
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="folder with listings.parquet + events.parquet, or a user-item .txt")
+    p.add_argument("--split", choices=SPLITS, default="auto", help="auto: temporal with listings, else leave-last-out")
+    p.add_argument("--cutoff", help="temporal split cut-off (UTC); default: midnight before the last event")
+    p.add_argument("--k", type=int, nargs="+", default=[10])
+    p.add_argument("--keep-seen", action="store_true", help="rank items the user already saw too")
+    p.add_argument("--sampled", action="store_true", help="also report the sampled 100-negative variant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="training epochs (LightFM default 30, SASRec 200 with early stopping)")
+    p.add_argument("--factors", type=int, default=64, help="LightFM factors")
+    g = p.add_argument_group("SASRec")
+    g.add_argument("--item-encoder", choices=("id", "lst-frozen", "hybrid"), default="id")
+    g.add_argument(
+        "--frozen-linear", action="store_true", help="lst-frozen: one shared trainable map over frozen vectors"
+    )
+    g.add_argument("--max-len", type=int, default=200)
+    g.add_argument("--dim", type=int, default=64)
+    g.add_argument("--blocks", type=int, default=2)
+    g.add_argument("--heads", type=int, default=1)
+    g.add_argument("--dropout", type=float, default=0.2)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--loss", choices=("softmax", "sampled"), default="softmax")
+    g.add_argument("--negatives", type=int, default=256, help="negatives per batch for --loss sampled")
+    g.add_argument("--patience", type=int, default=10)
+    g.add_argument("--time-budget", type=float, help="stop training after this many seconds")
+    g.add_argument("--fp32", action="store_true", help="no bfloat16 autocast")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lst-embeddings", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="write a synthetic week (listings, events, labels)")
+    p.add_argument("--users", type=int, default=5000)
+    p.add_argument("--listings", type=int, default=6000)
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("check-data", help="load a data folder or file through the data contract")
+    p.add_argument("--data", required=True)
+    p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser("evaluate", help="fit models on a split and report HR@K / NDCG@K")
+    p.add_argument("--model", nargs="+", default=["lightfm"], choices=("popular", "lightfm", "lightfm+lst", "sasrec"))
+    p.add_argument("--checkpoint", help="sasrec: evaluate this trained model instead of training one")
+    p.add_argument("--json", help="write the metrics here as JSON (flat keys such as hr@10)")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train SASRec, keep checkpoints (resumes an interrupted run), report test metrics")
+    p.add_argument("--out", required=True, help="folder for last.pt, best.pt, model.pt, metrics.json")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ContractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""One evaluation loop for every model: score in batches, rank, summarise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from embeddings.metrics import sampled_ranks, summarize, target_ranks
+from embeddings.models.base import Recommender
+from embeddings.split import EvalCases
+
+
+def rank_cases(
+    model: Recommender, cases: EvalCases, exclude_seen: bool = True, batch_size: int = 1024, sampled: bool = False
+) -> np.ndarray:
+    """0-based rank of each case's target (full catalogue, or 100 sampled negatives if ``sampled``)."""
+    ranks = np.empty(len(cases))
+    for start in range(0, len(cases), batch_size):
+        sl = slice(start, start + batch_size)
+        histories = cases.histories[sl]
+        scores = model.score(cases.users[sl], histories)
+        if sampled:
+            ranks[sl] = sampled_ranks(scores, cases.targets[sl], histories, seed=start)
+        else:
+            ranks[sl] = target_ranks(scores, cases.targets[sl], histories if exclude_seen else None)
+    return ranks
+
+
+def evaluate(
+    model: Recommender,
+    cases: EvalCases,
+    ks: Sequence[int] = (10,),
+    exclude_seen: bool = True,
+    sampled: bool = False,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Flat metrics: ``hr@K``, ``ndcg@K``, ``n_cases``; cold/warm breakdown when cold cases exist;
+    ``sampled100_hr@K`` etc. (old-paper protocol, clearly labelled) when ``sampled``."""
+    ranks = rank_cases(model, cases, exclude_seen, batch_size)
+    out: dict[str, float] = {"n_cases": float(len(cases)), **summarize(ranks, ks)}
+    if cases.cold.any():
+        out["n_cold_cases"] = float(cases.cold.sum())
+        out.update(summarize(ranks[cases.cold], ks, prefix="cold_"))
+        out.update(summarize(ranks[~cases.cold], ks, prefix="warm_"))
+    if sampled:
+        out.update(summarize(rank_cases(model, cases, batch_size=batch_size, sampled=True), ks, prefix="sampled100_"))
+    return out

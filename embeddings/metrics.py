@@ -1,0 +1,82 @@
+"""Ranking metrics: HR@K and NDCG@K over the full catalogue, and the sampled variant.
+
+``target_ranks`` gives the 0-based rank of each target among all items. Ties count against
+the target (a model that scores everything equal ranks the target last, not first), and a
+target the model cannot score (score ``-inf``, e.g. a listing an id model never saw) is a miss.
+Items in the user's history are excluded from ranking by default, as in the literature.
+
+The sampled variant (100 random negatives per case) exists only to compare with older papers
+that used it; its numbers are much higher and are always labelled ``sampled``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def mask_seen(scores: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+    """Set the score of every item in each row's history to -inf (in place) and return ``scores``."""
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    if len(rows):
+        scores[rows, np.concatenate(histories)] = -np.inf
+    return scores
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """0-based rank of each target in its row (pessimistic on ties); ``inf`` when unscorable.
+
+    Pass ``histories`` to exclude seen items; they must not contain the target.
+    """
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    if histories is not None:
+        mask_seen(scores, histories)
+    t = scores[np.arange(len(targets)), targets][:, None]
+    ranks = (scores > t).sum(1) + (scores == t).sum(1) - 1
+    return np.where(np.isfinite(t[:, 0]), ranks, np.inf).astype(np.float64)
+
+
+def sampled_ranks(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    histories: Sequence[np.ndarray],
+    n_negatives: int = 100,
+    seed: int = 0,
+) -> np.ndarray:
+    """Rank of each target among ``n_negatives`` items drawn uniformly from those the user has not seen."""
+    rng = np.random.default_rng(seed)
+    n_items = scores.shape[1]
+    ranks = np.empty(len(targets))
+    for i, (target, history) in enumerate(zip(targets, histories, strict=True)):
+        banned = np.zeros(n_items, bool)
+        banned[history] = True
+        banned[target] = True
+        pool = np.flatnonzero(~banned)
+        negatives = rng.choice(pool, size=min(n_negatives, len(pool)), replace=False)
+        t = scores[i, target]
+        neg = scores[i, negatives]
+        ranks[i] = (neg >= t).sum() if np.isfinite(t) else np.inf
+    return ranks
+
+
+def hit_rate(ranks: np.ndarray, k: int) -> float:
+    return float(np.mean(ranks < k)) if len(ranks) else float("nan")
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    """NDCG@K with one relevant item: 1 / log2(rank + 2) when rank < K, else 0."""
+    if not len(ranks):
+        return float("nan")
+    gains = np.zeros(len(ranks))
+    hit = ranks < k
+    gains[hit] = 1.0 / np.log2(ranks[hit] + 2.0)
+    return float(gains.mean())
+
+
+def summarize(ranks: np.ndarray, ks: Sequence[int] = (10,), prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"{prefix}hr@{k}"] = hit_rate(ranks, k)
+        out[f"{prefix}ndcg@{k}"] = ndcg(ranks, k)
+    return out

@@ -1,0 +1,31 @@
+import json
+
+from embeddings.cli import main
+
+
+def test_demo_data_then_evaluate_json(tmp_path, capsys):
+    data = tmp_path / "week"
+    assert main(["demo-data", "--users", "150", "--listings", "200", "--seed", "1", "--out", str(data)]) == 0
+    assert {p.name for p in data.iterdir()} == {"listings.parquet", "events.parquet", "labels.parquet"}
+    assert main(["check-data", "--data", str(data)]) == 0
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", "lightfm", "--data", str(data), "--epochs", "3", "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert {"hr@10", "ndcg@10", "n_cases", "fit_seconds"} <= set(metrics)
+    assert "hr@10" in capsys.readouterr().out
+
+
+def test_train_then_evaluate_checkpoint(tmp_path):
+    data = tmp_path / "week"
+    main(["demo-data", "--users", "150", "--listings", "200", "--seed", "2", "--out", str(data)])
+    model_dir = tmp_path / "sasrec"
+    args = ["--data", str(data), "--epochs", "2", "--max-len", "20", "--dim", "16", "--item-encoder", "hybrid"]
+    assert main(["train", "--out", str(model_dir), *args]) == 0
+    assert {"model.pt", "best.pt", "last.pt", "metrics.json"} <= {p.name for p in model_dir.iterdir()}
+    out = tmp_path / "eval.json"
+    assert (
+        main(["evaluate", "--model", "sasrec", "--checkpoint", str(model_dir / "model.pt"), *args, "--json", str(out)])
+        == 0
+    )
+    trained = json.loads((model_dir / "metrics.json").read_text())["test"]
+    assert json.loads(out.read_text())["hr@10"] == trained["hr@10"]

@@ -1,0 +1,84 @@
+import pandas as pd
+import pytest
+
+from embeddings.cli import main
+from embeddings.contract import ContractError, load_dataset, write_parquet_atomic
+
+
+def _write(tmp_path, listings, events):
+    write_parquet_atomic(listings, tmp_path / "listings.parquet")
+    write_parquet_atomic(events, tmp_path / "events.parquet")
+    return tmp_path
+
+
+def _broken(tmp_path, tiny_week, fix_listings=None, fix_events=None):
+    listings, events, _ = tiny_week
+    listings, events = listings.copy(), events.copy()
+    if fix_listings:
+        listings = fix_listings(listings)
+    if fix_events:
+        events = fix_events(events)
+    return _write(tmp_path, listings, events)
+
+
+def _set(df, column, rows, value):
+    df[column] = df[column].astype(object)
+    df.loc[df.index[:rows], column] = value
+    return df
+
+
+CASES = {
+    "missing column": (None, lambda e: e.drop(columns="event_type"), "events.parquet", "event_type", "missing column"),
+    "null user_id": (None, lambda e: _set(e, "user_id", 3, None), "events.parquet", "user_id", "3 rows"),
+    "unknown item_id": (None, lambda e: _set(e, "item_id", 4, "NOPE"), "events.parquet", "item_id", "4 rows"),
+    "unparsable timestamp": (
+        None,
+        lambda e: e.assign(event_timestamp=e["event_timestamp"].astype(str).where(e.index >= 2, "yesterday-ish")),
+        "events.parquet",
+        "event_timestamp",
+        "2 rows",
+    ),
+    "wrong deal_type": (lambda x: _set(x, "deal_type", 5, "lease"), None, "listings.parquet", "deal_type", "5 rows"),
+    "negative price": (lambda x: _set(x, "price", 1, -10.0), None, "listings.parquet", "price", "1 row"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_broken_input_is_named_and_nothing_is_written(tmp_path, tiny_week, capsys, case):
+    fix_l, fix_e, file, column, count = CASES[case]
+    data = _broken(tmp_path / "data", tiny_week, fix_l, fix_e)
+    with pytest.raises(ContractError) as err:
+        load_dataset(data)
+    msg = str(err.value)
+    assert file in msg and f"'{column}'" in msg and count in msg
+    if case in ("unknown item_id", "wrong deal_type", "unparsable timestamp"):
+        assert "e.g." in msg  # a few examples are shown
+
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--data", str(data), "--model", "popular", "--json", str(out / "m.json")])
+    assert rc == 2
+    assert file in capsys.readouterr().err
+    assert not out.exists()
+    rc = main(["train", "--data", str(data), "--out", str(out / "model"), "--epochs", "1"])
+    assert rc == 2 and not out.exists()
+
+
+def test_valid_data_loads_with_contract_types(tiny_dir):
+    listings, events = load_dataset(tiny_dir)
+    assert str(events["event_timestamp"].dtype) == "datetime64[us, UTC]"
+    assert events["item_id"].isin(listings["item_id"]).all()
+    assert set(events["event_type"]) <= {"view", "favorite", "contact"}
+
+
+def test_naive_timestamps_are_taken_as_utc(tmp_path, tiny_week):
+    listings, events, _ = tiny_week
+    naive = events.assign(event_timestamp=events["event_timestamp"].dt.tz_convert(None))
+    _, loaded = load_dataset(_write(tmp_path, listings, naive))
+    pd.testing.assert_series_equal(loaded["event_timestamp"], events["event_timestamp"].astype("datetime64[us, UTC]"))
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    bad = pd.DataFrame({"a": [object()]})  # pyarrow cannot serialise this
+    with pytest.raises(Exception):  # noqa: B017 - any failure will do, what matters is what is left
+        write_parquet_atomic(bad, tmp_path / "x.parquet")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,152 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from embeddings.evaluate import evaluate
+from embeddings.features import listing_features
+from embeddings.losses import full_softmax_ce
+from embeddings.models.base import Popularity
+from embeddings.models.lightfm_model import LightFMConfig
+from embeddings.models.sasrec import SASRec, SASRecConfig
+from embeddings.split import temporal_split
+from embeddings.train import SASRecRecommender, TrainConfig, load_checkpoint
+from embeddings.zoo import make_model
+
+FAST = TrainConfig(epochs=3, batch_size=32, patience=10, bf16=False)
+
+
+@pytest.fixture(scope="module")
+def split(tiny_week):
+    listings, events, _ = tiny_week
+    return temporal_split(events, listings)
+
+
+@pytest.fixture(scope="module")
+def features(tiny_week, split):
+    return listing_features(tiny_week[0], split.item_ids, split.cutoff).smooth()[0]
+
+
+def test_sasrec_shapes_and_causality():
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=50, max_len=12, dim=16, n_blocks=2, n_heads=2)).eval()
+    tokens = torch.randint(1, 51, (3, 12))
+    hidden = model(tokens)
+    assert hidden.shape == (3, 12, 16) and model.logits(hidden).shape == (3, 12, 50)
+    changed = tokens.clone()
+    changed[:, 7] = (changed[:, 7] % 50) + 1
+    after = model(changed)
+    assert torch.equal(hidden[:, :7], after[:, :7])  # nothing before position 7 moves
+    assert not torch.allclose(hidden[:, 7:], after[:, 7:])
+
+
+def test_padding_does_not_change_real_positions():
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=20, max_len=10, dim=8)).eval()
+    short = torch.tensor([[3, 4, 5]])
+    padded = torch.tensor([[3, 4, 5, 0, 0, 0]])
+    assert torch.allclose(model(short)[0], model(padded)[0, :3], atol=1e-6)
+
+
+@pytest.mark.parametrize("low_precision", [False, True])
+def test_fused_softmax_matches_cross_entropy(low_precision):
+    torch.manual_seed(0)
+    h = torch.randn(37, 8, requires_grad=True)
+    e = torch.randn(11, 8, requires_grad=True)
+    y = torch.randint(0, 11, (37,))
+    unavailable = torch.zeros(11, dtype=torch.bool)
+    unavailable[[3, 5]] = True
+    y[y == 3], y[y == 5] = 0, 0
+    loss = full_softmax_ce(h, e, y, unavailable, low_precision=low_precision, chunk=10)
+    loss.backward()
+    h2, e2 = h.detach().clone().requires_grad_(), e.detach().clone().requires_grad_()
+    ref = F.cross_entropy((h2 @ e2.T).masked_fill(unavailable, float("-inf")), y)
+    ref.backward()
+    tol = 3e-2 if low_precision else 1e-5
+    assert loss.item() == pytest.approx(ref.item(), rel=tol)
+    assert torch.allclose(h.grad, h2.grad, atol=tol) and torch.allclose(e.grad, e2.grad, atol=tol)
+    assert torch.all(e.grad[[3, 5]] == 0)  # masked items get no gradient
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sampled"])
+def test_loss_falls_on_a_tiny_set(split, loss):
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=5e-3, loss=loss, n_negatives=32, patience=100, bf16=False)
+    model = SASRecRecommender({"max_len": 20, "dim": 32}, cfg).fit(split)
+    losses = [h["loss"] for h in model.history]
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_frozen_vectors_are_bit_identical_after_training(split, features):
+    model = SASRecRecommender({"item_encoder": "lst-frozen", "max_len": 20, "dim": 32}, FAST, features)
+    model.fit(split)
+    before = SASRec(model.model.cfg, torch.as_tensor(features)).items.frozen
+    assert torch.equal(model.model.items.frozen, before)
+    assert not model.model.items.frozen.requires_grad
+    assert all("frozen" not in n for n, _ in model.model.named_parameters())
+
+
+def test_cold_start_only_with_lst_features(split, features):
+    assert split.test.cold.any()
+    cold_items = split.test.targets[split.test.cold]
+    scores = {}
+    for enc in ("id", "hybrid", "lst-frozen"):
+        m = SASRecRecommender({"item_encoder": enc, "max_len": 20, "dim": 32}, FAST, features).fit(split)
+        scores[enc] = m.score(split.test.users[:5], split.test.histories[:5])
+    assert np.isneginf(scores["id"][:, cold_items]).all()
+    assert np.isfinite(scores["hybrid"][:, cold_items]).all()
+    assert np.isfinite(scores["lst-frozen"][:, cold_items]).all()
+
+
+def test_checkpoint_round_trip(tmp_path, split, features):
+    model = SASRecRecommender({"item_encoder": "hybrid", "max_len": 20, "dim": 32}, FAST, features).fit(split)
+    path = model.save(tmp_path / "m.pt", metrics={"note": "x"})
+    loaded = SASRecRecommender.load(path)
+    cases = split.test
+    assert np.array_equal(model.score(cases.users, cases.histories), loaded.score(cases.users, cases.histories))
+    assert loaded.metrics == {"note": "x"} and list(loaded.item_ids) == list(split.item_ids)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_checkpoint_cannot_execute_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format": "lst-embeddings/sasrec/1", "x": Evil()}))
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(path)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split):
+    cfg = TrainConfig(epochs=4, batch_size=32, patience=100, bf16=False, seed=1)
+    straight = SASRecRecommender({"max_len": 20, "dim": 16}, cfg, checkpoint_dir=tmp_path / "a").fit(split)
+
+    def interrupt(epoch, stats):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SASRecRecommender({"max_len": 20, "dim": 16}, cfg, checkpoint_dir=tmp_path / "b", on_epoch_end=interrupt).fit(
+            split
+        )
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
+    resumed = SASRecRecommender({"max_len": 20, "dim": 16}, cfg, checkpoint_dir=tmp_path / "b").fit(split)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_every_model_shares_the_evaluation(split, tiny_week):
+    listings = tiny_week[0]
+    results = {}
+    for name in ("popular", "lightfm", "lightfm+lst", "sasrec"):
+        model = make_model(name, split, listings, lightfm=LightFMConfig(epochs=5), train=FAST).fit(split)
+        scores = model.score(split.test.users[:4], split.test.histories[:4])
+        assert scores.shape == (4, split.n_items)
+        results[name] = evaluate(model, split.test)
+        assert 0.0 <= results[name]["hr@10"] <= 1.0 and "cold_hr@10" in results[name]
+    assert results["lightfm"]["cold_hr@10"] == 0.0  # no features: a listing never clicked cannot be scored
+    assert isinstance(make_model("popular", split, None), Popularity)

@@ -1,0 +1,88 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from embeddings.metrics import hit_rate, ndcg, sampled_ranks, target_ranks
+from embeddings.movielens import load_user_item_text
+from embeddings.split import leave_last_out, temporal_split
+
+T0 = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def _events(rows):
+    return pd.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "event_timestamp": [T0 + pd.Timedelta(hours=r[2]) for r in rows],
+            "event_type": "view",
+        }
+    )
+
+
+def test_ranks_hr_ndcg_by_hand():
+    scores = np.array([[0.9, 0.5, 0.1, 0.3], [0.2, 0.2, 0.8, 0.1], [0.0, 1.0, -np.inf, 2.0]])
+    ranks = target_ranks(scores, np.array([1, 1, 2]))
+    # row 0: one item above -> rank 1; row 1: item 2 above and a tie with item 0 -> rank 2 (ties count against)
+    assert ranks.tolist() == [1.0, 2.0, np.inf]
+    assert hit_rate(ranks, 2) == pytest.approx(1 / 3)
+    assert ndcg(ranks, 10) == pytest.approx((1 / np.log2(3) + 1 / np.log2(4)) / 3)
+    # excluding seen items: row 0 saw item 0, so the target moves to the top
+    ranks = target_ranks(scores, np.array([1, 1, 3]), [np.array([0]), np.array([], int), np.array([1])])
+    assert ranks.tolist() == [0.0, 2.0, 0.0]
+    assert ndcg(ranks, 1) == pytest.approx(2 / 3)
+
+
+def test_constant_scores_rank_last():
+    ranks = target_ranks(np.zeros((2, 5)), np.array([0, 4]))
+    assert ranks.tolist() == [4.0, 4.0]
+
+
+def test_sampled_ranks_are_among_negatives_only():
+    scores = np.tile(np.arange(300, dtype=float), (2, 1))
+    ranks = sampled_ranks(scores, np.array([299, 0]), [np.array([5]), np.array([], int)], n_negatives=100)
+    assert ranks[0] == 0 and ranks[1] == 100
+
+
+def test_leave_last_out_by_hand():
+    ev = _events(
+        [("a", "x", 1), ("a", "y", 2), ("a", "x", 3), ("a", "z", 4), ("a", "w", 5), ("b", "x", 1), ("b", "y", 2)]
+    )
+    s = leave_last_out(ev)
+    assert list(s.item_ids) == ["w", "x", "y", "z"]
+    assert list(s.user_ids) == ["a"] and s.meta["dropped_short_users"] == 1  # b has only 2 distinct items
+    assert s.train[0].tolist() == [1, 2]  # x, y (the repeated x is folded into its first click)
+    assert s.valid.targets.tolist() == [3] and s.test.targets.tolist() == [0]
+    assert s.test.histories[0].tolist() == [1, 2, 3]
+
+
+def test_temporal_split_by_hand():
+    ev = _events([("a", "x", 1), ("a", "y", 2), ("a", "x", 30), ("a", "z", 31), ("b", "z", 40), ("c", "y", 3)])
+    listings = pd.DataFrame({"item_id": ["x", "y", "z"], "created_at": [T0, T0, T0 + pd.Timedelta(hours=25)]})
+    s = temporal_split(ev, listings.assign(event_timestamp=listings["created_at"]), cutoff=T0 + pd.Timedelta(hours=24))
+    a = list(s.user_ids).index("a")
+    # a's first click after the cut-off is x, already seen: the test target is z, a new listing, and it is cold
+    assert s.test.users.tolist() == [a] and s.test.targets.tolist() == [2] and s.test.cold.tolist() == [True]
+    assert s.test.histories[0].tolist() == [0, 1]
+    assert s.train[a].tolist() == [0] and s.valid.targets.tolist() == [1]  # last pre-cut-off item validates
+    assert s.meta["test_users_without_history"] == 1  # b clicked only after the cut-off
+    assert s.available.tolist() == [True, True, False]
+
+
+def test_temporal_split_never_trains_on_the_future(tiny_week):
+    listings, events, _ = tiny_week
+    s = temporal_split(events, listings)
+    before = events[events["event_timestamp"] < s.cutoff]
+    index = pd.Index(s.item_ids)
+    for u, seq in enumerate(s.train):
+        allowed = set(index.get_indexer(before.loc[before["user_id"] == s.user_ids[u], "item_id"]))
+        assert set(seq.tolist()) <= allowed
+
+
+def test_user_item_text_loader(tmp_path):
+    path = tmp_path / "ml.txt"
+    path.write_text("1 10\n1 11\n2 10\n1 12\n")
+    ev = load_user_item_text(path)
+    assert ev.groupby("user_id")["item_id"].apply(list).to_dict() == {"1": ["10", "11", "12"], "2": ["10"]}
+    u1 = ev[ev["user_id"] == "1"]["event_timestamp"]
+    assert u1.is_monotonic_increasing and u1.is_unique
