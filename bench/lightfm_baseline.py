@@ -40,8 +40,13 @@ def main() -> None:
     args = p.parse_args()
     week = WeekConfig(users=1500, listings=2000) if args.quick else WeekConfig()
     listings, events, _ = generate_week(week)
-    rows = run(f"synthetic week ({week.users} users)", temporal_split(events, listings), listings,
-               ["popular", "lightfm", "lightfm+lst"], epochs=30)
+    rows = run(
+        f"synthetic week ({week.users} users)",
+        temporal_split(events, listings),
+        listings,
+        ["popular", "lightfm", "lightfm+lst"],
+        epochs=30,
+    )
     if not args.quick and Path(args.ml1m).exists():
         ev, _ = load_data(args.ml1m)
         rows += run("ML-1M", leave_last_out(ev), None, ["popular", "lightfm"], epochs=30)

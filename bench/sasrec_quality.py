@@ -64,9 +64,14 @@ def ml1m(path: str, quick: bool, budget_min: float) -> dict:
         if (epoch + 1) % 4 and not quick:
             return
         m = evaluate(model, split.test)
-        curve.append({"epoch": epoch + 1, "train_s": clock["train_s"], "test_hr@10": m["hr@10"], "test_ndcg@10": m["ndcg@10"]})
-        print(f"  epoch {epoch + 1:3d}  train {clock['train_s']:6.0f} s  test HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}",
-              flush=True)
+        curve.append(
+            {"epoch": epoch + 1, "train_s": clock["train_s"], "test_hr@10": m["hr@10"], "test_ndcg@10": m["ndcg@10"]}
+        )
+        print(
+            f"  epoch {epoch + 1:3d}  train {clock['train_s']:6.0f} s  "
+            f"test HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}",
+            flush=True,
+        )
         if clock["reached_0.30_s"] is None and m["hr@10"] >= 0.30:
             clock["reached_0.30_s"] = clock["train_s"]
 
@@ -131,17 +136,23 @@ def main() -> None:
     if not args.skip_week:
         print("synthetic week, temporal split")
         out["week"] = week(args.quick)
-        print(table(out["week"], ["model", "hr@10", "ndcg@10", "cold_hr@10", "warm_hr@10", "hr@10_over_lightfm", "fit_s"]))
+        print(
+            table(out["week"], ["model", "hr@10", "ndcg@10", "cold_hr@10", "warm_hr@10", "hr@10_over_lightfm", "fit_s"])
+        )
     if not args.skip_ml1m and Path(args.ml1m).exists():
         print("\nML-1M, leave-last-out, full ranking")
         r = out["ml1m"] = ml1m(args.ml1m, args.quick, args.budget_min)
-        rows = [{"model": "ours (SASRec, id)", "hr@10": r["hr@10"], "ndcg@10": r["ndcg@10"], "epoch_s": r["epoch_s_median"]}]
+        rows = [
+            {"model": "ours (SASRec, id)", "hr@10": r["hr@10"], "ndcg@10": r["ndcg@10"], "epoch_s": r["epoch_s_median"]}
+        ]
         rows += [{"model": k, "hr@10": v[0], "ndcg@10": v[1]} for k, v in PUBLISHED.items()]
         rows[-1]["epoch_s"] = RECTOOLS_EPOCH_S
         print(table(rows, ["model", "hr@10", "ndcg@10", "epoch_s"]))
-        print(f"epoch lower bound {r['epoch_s_lower_bound']:.1f} s (ratio {r['ratio_to_lower_bound']:.1f}x); "
-              f"{r['speedup_vs_rectools']:.1f}x faster per epoch than RecTools; "
-              f"HR@10 0.30 after {r['train_s_to_hr@10_0.30']} s of training")
+        print(
+            f"epoch lower bound {r['epoch_s_lower_bound']:.1f} s (ratio {r['ratio_to_lower_bound']:.1f}x); "
+            f"{r['speedup_vs_rectools']:.1f}x faster per epoch than RecTools; "
+            f"HR@10 0.30 after {r['train_s_to_hr@10_0.30']} s of training"
+        )
     print(f"\nwrote {write('sasrec_quality', out)}")
 
 

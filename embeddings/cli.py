@@ -49,7 +49,7 @@ def _sasrec_options(args: argparse.Namespace):
         n_negatives=args.negatives,
         patience=args.patience,
         seed=args.seed,
-        bf16=not args.fp32,
+        **({"bf16": False} if args.fp32 else {}),
         time_budget_s=args.time_budget,
     )
     return model, train
@@ -178,7 +178,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negatives", type=int, default=256, help="negatives per batch for --loss sampled")
     g.add_argument("--patience", type=int, default=10)
     g.add_argument("--time-budget", type=float, help="stop training after this many seconds")
-    g.add_argument("--fp32", action="store_true", help="no bfloat16 autocast")
+    g.add_argument(
+        "--fp32", action="store_true", help="no bfloat16 autocast (default: on where the CPU has AVX512-BF16)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

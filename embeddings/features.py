@@ -25,32 +25,57 @@ CATEGORICALS = ("deal_type", "property_type", "city")
 MAX_ROOMS = 5
 
 
+def fit_stats(table: pd.DataFrame) -> dict:
+    """Normalisation statistics of a listings table: kept with a model so new listings encode the same way."""
+    log_price = np.log(table["price"].to_numpy(float))
+    price = {}
+    for deal in DEAL_TYPES:
+        m = (table["deal_type"] == deal).to_numpy()
+        price[deal] = [float(log_price[m].mean()), float(log_price[m].std() + 1e-6)] if m.any() else [0.0, 1.0]
+    log_area = np.log(table["area_m2"].to_numpy(float))
+    geo = {}
+    for city, g in table.groupby("city"):
+        lat, lon = g["lat"].to_numpy(float), g["lon"].to_numpy(float)
+        geo[str(city)] = [
+            float(np.median(lat)),
+            float(lat.std() + 1e-3),
+            float(np.median(lon)),
+            float(lon.std() + 1e-3),
+        ]
+    return {
+        "price": price,
+        "area": [float(log_area.mean()), float(log_area.std() + 1e-6)],
+        "geo": geo,
+        "cities": sorted(geo),
+    }
+
+
 @dataclass
 class ListingFeatures:
     table: pd.DataFrame  # one row per catalogue item, in catalogue order
-    cities: tuple[str, ...]
+    stats: dict  # from fit_stats; a model's own stats when encoding listings it has not seen
 
     def __len__(self) -> int:
         return len(self.table)
 
+    @property
+    def cities(self) -> tuple[str, ...]:
+        return tuple(self.stats["cities"])
+
     def _numerics(self) -> dict[str, np.ndarray]:
-        t = self.table
+        t, st = self.table, self.stats
         log_price = np.log(t["price"].to_numpy(float))
         price_z = np.zeros(len(t))
-        for deal in DEAL_TYPES:
+        for deal, (mu, sd) in st["price"].items():
             m = (t["deal_type"] == deal).to_numpy()
-            if m.any():
-                mu, sd = log_price[m].mean(), log_price[m].std() + 1e-6
-                price_z[m] = (log_price[m] - mu) / sd
-        log_area = np.log(t["area_m2"].to_numpy(float))
-        area_z = (log_area - log_area.mean()) / (log_area.std() + 1e-6)
+            price_z[m] = (log_price[m] - mu) / sd
+        area_z = (np.log(t["area_m2"].to_numpy(float)) - st["area"][0]) / st["area"][1]
         lat, lon = t["lat"].to_numpy(float), t["lon"].to_numpy(float)
-        geo_y, geo_x = np.zeros(len(t)), np.zeros(len(t))
-        for city in self.cities:
+        geo_y, geo_x = np.zeros(len(t)), np.zeros(len(t))  # a city the model never saw sits at its centre
+        for city, (lat_med, lat_sd, lon_med, lon_sd) in st["geo"].items():
             m = (t["city"] == city).to_numpy()
-            if m.any():
-                geo_y[m] = (lat[m] - np.median(lat[m])) / (lat[m].std() + 1e-3)
-                geo_x[m] = (lon[m] - np.median(lon[m])) / (lon[m].std() + 1e-3)
+            geo_y[m] = (lat[m] - lat_med) / lat_sd
+            geo_x[m] = (lon[m] - lon_med) / lon_sd
         floor_share = t["floor"].to_numpy(float) / t["floors_total"].to_numpy(float)
         return {
             "price_z": price_z,
@@ -108,12 +133,15 @@ class ListingFeatures:
 
 
 def listing_features(
-    listings: pd.DataFrame, item_ids: np.ndarray, as_of: pd.Timestamp | None = None
+    listings: pd.DataFrame, item_ids: np.ndarray, as_of: pd.Timestamp | None = None, stats: dict | None = None
 ) -> ListingFeatures:
-    """Align the newest version (as of ``as_of``) of each listing with the catalogue ``item_ids``."""
+    """Align the newest version (as of ``as_of``) of each listing with the catalogue ``item_ids``.
+
+    ``stats`` (from :func:`fit_stats`) fixes the normalisation; by default it is fitted on these listings.
+    """
     latest = latest_versions(listings, as_of).set_index("item_id")
     missing = pd.Index(item_ids).difference(latest.index)
     if len(missing):
         raise ValueError(f"{len(missing)} catalogue items have no lst features, e.g. {list(missing[:5])}")
     table = latest.loc[list(item_ids)].reset_index()
-    return ListingFeatures(table, tuple(sorted(table["city"].unique())))
+    return ListingFeatures(table, stats if stats is not None else fit_stats(table))

@@ -11,4 +11,5 @@ from tqdm.auto import tqdm
 
 def progress(iterable: Iterable, **kwargs) -> tqdm:
     disable = os.environ.get("LST_EMBEDDINGS_QUIET") == "1"
-    return tqdm(iterable, disable=disable, file=sys.stderr, dynamic_ncols=True, mininterval=0.5, **kwargs)
+    interval = 0.5 if sys.stderr.isatty() else 15.0  # keep logs short when not on a terminal
+    return tqdm(iterable, disable=disable, file=sys.stderr, dynamic_ncols=True, mininterval=interval, **kwargs)

@@ -69,7 +69,7 @@ RESUME_P = 0.75
 @dataclass(frozen=True)
 class WeekConfig:
     users: int = 5000
-    listings: int = 3000
+    listings: int = 6000
     days: int = 7
     seed: int = 0
 

@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +44,18 @@ class TrainConfig:
     patience: int = 10  # evaluations without a better validation NDCG@10 before stopping
     eval_every: int = 1
     seed: int = 0
-    bf16: bool = True  # bfloat16 autocast for the matmuls (about 4x faster on CPUs with AVX512-BF16)
+    bf16: bool = field(default_factory=lambda: _fast_bf16())  # bfloat16 autocast for the matmuls
     time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+
+def _fast_bf16() -> bool:
+    """bfloat16 matmuls are about 4x faster than float32 on CPUs with AVX512-BF16 or AMX, slower elsewhere."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
 
 
 def _pad_right(seqs: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
@@ -104,12 +110,15 @@ class SASRecRecommender:
         features: np.ndarray | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         on_epoch_end: Callable[[int, dict], None] | None = None,
+        feature_stats: dict | None = None,
     ):
         self.model_config = dict(model_config or {})
         self.train_config = train_config or TrainConfig()
         self.features = None if features is None else torch.as_tensor(features, dtype=torch.float32)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.on_epoch_end = on_epoch_end
+        self.feature_stats = feature_stats or {}  # how lst features were normalised (features.fit_stats)
+        self.cutoff: str = ""  # end of the training data (temporal split), ISO format
         self.history: list[dict] = []
         self.name = f"sasrec[{self.model_config.get('item_encoder', 'id')}]"
 
@@ -150,6 +159,7 @@ class SASRecRecommender:
         )
         self.model = SASRec(cfg, self.features if cfg.item_encoder != "id" else None)
         self.item_ids = split.item_ids
+        self.cutoff = "" if split.cutoff is None else split.cutoff.isoformat()
         available = torch.from_numpy(split.available)
         self._unavailable = None if bool(available.all()) else ~available
         self._available_idx = torch.from_numpy(np.flatnonzero(split.available))
@@ -236,12 +246,25 @@ class SASRecRecommender:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def user_vectors(self, histories: Sequence[np.ndarray], batch_size: int = 1024) -> torch.Tensor:
-        """The transformer's state after each history's last item (zeros for an empty history)."""
+    def user_vectors(
+        self,
+        histories: Sequence[np.ndarray],
+        batch_size: int = 1024,
+        item_vectors: torch.Tensor | None = None,
+        show_progress: bool = False,
+    ) -> torch.Tensor:
+        """The transformer's state after each history's last item (zeros for an empty history).
+
+        ``item_vectors`` replaces the catalogue's table (row 0 padding), e.g. extended with listings
+        encoded from their lst features; histories then index into it (row = index + 1).
+        """
         self.model.eval()
-        vectors = self.model.items()
+        vectors = self.model.items() if item_vectors is None else item_vectors
         out = torch.zeros(len(histories), self.model.cfg.dim)
-        for start in range(0, len(histories), batch_size):
+        starts = range(0, len(histories), batch_size)
+        if show_progress:
+            starts = progress(starts, desc="user embeddings", unit="batch")
+        for start in starts:
             part = histories[start : start + batch_size]
             tokens = _pad_right(part, self.model.cfg.max_len)
             last = (tokens > 0).sum(1) - 1
@@ -266,6 +289,8 @@ class SASRecRecommender:
             "item_ids": [str(x) for x in self.item_ids],
             "scorable": torch.from_numpy(self._scorable),
             "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "feature_stats": self.feature_stats,
+            "cutoff": self.cutoff,
             "metrics": metrics or {},
         }
 
@@ -282,7 +307,13 @@ class SASRecRecommender:
         cfg = SASRecConfig(**state["model_config"])
         features = state["model"].get("items.features")
         features = None if features is None else features[1:]
-        self = cls(state["model_config"], TrainConfig(**state["train_config"]), features)
+        self = cls(
+            state["model_config"],
+            TrainConfig(**state["train_config"]),
+            features,
+            feature_stats=state.get("feature_stats") or {},
+        )
+        self.cutoff = state.get("cutoff", "")
         self.model = SASRec(cfg, features)
         self.model.load_state_dict(state["model"])
         self.model.eval()

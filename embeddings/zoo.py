@@ -37,10 +37,11 @@ def make_model(
         return LightFMRecommender(cfg, features)
     if name == "sasrec":
         sasrec = dict(sasrec or {})
-        features = None
+        features, stats = None, None
         if sasrec.get("item_encoder", "id") != "id":
-            features = _features(split, listings, f"sasrec[{sasrec['item_encoder']}]").smooth()[0]
-        return SASRecRecommender(sasrec, train or TrainConfig(), features, checkpoint_dir)
+            lst = _features(split, listings, f"sasrec[{sasrec['item_encoder']}]")
+            features, stats = lst.smooth()[0], lst.stats
+        return SASRecRecommender(sasrec, train or TrainConfig(), features, checkpoint_dir, feature_stats=stats)
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 

@@ -2,7 +2,9 @@
 
 Read top to bottom: a config, the item encoder (where item vectors come from), one attention
 block, the model. Sequences are right-padded with item 0, so plain causal attention already
-keeps every real position away from padding, and item ``i`` of the catalogue is token ``i + 1``.
+keeps every real position away from padding (and runs the fused kernel), and item ``i`` of the
+catalogue is token ``i + 1``. Positions count back from the newest item, which is what SASRec's
+left padding gives.
 
 Item encoders:
 
@@ -48,16 +50,19 @@ class SASRecConfig:
             raise ValueError("dim must be divisible by n_heads")
 
 
-def frozen_item_vectors(features: torch.Tensor, dim: int) -> torch.Tensor:
-    """Fixed item vectors from lst features: centred, padded or PCA-projected to ``dim``, unit RMS."""
-    x = features.double() - features.double().mean(0, keepdim=True)
+def fit_frozen_transform(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, projection, scale) turning lst features into fixed ``dim``-wide vectors of RMS norm sqrt(dim)/2:
+    centred, then padded, or projected on the principal components when wider than ``dim``."""
+    x = features.double()
+    mean = x.mean(0)
     if x.shape[1] > dim:
-        _, _, v = torch.linalg.svd(x, full_matrices=False)
-        x = x @ v[:dim].T
+        _, _, v = torch.linalg.svd(x - mean, full_matrices=False)
+        proj = v[:dim].T
     else:
-        x = F.pad(x, (0, dim - x.shape[1]))
-    x = x / x.pow(2).sum(1).mean().sqrt().clamp_min(1e-8) * math.sqrt(dim) / 2
-    return x.float()
+        proj = torch.eye(x.shape[1], dim, dtype=torch.float64)
+    y = (x - mean) @ proj
+    scale = math.sqrt(dim) / 2 / y.pow(2).sum(1).mean().sqrt().clamp_min(1e-8)
+    return mean.float(), proj.float(), scale.float()
 
 
 class ItemEncoder(nn.Module):
@@ -76,7 +81,11 @@ class ItemEncoder(nn.Module):
                 raise ValueError(f"expected lst features of shape {(cfg.n_items, cfg.n_features)}")
             self.register_buffer("features", F.pad(features.float(), (0, 0, 1, 0)))  # row 0 = padding
         if self.kind == "lst-frozen":
-            self.register_buffer("frozen", F.pad(frozen_item_vectors(features, cfg.dim), (0, 0, 1, 0)))
+            mean, proj, scale = fit_frozen_transform(features, cfg.dim)
+            self.register_buffer("frozen_mean", mean)
+            self.register_buffer("frozen_proj", proj)
+            self.register_buffer("frozen_scale", scale)
+            self.register_buffer("frozen", F.pad(self._freeze(features.float()), (0, 0, 1, 0)))
             self.shared = nn.Linear(cfg.dim, cfg.dim, bias=False) if cfg.frozen_linear else None
             if self.shared is not None:
                 nn.init.eye_(self.shared.weight)
@@ -84,6 +93,18 @@ class ItemEncoder(nn.Module):
             self.ids = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
             nn.init.zeros_(self.ids.weight)
             self.project = nn.Linear(cfg.n_features, cfg.dim, bias=False)
+
+    def _freeze(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.frozen_mean) @ self.frozen_proj * self.frozen_scale
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """Vectors for listings outside the catalogue, from their lst features (not for ``id``)."""
+        if self.kind == "id":
+            raise ValueError("an id item encoder cannot encode listings it was not trained on")
+        if self.kind == "lst-frozen":
+            vectors = self._freeze(features.float())
+            return vectors if self.shared is None else self.shared(vectors)
+        return self.project(features.float())  # hybrid: the id part of an unseen listing is zero
 
     def forward(self) -> torch.Tensor:
         if self.kind == "id":
@@ -136,8 +157,11 @@ class SASRec(nn.Module):
         """Hidden state (batch, time, dim) after each position of right-padded ``tokens``."""
         if item_vectors is None:
             item_vectors = self.items()
-        t = tokens.shape[1]
-        x = item_vectors[tokens] * self.items.input_scale + self.positions.weight[:t]
+        # positions count back from each sequence's last item, as with SASRec's left padding: the newest click
+        # is always position 0, so "how recent" means the same for every user and at every length
+        lengths = (tokens > 0).sum(1, keepdim=True)
+        back = (lengths - 1 - torch.arange(tokens.shape[1], device=tokens.device)).clamp_min(0)
+        x = item_vectors[tokens] * self.items.input_scale + self.positions(back)
         x = self.drop(x) * (tokens > 0).unsqueeze(-1)
         for block in self.blocks:
             x = block(x)

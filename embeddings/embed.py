@@ -1,0 +1,156 @@
+"""User and listing embeddings as of a cut-off, from a trained SASRec checkpoint.
+
+A user's embedding is the transformer's state after their last ``max_len`` clicks strictly
+before the cut-off: the same computation for users the model was trained on and for users it
+never saw, so a new user gets a vector from their click sequence without retraining.
+
+Listings in a sequence that the model's catalogue does not hold are encoded from their lst
+features when the item encoder allows it (``lst-frozen``, ``hybrid``) and a listings table is
+given; otherwise they are skipped and counted. A user with no usable click before the cut-off
+gets no embedding (no row): a zero vector would look like a real user to a consumer. Such users
+are counted in :attr:`Embedder.report`; :meth:`Embedder.embed_sequence` raises for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from embeddings.contract import latest_versions
+from embeddings.features import listing_features
+from embeddings.train import SASRecRecommender
+
+
+def model_version(path: str | os.PathLike) -> str:
+    """A content hash of the checkpoint: two files with the same weights share a version."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return f"sasrec-{digest[:12]}"
+
+
+@dataclass
+class EmbedReport:
+    users: int = 0
+    users_without_history: int = 0
+    unknown_listings_encoded: int = 0
+    unknown_clicks_skipped: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Embedder:
+    def __init__(self, model: SASRecRecommender, version: str, listings: pd.DataFrame | None = None):
+        self.model = model
+        self.version = version
+        self.listings = listings
+        self.index = pd.Index(model.item_ids)
+        self.report = EmbedReport()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, listings: pd.DataFrame | None = None) -> Embedder:
+        return cls(SASRecRecommender.load(path), model_version(path), listings)
+
+    @property
+    def encoder(self) -> str:
+        return self.model.model.cfg.item_encoder
+
+    def _encode_new(self, item_ids: list[str], as_of: pd.Timestamp | None) -> torch.Tensor:
+        """Vectors for listings outside the catalogue, from their lst features (model's own normalisation)."""
+        lst = listing_features(self.listings, np.asarray(item_ids, dtype=object), as_of, stats=self.model.feature_stats)
+        with torch.no_grad():
+            return self.model.model.items.encode(torch.from_numpy(lst.smooth()[0]))
+
+    def _item_table(self, events: pd.DataFrame, as_of: pd.Timestamp | None) -> tuple[pd.Index, torch.Tensor]:
+        """All item ids the events can be mapped to, and their vectors (row 0 = padding)."""
+        with torch.no_grad():
+            table = self.model.model.items()
+        unknown = pd.Index(events["item_id"].unique()).difference(self.index)
+        can_encode = self.encoder != "id" and self.listings is not None
+        if len(unknown) and can_encode:
+            unknown = unknown.intersection(pd.Index(self.listings["item_id"].unique()))
+            if len(unknown):
+                table = torch.cat([table, self._encode_new(list(unknown), as_of)])
+                self.report.unknown_listings_encoded += len(unknown)
+                return self.index.append(unknown), table
+        return self.index, table
+
+    def histories(self, events: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.Index, torch.Tensor]:
+        """Per user: the item rows of their clicks before ``cutoff`` (first touch order), counts, last time."""
+        before = events[events["event_timestamp"] < cutoff]
+        index, table = self._item_table(before, cutoff)
+        ordered = before.sort_values(["user_id", "event_timestamp"], kind="stable")
+        stats = ordered.groupby("user_id", sort=False).agg(
+            n_events=("item_id", "size"), last_event_at=("event_timestamp", "max")
+        )
+        firsts = ordered.drop_duplicates(["user_id", "item_id"], keep="first")
+        codes = index.get_indexer(firsts["item_id"])
+        self.report.unknown_clicks_skipped += int((codes < 0).sum())
+        firsts = firsts.assign(code=codes)[codes >= 0]
+        seqs = firsts.groupby("user_id", sort=False)["code"].agg(lambda c: c.to_numpy(np.int64))
+        frame = stats.join(seqs.rename("history"), how="left").reset_index()
+        return frame, index, table
+
+    def embed_users(
+        self, events: pd.DataFrame, cutoff: pd.Timestamp | None = None, batch_size: int = 1024, progress: bool = True
+    ) -> pd.DataFrame:
+        """One row per user with at least one usable click before ``cutoff`` (default: after the last event)."""
+        if cutoff is None:
+            cutoff = events["event_timestamp"].max() + pd.Timedelta(microseconds=1)
+        cutoff = pd.Timestamp(cutoff)
+        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+        frame, _, table = self.histories(events, cutoff)
+        all_users = events["user_id"].nunique()
+        frame = frame[frame["history"].map(lambda h: isinstance(h, np.ndarray) and len(h) > 0)]
+        self.report.users = len(frame)
+        self.report.users_without_history = all_users - len(frame)
+        vectors = self.model.user_vectors(list(frame["history"]), batch_size, table, show_progress=progress)
+        return pd.DataFrame(
+            {
+                "user_id": frame["user_id"].to_numpy(object),
+                "embedding": list(vectors.numpy().astype(np.float32)),
+                "n_events": frame["n_events"].to_numpy(np.int64),
+                "last_event_at": frame["last_event_at"].to_numpy(),
+                "model_version": self.version,
+                "event_timestamp": cutoff,
+            }
+        )
+
+    def embed_sequence(self, item_ids: list[str]) -> np.ndarray:
+        """The embedding of one (possibly new) user from their click sequence, oldest first."""
+        t = pd.Timestamp("2000-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(item_ids)), unit="s")
+        events = pd.DataFrame({"user_id": "_", "item_id": list(item_ids), "event_timestamp": t, "event_type": "view"})
+        out = self.embed_users(events, progress=False) if len(item_ids) else pd.DataFrame()
+        if out.empty:
+            raise ValueError("no usable click in the sequence: this user has no embedding yet")
+        return out["embedding"].iloc[0]
+
+    def embed_items(self, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Every listing the model can give a vector: trained catalogue items, plus (lst modes, with a
+        listings table) every other listing published by ``as_of``, encoded from its features."""
+        with torch.no_grad():
+            table = self.model.model.items()[1:].numpy()
+        keep = np.ones(len(self.index), bool) if self.encoder != "id" else self.model._scorable
+        ids, vecs, source = list(self.index[keep]), list(table[keep]), ["catalogue"] * int(keep.sum())
+        if self.encoder != "id" and self.listings is not None:
+            latest = latest_versions(self.listings, as_of)
+            if as_of is not None:
+                latest = latest[latest["created_at"] <= as_of]
+            new = pd.Index(latest["item_id"]).difference(self.index)
+            if len(new):
+                ids += list(new)
+                vecs += list(self._encode_new(list(new), as_of).numpy())
+                source += ["lst-features"] * len(new)
+        stamp = pd.Timestamp(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC").floor("s")
+        return pd.DataFrame(
+            {
+                "item_id": np.asarray(ids, dtype=object),
+                "embedding": [np.asarray(v, dtype=np.float32) for v in vecs],
+                "source": source,
+                "model_version": self.version,
+                "event_timestamp": stamp,
+            }
+        )
