@@ -152,6 +152,103 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_cutoff(model_path: str, cutoff: str | None, events: pd.DataFrame) -> pd.Timestamp:
+    """--cutoff, else the end of the model's training data, else just after the last event."""
+    from embeddings.train import load_checkpoint
+
+    if cutoff:
+        ts = pd.Timestamp(cutoff)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts
+    trained = load_checkpoint(model_path).get("cutoff")
+    if trained:
+        return pd.Timestamp(trained)
+    return events["event_timestamp"].max() + pd.Timedelta(microseconds=1)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from embeddings.contract import write_parquet_atomic
+    from embeddings.data import load_data
+    from embeddings.embed import Embedder
+
+    events, listings = load_data(args.data)
+    cutoff = _model_cutoff(args.model, args.cutoff, events)
+    embedder = Embedder.from_checkpoint(args.model, listings)
+    users = embedder.embed_users(events, cutoff, batch_size=args.batch_size)
+    items = embedder.embed_items(cutoff if listings is not None else None)
+    out = Path(args.out)
+    write_parquet_atomic(users, out / "user_embeddings.parquet")
+    write_parquet_atomic(items, out / "listing_embeddings.parquet")
+    r = embedder.report
+    print(f"cut-off   {cutoff}  model {embedder.version} ({embedder.encoder})")
+    print(
+        f"users     {len(users):,} embedded, {r.users_without_history:,} without a click before the cut-off "
+        f"(no row), {r.unknown_clicks_skipped:,} clicks on unknown listings skipped"
+    )
+    print(f"listings  {len(items):,} ({(items['source'] == 'lst-features').sum():,} from lst features only)")
+    print(f"wrote     {out / 'user_embeddings.parquet'}, {out / 'listing_embeddings.parquet'}")
+    return 0
+
+
+def cmd_embed_users(args: argparse.Namespace) -> int:
+    from embeddings.contract import load_events, load_listings, write_parquet_atomic
+    from embeddings.embed import Embedder
+
+    listings = load_listings(args.listings) if args.listings else None
+    events = load_events(args.events, listings)
+    embedder = Embedder.from_checkpoint(args.model, listings)
+    cutoff = pd.Timestamp(args.cutoff) if args.cutoff else None
+    users = embedder.embed_users(events, cutoff)
+    write_parquet_atomic(users, args.out)
+    r = embedder.report
+    print(
+        f"{len(users):,} users embedded ({r.users_without_history:,} without usable clicks); "
+        f"{r.unknown_listings_encoded:,} unknown listings encoded from lst features, "
+        f"{r.unknown_clicks_skipped:,} clicks skipped -> {args.out}"
+    )
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from embeddings.contract import read_parquet, write_parquet_atomic
+    from embeddings.data import load_data
+    from embeddings.preference import fit_preference
+
+    events, listings = load_data(args.data)
+    if listings is None:
+        raise SystemExit("classify needs a data folder with listings (deal types)")
+    users = read_parquet(args.embeddings)
+    cutoff = pd.Timestamp(users["event_timestamp"].iloc[0])
+    latent = read_parquet(args.labels) if args.labels else None
+    result = fit_preference(
+        users, events, listings, cutoff, latent=latent, min_history=args.min_history, seed=args.seed
+    )
+    out = Path(args.out)
+    write_parquet_atomic(result.scores, out / "preference.parquet")
+    (out / "preference_metrics.json").write_text(
+        json.dumps({"n_labelled": result.n_labelled, "n_train": result.n_train, "rows": result.table}, indent=2)
+    )
+    print(f"labelled users (clicks after {cutoff}): {result.n_labelled:,}, trained on {result.n_train:,}")
+    rows = [{**r, "model": f"{r['users']}: {r['model']}"} for r in result.table]
+    _print_table(rows, ["n", "precision", "recall", "f1", "roc_auc", "pr_auc"])
+    print(f"wrote {out / 'preference.parquet'} ({len(result.scores):,} users)")
+    return 0
+
+
+def cmd_pictures(args: argparse.Namespace) -> int:
+    from embeddings.contract import load_listings, read_parquet
+    from embeddings.pictures import item_pictures, user_pictures
+
+    folder = Path(args.embeddings)
+    listings = load_listings(Path(args.data) / "listings.parquet")
+    paths = item_pictures(read_parquet(folder / "listing_embeddings.parquet"), listings, Path(args.out), args.sample)
+    paths += user_pictures(
+        read_parquet(folder / "user_embeddings.parquet"), read_parquet(args.scores), Path(args.out), args.sample
+    )
+    for path in paths:
+        print(f"picture   {path}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder with listings.parquet + events.parquet, or a user-item .txt")
     p.add_argument("--split", choices=SPLITS, default="auto", help="auto: temporal with listings, else leave-last-out")
@@ -210,6 +307,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for last.pt, best.pt, model.pt, metrics.json")
     _add_model_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("embed", help="user embeddings as of a cut-off and listing embeddings, to Parquet")
+    p.add_argument("--model", required=True, help="a SASRec checkpoint (model.pt)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--cutoff", help="only clicks before this count (default: the model's training cut-off)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", required=True, help="folder for user_embeddings.parquet and listing_embeddings.parquet")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("embed-users", help="embed users from raw clicks (new users too), no retraining")
+    p.add_argument("--model", required=True)
+    p.add_argument("--events", required=True, help="events parquet (the data contract)")
+    p.add_argument("--listings", help="listings parquet: lets lst-frozen/hybrid models encode unknown listings")
+    p.add_argument("--cutoff", help="only clicks before this count (default: all)")
+    p.add_argument("--out", required=True, help="output parquet")
+    p.set_defaults(func=cmd_embed_users)
+
+    p = sub.add_parser("classify", help="rent/sale preference (CatBoost on embeddings) with honest evaluation")
+    p.add_argument("--embeddings", required=True, help="user_embeddings.parquet from embed")
+    p.add_argument("--data", required=True, help="data folder: clicks after the cut-off give the labels")
+    p.add_argument("--labels", help="latent intent (labels.parquet of the synthetic week), to check against")
+    p.add_argument("--min-history", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("pictures", help="t-SNE PNGs of listing and user embeddings")
+    p.add_argument("--embeddings", required=True, help="folder written by embed")
+    p.add_argument("--data", required=True)
+    p.add_argument("--scores", required=True, help="preference.parquet from classify")
+    p.add_argument("--sample", type=int, default=2000)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_pictures)
     return parser
 
 

@@ -10,70 +10,44 @@ from pathlib import Path
 from embeddings.cli import main as cli
 
 
-def run(out: Path, users: int, listings: int, seed: int) -> int:
-    data, model_dir = out / "data", out / "sasrec"
-    steps = [
+def steps(out: Path, users: int, listings: int, seed: int) -> list[tuple[str, list[str]]]:
+    data, model, emb, pref = out / "data", out / "sasrec", out / "embeddings", out / "preference"
+    week = f"demo-data --users {users} --listings {listings} --days 7 --seed {seed} --out {data}"
+    train = (
+        f"train --data {data} --out {model} --item-encoder hybrid --max-len 50 --epochs 30 --patience 4 --seed {seed}"
+    )
+    compare = (
+        f"evaluate --data {data} --model popular lightfm sasrec --checkpoint {model}/model.pt "
+        f"--json {out}/evaluation.json"
+    )
+    classify = (
+        f"classify --embeddings {emb}/user_embeddings.parquet --data {data} --labels {data}/labels.parquet --out {pref}"
+    )
+    pictures = f"pictures --embeddings {emb} --data {data} --scores {pref}/preference.parquet --out {out}/pictures"
+    return [
+        ("synthetic week", week.split()),
+        ("data contract", f"check-data --data {data}".split()),
+        ("SASRec (hybrid item encoder)", train.split()),
+        ("SASRec against the baselines, same temporal split", compare.split()),
         (
-            "synthetic week",
-            [
-                "demo-data",
-                "--users",
-                str(users),
-                "--listings",
-                str(listings),
-                "--days",
-                "7",
-                "--seed",
-                str(seed),
-                "--out",
-                str(data),
-            ],
+            "user and listing embeddings as of the training cut-off",
+            f"embed --model {model}/model.pt --data {data} --out {emb}".split(),
         ),
-        ("data contract", ["check-data", "--data", str(data)]),
-        (
-            "SASRec (hybrid item encoder)",
-            [
-                "train",
-                "--data",
-                str(data),
-                "--out",
-                str(model_dir),
-                "--item-encoder",
-                "hybrid",
-                "--max-len",
-                "50",
-                "--epochs",
-                "30",
-                "--patience",
-                "4",
-                "--seed",
-                str(seed),
-            ],
-        ),
-        (
-            "SASRec against the baselines, same temporal split",
-            [
-                "evaluate",
-                "--data",
-                str(data),
-                "--model",
-                "popular",
-                "lightfm",
-                "sasrec",
-                "--checkpoint",
-                str(model_dir / "model.pt"),
-                "--json",
-                str(out / "evaluation.json"),
-            ],
-        ),
+        ("rent/sale preference: CatBoost on embeddings against the baselines", classify.split()),
+        ("t-SNE pictures", pictures.split()),
     ]
+
+
+def run(out: Path, users: int, listings: int, seed: int) -> int:
     began = time.perf_counter()
-    for title, argv in steps:
+    for title, argv in steps(out, users, listings, seed):
         print(f"\n== {title}\n$ lst-embeddings {' '.join(argv)}", flush=True)
         rc = cli(argv)
         if rc:
             return rc
     print(f"\ndemo finished in {time.perf_counter() - began:.0f} s; outputs under {out}/")
+    for path in sorted((out / "pictures").glob("*.png")):
+        print(f"  picture: {path}")
     return 0
 
 

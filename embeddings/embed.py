@@ -89,13 +89,16 @@ class Embedder:
         firsts = ordered.drop_duplicates(["user_id", "item_id"], keep="first")
         codes = index.get_indexer(firsts["item_id"])
         self.report.unknown_clicks_skipped += int((codes < 0).sum())
-        firsts = firsts.assign(code=codes)[codes >= 0]
-        seqs = firsts.groupby("user_id", sort=False)["code"].agg(lambda c: c.to_numpy(np.int64))
+        users, codes = firsts["user_id"].to_numpy()[codes >= 0], codes[codes >= 0].astype(np.int64)
+        uniq, starts = np.unique(users, return_index=True)  # rows are grouped by user already
+        order = np.argsort(starts)
+        bounds = np.append(starts[order], len(users))
+        seqs = pd.Series([codes[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], index=uniq[order])
         frame = stats.join(seqs.rename("history"), how="left").reset_index()
         return frame, index, table
 
     def embed_users(
-        self, events: pd.DataFrame, cutoff: pd.Timestamp | None = None, batch_size: int = 1024, progress: bool = True
+        self, events: pd.DataFrame, cutoff: pd.Timestamp | None = None, batch_size: int = 256, progress: bool = True
     ) -> pd.DataFrame:
         """One row per user with at least one usable click before ``cutoff`` (default: after the last event)."""
         if cutoff is None:

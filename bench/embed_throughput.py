@@ -1,0 +1,71 @@
+"""User-embedding throughput: users per second for 200-click sequences, dim 64, 2 blocks, on this CPU.
+
+    python bench/embed_throughput.py [--quick] [--users N]
+
+The lower bound counts the forward FLOPs of one sequence (per block: 12*L*d^2 for the projections and
+the MLP, 2*L^2*d for causal attention) over this machine's measured float32 matmul rate. Weights are
+random: throughput does not depend on them. Writes bench/results/embed_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import matmul_rate, table, write  # noqa: E402
+
+from embeddings.models.sasrec import SASRec, SASRecConfig  # noqa: E402
+from embeddings.train import SASRecRecommender  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--items", type=int, default=6000)
+    args = p.parse_args()
+    n_users = 2000 if args.quick else args.users
+    L, d, blocks = 200, 64, 2
+    torch.manual_seed(0)
+    rec = SASRecRecommender({"max_len": L, "dim": d, "n_blocks": blocks})
+    rec.model = SASRec(SASRecConfig(n_items=args.items, max_len=L, dim=d, n_blocks=blocks)).eval()
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(0, args.items, L) for _ in range(n_users)]
+    rows = []
+    for batch in (256, 1024):
+        rec.user_vectors(histories[:batch], batch)  # warm-up
+        start = time.perf_counter()
+        rec.user_vectors(histories, batch)
+        seconds = time.perf_counter() - start
+        rows.append({"batch": batch, "users": n_users, "seconds": seconds, "users_per_s": n_users / seconds})
+        print(table(rows[-1:], ["batch", "users", "seconds", "users_per_s"]).splitlines()[-1], flush=True)
+    flops = blocks * (12 * L * d * d + 2 * L * L * d)
+    rate = matmul_rate(2048, 2048, 2048, torch.float32)
+    bound = rate / flops
+    best = max(r["users_per_s"] for r in rows)
+    print()
+    print(table(rows, ["batch", "users", "seconds", "users_per_s"]))
+    print(
+        f"\nlower bound {bound:,.0f} users/s ({flops / 1e6:.1f} MFLOP per user at {rate / 1e9:.0f} GFLOP/s float32); "
+        f"best measured {best:,.0f} users/s = {bound / best:.1f}x the bound; target >= 2,000 users/s"
+    )
+    out = {
+        "rows": rows,
+        "flops_per_user": flops,
+        "fp32_matmul_flops_per_s": rate,
+        "bound_users_per_s": bound,
+        "best_users_per_s": best,
+        "ratio_to_bound": bound / best,
+        "quick": args.quick,
+    }
+    print(f"wrote {write('embed_throughput', out)}")
+
+
+if __name__ == "__main__":
+    main()
