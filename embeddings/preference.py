@@ -66,7 +66,7 @@ def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     pred = (p >= 0.5).astype(int)
     both = len(np.unique(y)) == 2
     return {
-        "n": float(len(y)),
+        "n": len(y),
         "precision": float(precision_score(y, pred, zero_division=0)),
         "recall": float(recall_score(y, pred, zero_division=0)),
         "f1": float(f1_score(y, pred, zero_division=0)),
@@ -153,7 +153,7 @@ def fit_preference(
             {
                 "users": "label vs latent intent",
                 "model": "agreement",
-                "n": float(sure.sum()),
+                "n": int(sure.sum()),
                 "precision": label_agreement,
             }
         )
