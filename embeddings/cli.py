@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from embeddings.contract import ContractError
+from embeddings.publish import PublishError
 
 SPLITS = ("auto", "temporal", "leave-last-out")
 
@@ -102,8 +103,16 @@ def _fit_and_evaluate(args: argparse.Namespace, split, listings, model_name: str
 
     sasrec, train = _sasrec_options(args)
     lightfm = LightFMConfig(factors=args.factors, epochs=args.epochs or LightFMConfig.epochs, seed=args.seed)
+    store = _repo(args) if getattr(args, "features_from", "table") == "feast" else None
     model = make_model(
-        model_name, split, listings, lightfm=lightfm, sasrec=sasrec, train=train, checkpoint_dir=checkpoint_dir
+        model_name,
+        split,
+        listings,
+        lightfm=lightfm,
+        sasrec=sasrec,
+        train=train,
+        checkpoint_dir=checkpoint_dir,
+        feature_store=store,
     )
     start = time.perf_counter()
     model.fit(split)
@@ -249,6 +258,60 @@ def cmd_pictures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repo(args: argparse.Namespace):
+    from embeddings.publish import REPO, Repo
+
+    return Repo(Path(args.repo) if args.repo else REPO, args.profile)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from embeddings.contract import read_parquet
+    from embeddings.data import load_data
+    from embeddings.publish import publish
+
+    _, listings = load_data(args.data)
+    if listings is None:
+        raise SystemExit("publish needs a data folder with listings.parquet")
+    if args.listings_only:
+        manifest = publish(_repo(args), listings)
+    else:
+        if not args.run:
+            raise SystemExit("publish needs --run (or --listings-only)")
+        run = Path(args.run)
+        manifest = publish(
+            _repo(args),
+            listings,
+            read_parquet(run / "embeddings" / "user_embeddings.parquet"),
+            read_parquet(run / "embeddings" / "listing_embeddings.parquet"),
+            read_parquet(run / "preference" / "preference.parquet"),
+        )
+    rows = ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items())
+    print(f"published run {manifest['run_id']} ({args.profile}) in {manifest['seconds']:.1f} s: {rows}")
+    return 0
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    from embeddings.publish import online_features
+
+    frame = online_features(_repo(args), args.user, args.service)
+    for record in frame.to_dict(orient="records"):
+        vector = record.get("embedding")
+        if vector is not None and not args.full:
+            record["embedding"] = [round(float(x), 4) for x in vector[:4]] + [f"... ({len(vector)} floats)"]
+        print(json.dumps(record, default=str))
+    return 0
+
+
+def _add_repo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", help="Feast feature repo (default: feature_repo/ of this checkout)")
+    p.add_argument(
+        "--profile",
+        choices=("local", "redis"),
+        default="local",
+        help="redis: feature_store.redis.yaml, connection from REDIS_HOST/PORT/PASSWORD/SSL",
+    )
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder with listings.parquet + events.parquet, or a user-item .txt")
     p.add_argument("--split", choices=SPLITS, default="auto", help="auto: temporal with listings, else leave-last-out")
@@ -305,6 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train SASRec, keep checkpoints (resumes an interrupted run), report test metrics")
     p.add_argument("--out", required=True, help="folder for last.pt, best.pt, model.pt, metrics.json")
+    p.add_argument(
+        "--features-from",
+        choices=("table", "feast"),
+        default="table",
+        help="lst features from listings.parquet, or from the feature store as of the cut-off",
+    )
+    _add_repo_options(p)
+
     _add_model_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -340,6 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=2000)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_pictures)
+
+    p = sub.add_parser("publish", help="append a run to the offline sources, apply, materialize, record a manifest")
+    p.add_argument("--run", help="run folder with embeddings/ and preference/ (as make demo writes)")
+    p.add_argument("--listings-only", action="store_true", help="publish only new lst feature versions of listings")
+    p.add_argument("--data", required=True, help="data folder (its listings are published as lst features)")
+    _add_repo_options(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("lookup", help="online features of users from the feature store")
+    p.add_argument("--user", required=True, action="append", help="user id (repeat for several)")
+    p.add_argument("--service", default="user_profile", help="feature service (default: user_profile)")
+    p.add_argument("--full", action="store_true", help="print whole embeddings")
+    _add_repo_options(p)
+    p.set_defaults(func=cmd_lookup)
     return parser
 
 
@@ -350,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     except ContractError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

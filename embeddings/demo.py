@@ -14,7 +14,8 @@ def steps(out: Path, users: int, listings: int, seed: int) -> list[tuple[str, li
     data, model, emb, pref = out / "data", out / "sasrec", out / "embeddings", out / "preference"
     week = f"demo-data --users {users} --listings {listings} --days 7 --seed {seed} --out {data}"
     train = (
-        f"train --data {data} --out {model} --item-encoder hybrid --max-len 50 --epochs 30 --patience 4 --seed {seed}"
+        f"train --data {data} --out {model} --item-encoder hybrid --features-from feast "
+        f"--max-len 50 --epochs 30 --patience 4 --seed {seed}"
     )
     compare = (
         f"evaluate --data {data} --model popular lightfm sasrec --checkpoint {model}/model.pt "
@@ -27,7 +28,8 @@ def steps(out: Path, users: int, listings: int, seed: int) -> list[tuple[str, li
     return [
         ("synthetic week", week.split()),
         ("data contract", f"check-data --data {data}".split()),
-        ("SASRec (hybrid item encoder)", train.split()),
+        ("lst features of the listings into the feature store", f"publish --listings-only --data {data}".split()),
+        ("SASRec (hybrid item encoder, lst features read through Feast)", train.split()),
         ("SASRec against the baselines, same temporal split", compare.split()),
         (
             "user and listing embeddings as of the training cut-off",
@@ -35,6 +37,11 @@ def steps(out: Path, users: int, listings: int, seed: int) -> list[tuple[str, li
         ),
         ("rent/sale preference: CatBoost on embeddings against the baselines", classify.split()),
         ("t-SNE pictures", pictures.split()),
+        (
+            "publish to the local feature store (DuckDB offline, SQLite online)",
+            f"publish --run {out} --data {data}".split(),
+        ),
+        ("one user's online features", ["lookup", "--user", "U000000"]),
     ]
 
 

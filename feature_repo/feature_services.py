@@ -1,0 +1,18 @@
+from feast import FeatureService
+from feature_views import listing_embedding, listing_lst_features, user_embedding, user_rent_sale_preference
+
+user_profile = FeatureService(
+    name="user_profile",
+    features=[user_embedding, user_rent_sale_preference],
+    description="What a consumer usually needs about a user: embedding plus rent/sale preference.",
+    owner="recsys-embeddings@lst.example",
+    tags={"team": "recsys"},
+)
+
+listing_profile = FeatureService(
+    name="listing_profile",
+    features=[listing_lst_features, listing_embedding],
+    description="A listing's lst features and its embedding.",
+    owner="recsys-embeddings@lst.example",
+    tags={"team": "recsys"},
+)

@@ -1,0 +1,84 @@
+"""Feature views. Embeddings and scores are published once a week: their ttl is 8 days, so a value
+stays served until the next weekly run plus a day of slack, and never silently for longer."""
+
+from datetime import timedelta
+
+from data_sources import listing_embedding_source, listing_lst_source, user_embedding_source, user_preference_source
+from entities import listing, user
+from feast import FeatureView, Field
+from feast.types import Array, Float32, Float64, Int64, String
+
+OWNER = "recsys-embeddings@lst.example"
+WEEKLY = timedelta(days=8)
+
+listing_lst_features = FeatureView(
+    name="listing_lst_features",
+    entities=[listing],
+    ttl=timedelta(days=90),
+    schema=[
+        Field(name="deal_type", dtype=String, description="rent or sale"),
+        Field(name="property_type", dtype=String, description="flat, room, house, townhouse"),
+        Field(name="city", dtype=String),
+        Field(name="district", dtype=String),
+        Field(name="rooms", dtype=Int64, description="0 = studio"),
+        Field(name="area_m2", dtype=Float64),
+        Field(name="floor", dtype=Int64),
+        Field(name="floors_total", dtype=Int64),
+        Field(name="price", dtype=Float64, description="monthly for rent"),
+        Field(name="lat", dtype=Float64),
+        Field(name="lon", dtype=Float64),
+    ],
+    source=listing_lst_source,
+    online=True,
+    description="A listing's lst features, versioned (a price drop is a new version). Input of frozen item vectors.",
+    owner=OWNER,
+    tags={"team": "recsys", "source": "listings", "cadence": "on change"},
+)
+
+listing_embedding = FeatureView(
+    name="listing_embedding",
+    entities=[listing],
+    ttl=WEEKLY,
+    schema=[
+        Field(name="embedding", dtype=Array(Float32), description="item vector of the SASRec item encoder"),
+        Field(name="model_version", dtype=String, description="content hash of the SASRec checkpoint"),
+    ],
+    source=listing_embedding_source,
+    online=True,
+    description="Listing embedding; listings nobody clicked get one from their lst features (lst-frozen, hybrid).",
+    owner=OWNER,
+    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly"},
+)
+
+user_embedding = FeatureView(
+    name="user_embedding",
+    entities=[user],
+    ttl=WEEKLY,
+    schema=[
+        Field(name="embedding", dtype=Array(Float32), description="SASRec state after the user's clicks"),
+        Field(name="n_events", dtype=Int64, description="clicks before the cut-off"),
+        Field(name="last_event_at", dtype=Int64, description="last click before the cut-off, Unix seconds (UTC)"),
+        Field(name="model_version", dtype=String, description="a new version means a new space: retrain consumers"),
+    ],
+    source=user_embedding_source,
+    online=True,
+    description="User embedding as of the run's cut-off, from the user's last clicks.",
+    owner=OWNER,
+    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly"},
+)
+
+user_rent_sale_preference = FeatureView(
+    name="user_rent_sale_preference",
+    entities=[user],
+    ttl=WEEKLY,
+    schema=[
+        Field(name="p_rent", dtype=Float32, description="calibrated probability the user looks for a rental"),
+        Field(name="predicted_deal_type", dtype=String, description="rent if p_rent >= 0.5, else sale"),
+        Field(name="classifier_version", dtype=String),
+    ],
+    source=user_preference_source,
+    online=True,
+    description="Rent/sale preference from CatBoost on the user embedding.",
+    owner=OWNER,
+    tags={"team": "recsys", "model": "catboost", "cadence": "weekly"},
+)

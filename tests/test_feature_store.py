@@ -1,0 +1,255 @@
+"""The Feast side for real: feast apply, DuckDB offline store, SQLite and Redis online stores, feast serve."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embeddings.embed import Embedder
+from embeddings.preference import fit_preference
+from embeddings.publish import REPO, PublishError, Repo, historical_features, online_features, publish
+from embeddings.split import temporal_split
+from embeddings.train import TrainConfig
+from embeddings.zoo import make_model
+
+FEAST = str(Path(sys.executable).with_name("feast"))
+DAY5, DAY6, DAY7 = (pd.Timestamp(f"2026-11-0{d}", tz="UTC") for d in (6, 7, 8))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _copy_repo(dest: Path) -> Path:
+    shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_week, tmp_path_factory):
+    """Three runs of the same model at three cut-offs: (listings, user_emb, item_emb, preference) each."""
+    listings, events, _ = tiny_week
+    split = temporal_split(events, listings)
+    model = make_model(
+        "sasrec",
+        split,
+        listings,
+        sasrec={"item_encoder": "hybrid", "max_len": 20, "dim": 16},
+        train=TrainConfig(epochs=2, batch_size=32, bf16=False),
+    )
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    model.fit(split).save(path)
+    embedder = Embedder.from_checkpoint(path, listings)
+    out = {}
+    for cutoff in (DAY5, DAY6, DAY7):
+        users = embedder.embed_users(events, cutoff, progress=False)
+        items = embedder.embed_items(cutoff)
+        pref = fit_preference(users, events, listings, DAY5).scores.assign(event_timestamp=cutoff)
+        out[cutoff] = (listings[listings["event_timestamp"] < cutoff], users, items, pref)
+    return out
+
+
+@pytest.fixture()
+def repo(tmp_path):
+    return Repo(_copy_repo(tmp_path / "feature_repo"))
+
+
+def _online(repo, users):
+    return online_features(repo, users).set_index("user_id")
+
+
+def test_feast_apply_accepts_the_repo(repo, runs):
+    publish(repo, *runs[DAY5])
+    rc = subprocess.run([FEAST, "apply"], cwd=repo.path, capture_output=True, text=True, timeout=120)
+    assert rc.returncode == 0, rc.stderr
+    listed = subprocess.run([FEAST, "feature-views", "list"], cwd=repo.path, capture_output=True, text=True)
+    for view in ("listing_lst_features", "listing_embedding", "user_embedding", "user_rent_sale_preference"):
+        assert view in listed.stdout
+
+
+def test_point_in_time_training_rows_never_see_later_values(repo, runs):
+    publish(repo, *runs[DAY5])
+    publish(repo, *runs[DAY6])
+    u5 = runs[DAY5][1].set_index("user_id")
+    u6 = runs[DAY6][1].set_index("user_id")
+    changed = [u for u in u6.index if u in u5.index and not np.allclose(u5.loc[u, "embedding"], u6.loc[u, "embedding"])]
+    user = changed[0]
+    times = [
+        DAY5 - pd.Timedelta(hours=1),
+        DAY5 + pd.Timedelta(hours=3),
+        DAY6 - pd.Timedelta(seconds=1),
+        DAY6,
+        DAY6 + pd.Timedelta(days=2),
+    ]
+    got = historical_features(repo, pd.DataFrame({"user_id": user, "event_timestamp": times}))
+    got = got.sort_values("event_timestamp").reset_index(drop=True)
+    assert got.loc[0, "embedding"] is None  # before the first publish's cut-off: nothing yet
+    for i in (1, 2):
+        np.testing.assert_allclose(got.loc[i, "embedding"], u5.loc[user, "embedding"], rtol=1e-6)
+    for i in (3, 4):
+        np.testing.assert_allclose(got.loc[i, "embedding"], u6.loc[user, "embedding"], rtol=1e-6)
+    online = _online(repo, [user])
+    np.testing.assert_allclose(online.loc[user, "embedding"], u6.loc[user, "embedding"], rtol=1e-6)
+    assert online.loc[user, "p_rent"] == pytest.approx(
+        float(runs[DAY6][3].set_index("user_id").loc[user, "p_rent"]), rel=1e-6
+    )
+
+
+def test_republishing_a_run_changes_nothing(repo, runs):
+    first = publish(repo, *runs[DAY6])
+    files = {p: p.read_bytes() for p in (repo.data / "offline").rglob("*.parquet")}
+    users = list(runs[DAY6][1]["user_id"][:20])
+    before = _online(repo, users)
+    again = publish(repo, *runs[DAY6])
+    assert again["run_id"] == first["run_id"] and again["rows"] == first["rows"]
+    assert {p: p.read_bytes() for p in (repo.data / "offline").rglob("*.parquet")} == files
+    pd.testing.assert_frame_equal(_online(repo, users), before)
+    assert len(repo.manifests()) == 1
+
+
+def test_failed_publish_leaves_the_online_store_on_the_previous_run(repo, runs):
+    publish(repo, *runs[DAY5])
+    users = list(runs[DAY5][1]["user_id"][:30])
+    before = _online(repo, users)
+    with pytest.raises(PublishError):
+        publish(repo, *runs[DAY6], fail_before_swap=True)
+    pd.testing.assert_frame_equal(_online(repo, users), before)
+    assert not (repo.data / "online_store.db.staging").exists()
+    manifest = publish(repo, *runs[DAY6])  # the rerun completes it
+    after = _online(repo, users)
+    assert manifest["cutoff"] == DAY6.isoformat()
+    assert not after["embedding"].equals(before["embedding"])
+
+
+def test_feast_serve_answers_get_online_features(repo, runs):
+    publish(repo, *runs[DAY5])
+    port = _free_port()
+    server = subprocess.Popen(
+        [FEAST, "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"],
+        cwd=repo.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        users = list(runs[DAY5][1]["user_id"][:3])
+        body = json.dumps({"feature_service": "user_profile", "entities": {"user_id": users}}).encode()
+        deadline, reply = time.time() + 90, None
+        while time.time() < deadline and reply is None:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/get-online-features",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                reply = json.loads(urllib.request.urlopen(req, timeout=5).read())
+            except OSError:
+                if server.poll() is not None:
+                    raise AssertionError("feast serve exited") from None
+                time.sleep(0.5)
+        assert reply is not None, "feast serve did not answer"
+        names = reply["metadata"]["feature_names"]
+        p_rent = reply["results"][names.index("p_rent")]["values"]
+        expected = runs[DAY5][3].set_index("user_id").loc[users, "p_rent"].to_numpy()
+        np.testing.assert_allclose(p_rent, expected, rtol=1e-6)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    """The Redis that .ci/run started (REDIS_PORT, REDIS_PASSWORD), else one of our own on a free port."""
+    if os.environ.get("REDIS_PORT") and os.environ.get("REDIS_PASSWORD"):
+        yield int(os.environ["REDIS_PORT"]), os.environ["REDIS_PASSWORD"]
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: .ci/run installs it")
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    port, password = _free_port(), "s3cret-for-tests"
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield port, password
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_redis_publish_and_lookup(repo, runs, redis_server, monkeypatch):
+    port, password = redis_server
+    for k, v in {
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(port),
+        "REDIS_PASSWORD": password,
+        "REDIS_SSL": "false",
+    }.items():
+        monkeypatch.setenv(k, v)
+    redis_repo = Repo(repo.path, "redis")
+    publish(redis_repo, *runs[DAY5])
+    users = list(runs[DAY5][1]["user_id"][:5])
+    got = _online(redis_repo, users)
+    want = runs[DAY5][1].set_index("user_id")
+    for u in users:
+        np.testing.assert_allclose(got.loc[u, "embedding"], want.loc[u, "embedding"], rtol=1e-6)
+
+    monkeypatch.setenv("REDIS_PASSWORD", "wrong-password")
+    with pytest.raises(PublishError, match="authentication failed, check REDIS_PASSWORD"):
+        online_features(Repo(repo.path, "redis"), users)
+
+
+def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week):
+    from embeddings.features import listing_features
+    from embeddings.publish import listings_from_store
+
+    listings, events, _ = tiny_week
+    manifest = publish(repo, listings)  # lst features only
+    assert set(manifest["rows"]) == {"listings"}
+    split = temporal_split(events, listings)
+    from_store = listings_from_store(repo, split.item_ids, split.cutoff)
+    want = listing_features(listings, split.item_ids, split.cutoff).smooth()[0]
+    got = listing_features(from_store, split.item_ids).smooth()[0]
+    np.testing.assert_allclose(got, want, atol=1e-6)  # price drops after the cut-off are not seen
+    model = make_model(
+        "sasrec",
+        split,
+        None,
+        sasrec={"item_encoder": "lst-frozen", "max_len": 20, "dim": 16},
+        train=TrainConfig(epochs=1, batch_size=32, bf16=False),
+        feature_store=repo,
+    )
+    assert model.fit(split).history[0]["loss"] > 0
