@@ -1,0 +1,267 @@
+"""Feature-store speed: materialize, online lookup (SQLite, Redis; SDK and HTTP), historical retrieval.
+
+    python bench/feature_store.py [--quick] [--users N]
+
+Synthetic user embeddings (dim 64) and rent/sale scores for N users (default 100,000) are published
+through ``embeddings.publish`` into a scratch copy of feature_repo/. Lookups of the ``user_profile``
+service (embedding + p_rent) are timed one request at a time, in process (SDK) and against
+``feast serve`` on 127.0.0.1 (HTTP). Redis is a real redis-server started on a free local port.
+Writes bench/results/feature_store.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table, write  # noqa: E402
+
+from embeddings.publish import REPO, Repo, publish  # noqa: E402
+
+FEAST = str(Path(sys.executable).with_name("feast"))
+CUTOFF = pd.Timestamp("2026-11-08", tz="UTC")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def synthetic_run(n_users: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    users = [f"U{i:07d}" for i in range(n_users)]
+    emb = rng.standard_normal((n_users, 64)).astype(np.float32)
+    user_embeddings = pd.DataFrame(
+        {
+            "user_id": users,
+            "embedding": list(emb),
+            "n_events": rng.integers(1, 100, n_users),
+            "last_event_at": CUTOFF - pd.Timedelta(hours=1),
+            "model_version": "sasrec-bench",
+            "event_timestamp": CUTOFF,
+        }
+    )
+    p = rng.random(n_users).astype(np.float32)
+    preference = pd.DataFrame(
+        {
+            "user_id": users,
+            "p_rent": p,
+            "predicted_deal_type": np.where(p >= 0.5, "rent", "sale"),
+            "classifier_version": "catboost-bench",
+            "event_timestamp": CUTOFF,
+        }
+    )
+    listings = pd.DataFrame(
+        {
+            "item_id": ["L0"],
+            "deal_type": ["rent"],
+            "property_type": ["flat"],
+            "city": ["Moscow"],
+            "district": ["D1"],
+            "rooms": [1],
+            "area_m2": [40.0],
+            "floor": [2],
+            "floors_total": [9],
+            "price": [50000.0],
+            "lat": [55.7],
+            "lon": [37.6],
+            "created_at": [CUTOFF - pd.Timedelta(days=3)],
+            "event_timestamp": [CUTOFF - pd.Timedelta(days=3)],
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": ["L0"],
+            "embedding": [emb[0]],
+            "source": "catalogue",
+            "model_version": "sasrec-bench",
+            "event_timestamp": CUTOFF,
+        }
+    )
+    return listings, user_embeddings, items, preference
+
+
+def percentiles(samples: list[float]) -> dict:
+    ms = np.array(samples) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
+
+
+def time_sdk(store, users: list[str], batch: int, n: int, rng) -> dict:
+    service = store.get_feature_service("user_profile")
+    samples = []
+    for i in range(n + 20):
+        rows = [{"user_id": u} for u in rng.choice(users, batch, replace=False)]
+        start = time.perf_counter()
+        store.get_online_features(features=service, entity_rows=rows).to_dict()
+        if i >= 20:  # warm-up
+            samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
+def time_http(port: int, users: list[str], batch: int, n: int, rng) -> dict:
+    samples = []
+    for i in range(n + 20):
+        body = json.dumps(
+            {"feature_service": "user_profile", "entities": {"user_id": list(rng.choice(users, batch, replace=False))}}
+        ).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/get-online-features", data=body, headers={"Content-Type": "application/json"}
+        )
+        start = time.perf_counter()
+        urllib.request.urlopen(req, timeout=30).read()
+        if i >= 20:
+            samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
+def lookups(repo: Repo, name: str, users: list[str], n: int, env: dict) -> list[dict]:
+    rng = np.random.default_rng(1)
+    rows = []
+    store = repo.store()
+    for batch in (1, 100):
+        rows.append({"store": name, "path": "SDK", "users_per_request": batch, **time_sdk(store, users, batch, n, rng)})
+    port = _free_port()
+    cmd = [FEAST, "-f", str(repo.yaml), "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"]
+    server = subprocess.Popen(
+        cmd, cwd=repo.path, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_port(port, 120)
+        for batch in (1, 100):
+            rows.append(
+                {"store": name, "path": "HTTP", "users_per_request": batch, **time_http(port, users, batch, n, rng)}
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    for r in rows:
+        print(table([r], ["store", "path", "users_per_request", "p50_ms", "p99_ms"]).splitlines()[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--users", type=int, default=100_000)
+    args = p.parse_args()
+    n_users = 10_000 if args.quick else args.users
+    n_requests = 100 if args.quick else 500
+    scratch = Path(tempfile.mkdtemp(prefix="lst-feast-bench-"))
+    repo = Repo(scratch / "feature_repo")
+    shutil.copytree(REPO, repo.path, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    listings, users_df, items, pref = synthetic_run(n_users)
+    users = list(users_df["user_id"])
+    out: dict = {"users": n_users}
+
+    start = time.perf_counter()
+    manifest = publish(repo, listings, users_df, items, pref)
+    out["publish_s"] = time.perf_counter() - start
+    # materialize alone, user embeddings only, into a fresh SQLite file
+    store = repo.store(online_path=scratch / "materialize_only.db")
+    repo.apply(store)  # creates the online tables in the fresh file
+    start = time.perf_counter()
+    store.materialize(
+        CUTOFF.to_pydatetime() - pd.Timedelta(seconds=1),
+        CUTOFF.to_pydatetime() + pd.Timedelta(seconds=1),
+        feature_views=["user_embedding"],
+    )
+    mat_s = time.perf_counter() - start
+    out["materialize_user_embeddings"] = {"rows": n_users, "seconds": mat_s, "rows_per_s": n_users / mat_s}
+    print(
+        f"publish {out['publish_s']:.1f} s ({manifest['rows']}); "
+        f"materialize user embeddings {n_users / mat_s:,.0f} rows/s"
+    )
+
+    # historical retrieval: 100k entity rows at random times around the cut-off
+    rng = np.random.default_rng(2)
+    n_rows = 10_000 if args.quick else 100_000
+    entity_df = pd.DataFrame(
+        {
+            "user_id": rng.choice(users, n_rows),
+            "event_timestamp": CUTOFF + pd.to_timedelta(rng.integers(-86400, 86400, n_rows), unit="s"),
+        }
+    )
+    start = time.perf_counter()
+    hist = store.get_historical_features(
+        entity_df=entity_df, features=store.get_feature_service("user_profile")
+    ).to_df()
+    hist_s = time.perf_counter() - start
+    out["historical"] = {
+        "entity_rows": n_rows,
+        "seconds": hist_s,
+        "rows_per_s": n_rows / hist_s,
+        "rows_with_values": int(hist["p_rent"].notna().sum()),
+    }
+    print(f"historical retrieval {n_rows:,} rows in {hist_s:.2f} s ({n_rows / hist_s:,.0f} rows/s)")
+
+    rows = lookups(repo, "sqlite", users, n_requests, {})
+    redis = shutil.which("redis-server")
+    if redis:
+        port, password = _free_port(), "bench-password"
+        proc = subprocess.Popen(
+            [
+                redis,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password, "REDIS_SSL": "false"}
+        os.environ.update(env)
+        try:
+            _wait_port(port)
+            redis_repo = Repo(repo.path, "redis")
+            start = time.perf_counter()
+            publish(redis_repo, listings, users_df, items, pref)
+            out["publish_redis_s"] = time.perf_counter() - start
+            rows += lookups(redis_repo, "redis", users, n_requests, env)
+        finally:
+            proc.terminate()
+    else:
+        print("redis-server not installed: Redis rows skipped (apt-get install redis-server)")
+    out["lookups"] = rows
+    print()
+    print(table(rows, ["store", "path", "users_per_request", "p50_ms", "p99_ms", "n"]))
+    print(
+        f"\nmaterialize {out['materialize_user_embeddings']['rows_per_s']:,.0f} rows/s (user embeddings, dim 64, "
+        f"SQLite); historical {out['historical']['rows_per_s']:,.0f} rows/s ({n_rows:,} entity rows, DuckDB)"
+    )
+    print(f"wrote {write('feature_store', out)}")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
