@@ -264,26 +264,88 @@ def _repo(args: argparse.Namespace):
     return Repo(Path(args.repo) if args.repo else REPO, args.profile)
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
+def _previous_run(repo) -> dict | None:
+    """What the drift checks compare against: the last published run with embeddings."""
     from embeddings.contract import read_parquet
-    from embeddings.data import load_data
+
+    runs = [m for m in repo.manifests() if m.get("model_version")]
+    if not runs:
+        return None
+    last = max(runs, key=lambda m: m["published_at"])
+    offline = repo.data / "offline"
+    users = offline / "user_embeddings" / f"run-{last['run_id']}.parquet"
+    scores = offline / "user_preference" / f"run-{last['run_id']}.parquet"
+    return {
+        "run_id": last["run_id"],
+        "events_rows": last.get("events_rows"),
+        "users": read_parquet(users) if users.exists() else None,
+        "scores": read_parquet(scores) if scores.exists() else None,
+    }
+
+
+def _run_tables(args: argparse.Namespace) -> dict:
+    from embeddings.contract import read_parquet
+
+    data = Path(args.data)
+    tables = {"events": read_parquet(data / "events.parquet"), "listings": read_parquet(data / "listings.parquet")}
+    if getattr(args, "run", None):
+        run = Path(args.run)
+        tables["users"] = read_parquet(run / "embeddings" / "user_embeddings.parquet")
+        tables["items"] = read_parquet(run / "embeddings" / "listing_embeddings.parquet")
+        tables["scores"] = read_parquet(run / "preference" / "preference.parquet")
+    return tables
+
+
+def _checks(args: argparse.Namespace, tables: dict):
+    from embeddings.checks import check_run
+
+    previous = _previous_run(_repo(args))
+    report = check_run(
+        tables["events"], tables["listings"], tables.get("users"), tables.get("items"), tables.get("scores"), previous
+    )
+    folder = Path(args.run) / "validation" if getattr(args, "run", None) else Path(args.data) / "validation"
+    path = report.write(folder)
+    against = f" against run {previous['run_id']}" if previous else " (no earlier run: no drift checks)"
+    print(f"checks{against}: {report.summary()}")
+    print(f"report    {path}")
+    return report
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    report = _checks(args, _run_tables(args))
+    return 4 if report.failures else 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from embeddings.contract import validate_events, validate_listings
     from embeddings.publish import publish
 
-    _, listings = load_data(args.data)
-    if listings is None:
-        raise SystemExit("publish needs a data folder with listings.parquet")
+    if not args.listings_only and not args.run:
+        raise SystemExit("publish needs --run (or --listings-only)")
+    tables = _run_tables(args)
+    report = _checks(args, tables)
+    extra: dict = {"events_rows": len(tables["events"]), "checks": len(report.checks)}
+    if report.failures:
+        if report.drift_only and args.allow_drift:
+            extra["drift_override"] = {
+                "reason": args.allow_drift,
+                "failed": [f"{c.expectation} {c.column}: {c.observed}" for c in report.failures],
+            }
+            print(f"drift failures overridden: {args.allow_drift}")
+        else:
+            hint = " (drift only: --allow-drift REASON overrides)" if report.drift_only else ""
+            print(
+                f"error: publish refused, {len(report.failures)} failed check(s){hint}; nothing was changed",
+                file=sys.stderr,
+            )
+            return 4
+    listings = validate_listings(tables["listings"], source=str(Path(args.data) / "listings.parquet"))
+    validate_events(tables["events"], listings, source=str(Path(args.data) / "events.parquet"))
     if args.listings_only:
         manifest = publish(_repo(args), listings)
     else:
-        if not args.run:
-            raise SystemExit("publish needs --run (or --listings-only)")
-        run = Path(args.run)
         manifest = publish(
-            _repo(args),
-            listings,
-            read_parquet(run / "embeddings" / "user_embeddings.parquet"),
-            read_parquet(run / "embeddings" / "listing_embeddings.parquet"),
-            read_parquet(run / "preference" / "preference.parquet"),
+            _repo(args), listings, tables["users"], tables["items"], tables["scores"], extra_manifest=extra
         )
     rows = ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items())
     print(f"published run {manifest['run_id']} ({args.profile}) in {manifest['seconds']:.1f} s: {rows}")
@@ -416,8 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run folder with embeddings/ and preference/ (as make demo writes)")
     p.add_argument("--listings-only", action="store_true", help="publish only new lst feature versions of listings")
     p.add_argument("--data", required=True, help="data folder (its listings are published as lst features)")
+    p.add_argument(
+        "--allow-drift",
+        metavar="REASON",
+        help="publish despite drift failures (never schema/data ones); the reason is recorded in the run manifest",
+    )
     _add_repo_options(p)
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("validate", help="Great Expectations checks of a run: data, vectors, scores, drift")
+    p.add_argument("--run", help="run folder with embeddings/ and preference/ (omit to check only the data)")
+    p.add_argument("--data", required=True)
+    _add_repo_options(p)
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("lookup", help="online features of users from the feature store")
     p.add_argument("--user", required=True, action="append", help="user id (repeat for several)")

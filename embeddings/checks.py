@@ -1,0 +1,328 @@
+"""Checks before a publish: Great Expectations suites on the inputs, the vectors, the scores and the drift.
+
+Data suites run on the raw Parquet tables (so a broken file is described expectation by
+expectation, not only stopped by the contract loader). Vector and drift checks first turn the
+run into small tables (one row per vector: dimension, finiteness, norm; one summary row: near
+duplicates, mean pairwise cosine, coverage; one drift row against the last published run) and
+validate those with suites, so every threshold lives in ``validation/thresholds.py``.
+
+Drift against the last published run:
+
+* scores: PSI of ``p_rent``, the change of the predicted rent share, and the share of users scored in
+  both runs whose predicted deal type flipped (PSI alone misses a flip that keeps the distribution);
+* same model version (new data, same weights): a classifier telling old from new embeddings
+  (ROC-AUC), share of components whose KS test rejects, mean shift, and the median cosine of each
+  shared user's old and new vector;
+* new model version: the spaces are not comparable, so nothing fails; the alignment on shared users
+  (orthogonal Procrustes residual, 10-nearest-neighbour overlap) is reported and the version change
+  is flagged (consumers' downstream models need retraining).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.linalg import orthogonal_procrustes
+from scipy.stats import ks_2samp
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+from validation import suites
+from validation import thresholds as t
+
+SAMPLE = 2000
+
+
+@dataclass
+class Check:
+    suite: str
+    expectation: str
+    column: str | None
+    success: bool
+    observed: str
+    kind: str  # "data", "vectors", "scores", "drift", "warning"
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.success and c.kind != "warning"]
+
+    @property
+    def drift_only(self) -> bool:
+        return bool(self.failures) and all(c.kind == "drift" for c in self.failures)
+
+    def summary(self) -> str:
+        lines = [f"{len(self.checks)} checks, {len(self.failures)} failed"]
+        for c in self.failures:
+            where = f"{c.column}: " if c.column else ""
+            lines.append(f"  FAILED [{c.suite}] {c.expectation} {where}{c.observed}")
+        for c in self.checks:
+            if c.kind == "warning" and not c.success:
+                lines.append(f"  warning [{c.suite}] {c.expectation} {c.column}: {c.observed}")
+        return "\n".join(lines)
+
+    def write(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "checks.json").write_text(
+            json.dumps({"checks": [asdict(c) for c in self.checks], "figures": self.figures}, indent=2, default=str)
+        )
+        rows = "".join(
+            f"<tr class={'ok' if c.success else ('warn' if c.kind == 'warning' else 'fail')}>"
+            f"<td>{html.escape(c.suite)}</td><td>{html.escape(c.expectation)}</td>"
+            f"<td>{html.escape(c.column or '')}</td>"
+            f"<td>{'pass' if c.success else 'FAIL'}</td><td>{html.escape(c.observed)}</td></tr>"
+            for c in self.checks
+        )
+        figures = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in self.figures.items()
+        )
+        page = f"""<!doctype html><meta charset=utf-8><title>lst-embeddings checks</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}
+.fail{{background:#fdd}} .warn{{background:#ffd}} .ok td:nth-child(4){{color:#080}}</style>
+<h1>Checks: {len(self.checks)} run, {len(self.failures)} failed</h1>
+<h2>Figures</h2><table>{figures}</table>
+<h2>Expectations</h2><table><tr><th>suite<th>expectation<th>column<th>result<th>observed</tr>{rows}</table>"""
+        path = folder / "report.html"
+        path.write_text(page)
+        return path
+
+
+class Validator:
+    """Runs suites on pandas frames through one ephemeral GX context."""
+
+    def __init__(self) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.source = self.context.data_sources.add_pandas("lst_embeddings")
+        self.report = Report()
+
+    def run(self, name: str, frame: pd.DataFrame, suite, kind: str) -> bool:
+        asset = self.source.add_dataframe_asset(f"{name}_{len(self.report.checks)}")
+        batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame})
+        suite = (
+            self.context.suites.add(suite)
+            if suite.name not in [s.name for s in self.context.suites.all()]
+            else self.context.suites.get(suite.name)
+        )
+        result = batch.validate(suite)
+        for r in result.results:
+            cfg = r.expectation_config
+            res = r.result or {}
+            if "observed_value" in res and res["observed_value"] is not None:
+                observed = f"observed {res['observed_value']}"
+            elif res.get("unexpected_count"):
+                examples = ", ".join(repr(x) for x in (res.get("partial_unexpected_list") or [])[:3])
+                observed = f"{res['unexpected_count']} rows ({res.get('unexpected_percent', 0):.2f} %), e.g. {examples}"
+            elif not r.success and r.exception_info and r.exception_info.get("raised_exception"):
+                observed = str(r.exception_info.get("exception_message", "error"))[:200]
+            else:
+                observed = "ok" if r.success else "failed"
+            bounds = {k: cfg.kwargs.get(k) for k in ("min_value", "max_value") if cfg.kwargs.get(k) is not None}
+            if bounds:
+                observed += f" (allowed {bounds})"
+            self.report.checks.append(
+                Check(suite.name, cfg.type, cfg.kwargs.get("column"), bool(r.success), observed, kind)
+            )
+        return bool(result.success)
+
+
+# ----------------------------------------------------------------------------------------- tables to check
+def events_table(events: pd.DataFrame) -> pd.DataFrame:
+    out = events.copy()
+    if "event_timestamp" in out:
+        ts = pd.to_datetime(out["event_timestamp"], utc=True, errors="coerce")
+        out["event_age_days"] = (ts.max() - ts).dt.total_seconds() / 86400
+    else:
+        out["event_age_days"] = 0.0
+    return out
+
+
+def listings_table(listings: pd.DataFrame) -> pd.DataFrame:
+    out = listings.copy()
+    if {"deal_type", "price"} <= set(out.columns):
+        lo = out["deal_type"].map({k: v[0] for k, v in t.PRICE_RANGE.items()})
+        hi = out["deal_type"].map({k: v[1] for k, v in t.PRICE_RANGE.items()})
+        out["price_in_range"] = (out["price"] >= lo) & (out["price"] <= hi)
+    else:
+        out["price_in_range"] = False
+    if {"city", "lat", "lon"} <= set(out.columns):
+        box = out["city"].map(t.CITY_BOXES)
+        inside = [
+            isinstance(b, tuple) and b[0] <= la <= b[1] and b[2] <= lo_ <= b[3]
+            for b, la, lo_ in zip(box, out["lat"], out["lon"], strict=True)
+        ]
+        out["inside_city_box"] = inside
+    else:
+        out["inside_city_box"] = False
+    return out
+
+
+def _matrix(frame: pd.DataFrame) -> np.ndarray:
+    dims = frame["embedding"].map(len)
+    width = int(dims.mode().iloc[0]) if len(dims) else 0
+    rows = [np.asarray(v, dtype=np.float64) if len(v) == width else np.full(width, np.nan) for v in frame["embedding"]]
+    return np.vstack(rows) if rows else np.zeros((0, width))
+
+
+def vectors_table(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    vectors = [np.asarray(v, dtype=np.float64) for v in frame["embedding"]]
+    return pd.DataFrame(
+        {
+            "key": frame[key].to_numpy(),
+            "dim": [len(v) for v in vectors],
+            "finite": [bool(np.isfinite(v).all()) for v in vectors],
+            "norm": [float(np.linalg.norm(v)) if np.isfinite(v).all() else np.nan for v in vectors],
+        }
+    )
+
+
+def collapse_table(frame: pd.DataFrame, expected: int | None = None, seed: int = 0) -> pd.DataFrame:
+    x = _matrix(frame)
+    x = x[np.isfinite(x).all(1)]
+    total = len(x)
+    # users with the same clicks share a vector exactly: that is not collapse, so compare distinct vectors
+    x = np.unique(x, axis=0) if total else x
+    distinct_share = len(x) / total if total else 1.0
+    rng = np.random.default_rng(seed)
+    if len(x) > SAMPLE:
+        x = x[rng.choice(len(x), SAMPLE, replace=False)]
+    unit = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    cos = unit @ unit.T
+    np.fill_diagonal(cos, -1.0)
+    n = len(x)
+    return pd.DataFrame(
+        {
+            "near_duplicate_share": [float((cos.max(1) > t.NEAR_DUPLICATE_COSINE).mean()) if n > 1 else 0.0],
+            "mean_pairwise_cosine": [float((cos.sum() + n) / (n * (n - 1))) if n > 1 else 0.0],
+            "coverage": [len(frame) / expected if expected else 1.0],
+            "distinct_share": [distinct_share],
+        }
+    )
+
+
+def _psi(old: np.ndarray, new: np.ndarray, bins: int = 10) -> float:
+    edges = np.unique(np.quantile(old, np.linspace(0, 1, bins + 1)))
+    edges[0], edges[-1] = -np.inf, np.inf
+    a = np.histogram(old, edges)[0] / len(old) + 1e-4
+    b = np.histogram(new, edges)[0] / len(new) + 1e-4
+    return float(np.sum((b - a) * np.log(b / a)))
+
+
+def drift_table(
+    prev_users: pd.DataFrame, users: pd.DataFrame, prev_scores: pd.DataFrame, scores: pd.DataFrame, seed: int = 0
+) -> tuple[pd.DataFrame, dict]:
+    rng = np.random.default_rng(seed)
+    row: dict = {
+        "psi_p_rent": _psi(prev_scores["p_rent"].to_numpy(float), scores["p_rent"].to_numpy(float)),
+        "rent_share_delta": abs(float((scores["p_rent"] >= 0.5).mean()) - float((prev_scores["p_rent"] >= 0.5).mean())),
+    }
+    both = prev_scores[["user_id", "predicted_deal_type"]].merge(
+        scores[["user_id", "predicted_deal_type"]], on="user_id", suffixes=("_old", "_new")
+    )
+    row["flipped_share"] = (
+        float((both["predicted_deal_type_old"] != both["predicted_deal_type_new"]).mean()) if len(both) else 0.0
+    )
+    same = str(prev_users["model_version"].iloc[0]) == str(users["model_version"].iloc[0])
+    shared = prev_users[["user_id", "embedding"]].merge(
+        users[["user_id", "embedding"]], on="user_id", suffixes=("_old", "_new")
+    )
+    old_all, new_all = _matrix(prev_users), _matrix(users)
+    figures = {
+        "same_model_version": same,
+        "shared_users": len(shared),
+        "previous_model_version": str(prev_users["model_version"].iloc[0]),
+    }
+    if same:
+        a = old_all[rng.choice(len(old_all), min(SAMPLE, len(old_all)), replace=False)]
+        b = new_all[rng.choice(len(new_all), min(SAMPLE, len(new_all)), replace=False)]
+        x, y = np.vstack([a, b]), np.r_[np.zeros(len(a)), np.ones(len(b))]
+        ok = np.isfinite(x).all(1)
+        auc = cross_val_score(LogisticRegression(max_iter=1000), x[ok], y[ok], cv=3, scoring="roc_auc").mean()
+        row["domain_classifier_auc"] = float(auc)
+        pvals = [ks_2samp(a[:, j], b[:, j]).pvalue for j in range(a.shape[1])]
+        row["drifted_component_share"] = float(np.mean(np.array(pvals) < 0.01))
+        row["mean_shift"] = float(np.linalg.norm(a.mean(0) - b.mean(0)) / np.linalg.norm(a, axis=1).mean())
+        if len(shared):
+            o, n = np.vstack(shared["embedding_old"]), np.vstack(shared["embedding_new"])
+            cos = (o * n).sum(1) / (np.linalg.norm(o, axis=1) * np.linalg.norm(n, axis=1) + 1e-12)
+            row["shared_user_median_cosine"] = float(np.median(cos))
+        else:
+            row["shared_user_median_cosine"] = 1.0
+    elif len(shared) >= 20:
+        o, n = np.vstack(shared["embedding_old"]), np.vstack(shared["embedding_new"])
+        o, n = (o - o.mean(0)) / (o.std() + 1e-12), (n - n.mean(0)) / (n.std() + 1e-12)
+        rot, _ = orthogonal_procrustes(n, o)
+        figures["procrustes_residual"] = float(np.linalg.norm(n @ rot - o) / np.linalg.norm(o))
+        k = min(10, len(o) - 1)
+        idx = rng.choice(len(o), min(500, len(o)), replace=False)
+
+        def neighbours(m: np.ndarray) -> np.ndarray:
+            d = ((m[idx, None, :] - m[None, :, :]) ** 2).sum(-1)
+            d[np.arange(len(idx)), idx] = np.inf
+            return np.argsort(d, axis=1)[:, :k]
+
+        no, nn = neighbours(o), neighbours(n)
+        figures["knn_overlap@10"] = float(np.mean([len(set(p) & set(q)) / k for p, q in zip(no, nn, strict=True)]))
+        figures["version_change"] = "new embedding space: consumers must retrain models that use the embedding"
+    return pd.DataFrame([row]), figures
+
+
+# ------------------------------------------------------------------------------------------------- the run
+def check_run(
+    events: pd.DataFrame,
+    listings: pd.DataFrame,
+    users: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    scores: pd.DataFrame | None = None,
+    previous: dict | None = None,
+) -> Report:
+    """Every check of a run. ``previous``: {"events_rows", "users", "scores"} of the last published run."""
+    v = Validator()
+    ids = sorted(set(listings["item_id"].astype(str))) if "item_id" in listings else []
+    v.run("listings", listings_table(listings), suites.listings_suite(), "data")
+    v.run("events", events_table(events), suites.events_suite(ids, (previous or {}).get("events_rows")), "data")
+    if users is not None:
+        dim = int(pd.Series([len(e) for e in users["embedding"]]).mode().iloc[0])
+        v.run("user_vectors", vectors_table(users, "user_id"), suites.vectors_suite("user_vectors", dim), "vectors")
+        expected = (
+            events.loc[
+                pd.to_datetime(events["event_timestamp"], utc=True) < users["event_timestamp"].iloc[0], "user_id"
+            ].nunique()
+            if "event_timestamp" in events and "user_id" in events
+            else None
+        )
+        table = collapse_table(users, expected)
+        v.report.figures.update({f"users_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
+        v.run("user_collapse", table, suites.collapse_suite("user_collapse", True), "vectors")
+    if items is not None:
+        dim = int(pd.Series([len(e) for e in items["embedding"]]).mode().iloc[0])
+        v.run(
+            "listing_vectors", vectors_table(items, "item_id"), suites.vectors_suite("listing_vectors", dim), "vectors"
+        )
+        table = collapse_table(items)
+        v.report.figures.update({f"listings_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
+        v.run("listing_collapse", table, suites.collapse_suite("listing_collapse", False), "vectors")
+    if scores is not None:
+        v.run("scores", scores, suites.scores_suite(), "scores")
+    if previous and users is not None and scores is not None and previous.get("users") is not None:
+        table, figures = drift_table(previous["users"], users, previous["scores"], scores)
+        v.report.figures.update({k: (round(x, 4) if isinstance(x, float) else x) for k, x in figures.items()})
+        v.report.figures.update({k: round(float(x), 4) for k, x in table.iloc[0].items()})
+        v.run("drift", table, suites.drift_suite(bool(figures["same_model_version"])), "drift")
+        v.run("drift_warnings", table, suites.drift_warning_suite(), "warning")
+    return v.report

@@ -1,0 +1,213 @@
+"""Faults injected into a run are caught by the Great Expectations checks and stop the publish."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embeddings.checks import check_run
+from embeddings.cli import main
+from embeddings.contract import read_parquet, write_parquet_atomic
+from embeddings.embed import Embedder
+from embeddings.preference import fit_preference
+from embeddings.publish import REPO, Repo, online_features
+from embeddings.split import temporal_split
+from embeddings.train import TrainConfig
+from embeddings.zoo import make_model
+
+CUTOFF = pd.Timestamp("2026-11-06", tz="UTC")
+
+
+@pytest.fixture(scope="module")
+def clean(tiny_dir, tiny_week, tmp_path_factory):
+    """A clean run folder (embeddings/, preference/) and data folder, as make demo lays them out."""
+    listings, events, _ = tiny_week
+    split = temporal_split(events, listings)
+    model = make_model(
+        "sasrec",
+        split,
+        listings,
+        sasrec={"item_encoder": "hybrid", "max_len": 20, "dim": 16},
+        train=TrainConfig(epochs=2, batch_size=32, bf16=False),
+    )
+    root = tmp_path_factory.mktemp("clean")
+    model.fit(split).save(root / "model.pt")
+    embedder = Embedder.from_checkpoint(root / "model.pt", listings)
+    users = embedder.embed_users(events, CUTOFF, progress=False)
+    run = root / "run"
+    write_parquet_atomic(users, run / "embeddings" / "user_embeddings.parquet")
+    write_parquet_atomic(embedder.embed_items(CUTOFF), run / "embeddings" / "listing_embeddings.parquet")
+    write_parquet_atomic(
+        fit_preference(users, events, listings, CUTOFF).scores, run / "preference" / "preference.parquet"
+    )
+    return run, tiny_dir
+
+
+@pytest.fixture()
+def published(clean, tmp_path):
+    """A feature repo holding the clean run, and copies of the run and data to break."""
+    run, data = clean
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    assert main(["publish", "--run", str(run), "--data", str(data), "--repo", str(repo)]) == 0
+    bad_run, bad_data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(run, bad_run, ignore=shutil.ignore_patterns("validation"))
+    shutil.copytree(data, bad_data, ignore=shutil.ignore_patterns("validation"))
+    return Repo(repo), bad_run, bad_data
+
+
+def _edit(path, fn):
+    write_parquet_atomic(fn(read_parquet(path)), path)
+
+
+def _users(run):
+    return run / "embeddings" / "user_embeddings.parquet"
+
+
+def _rotate(df):
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    return df.assign(embedding=[np.asarray(v) @ q for v in df["embedding"]])
+
+
+def _flip_half(df):
+    half = np.random.default_rng(0).random(len(df)) < 0.5
+    p = np.where(half, 1 - df["p_rent"], df["p_rent"]).astype(np.float32)
+    return df.assign(p_rent=p, predicted_deal_type=np.where(p >= 0.5, "rent", "sale"))
+
+
+def _set_null(df):
+    df = df.copy()
+    df.loc[df.index[:5], "user_id"] = None
+    return df
+
+
+def _bad_deal(df):
+    df = df.copy()
+    df.loc[df.index[:3], "deal_type"] = "lease"
+    return df
+
+
+def _nan_vector(df):
+    df = df.copy()
+    v = np.array(df["embedding"].iloc[0], dtype=np.float32)
+    v[3] = np.nan
+    df.at[df.index[0], "embedding"] = v
+    return df
+
+
+def _collapse(df):
+    base = np.asarray(df["embedding"].iloc[0], dtype=np.float32)
+    noise = np.random.default_rng(0).normal(0, 1e-6, (len(df), len(base)))
+    return df.assign(embedding=list((base + noise).astype(np.float32)))
+
+
+FAULTS = {
+    # fault: (file to break, how, the check that must catch it)
+    "missing column": (
+        "data/events.parquet",
+        lambda d: d.drop(columns="event_type"),
+        ("events", "expect_column_to_exist", "event_type"),
+    ),
+    "nulls": ("data/events.parquet", _set_null, ("events", "expect_column_values_to_not_be_null", "user_id")),
+    "out-of-domain value": (
+        "data/listings.parquet",
+        _bad_deal,
+        ("listings", "expect_column_values_to_be_in_set", "deal_type"),
+    ),
+    "duplicated events": (
+        "data/events.parquet",
+        lambda d: pd.concat([d, d.head(50)]),
+        ("events", "expect_compound_columns_to_be_unique", None),
+    ),
+    "NaN embedding": (
+        "run/embeddings/user_embeddings.parquet",
+        _nan_vector,
+        ("user_vectors", "expect_column_values_to_be_in_set", "finite"),
+    ),
+    "collapsed embeddings": (
+        "run/embeddings/user_embeddings.parquet",
+        _collapse,
+        ("user_collapse", "expect_column_values_to_be_between", "near_duplicate_share"),
+    ),
+    "rotated space, same model version": (
+        "run/embeddings/user_embeddings.parquet",
+        _rotate,
+        ("drift", "expect_column_values_to_be_between", "shared_user_median_cosine"),
+    ),
+    "p_rent flipped for half the users": (
+        "run/preference/preference.parquet",
+        _flip_half,
+        ("drift", "expect_column_values_to_be_between", "flipped_share"),
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_is_caught_and_publish_refused(published, fault, capsys):
+    repo, run, data = published
+    target, breaker, (suite, expectation, column) = FAULTS[fault]
+    _edit((run if target.startswith("run/") else data) / target.split("/", 1)[1], breaker)
+    users = list(read_parquet(_users(run))["user_id"].dropna()[:10])
+    before = online_features(repo, users)
+    offline = {p: p.read_bytes() for p in (repo.data / "offline").rglob("*.parquet")}
+
+    rc = main(["publish", "--run", str(run), "--data", str(data), "--repo", str(repo.path)])
+    out = capsys.readouterr()
+    assert rc == 4
+    assert "publish refused" in out.err and f"FAILED [{suite}] {expectation}" in out.out
+    if column:
+        assert f"{expectation} {column}:" in out.out
+    report = json.loads((run / "validation" / "checks.json").read_text())
+    assert any(c["suite"] == suite and c["expectation"] == expectation and not c["success"] for c in report["checks"])
+    assert (run / "validation" / "report.html").exists()
+    # nothing changed: offline files, online values
+    assert {p: p.read_bytes() for p in (repo.data / "offline").rglob("*.parquet")} == offline
+    pd.testing.assert_frame_equal(online_features(repo, users), before)
+
+
+def test_drift_can_be_overridden_with_a_recorded_reason(published, capsys):
+    repo, run, data = published
+    _edit(run / "preference" / "preference.parquet", _flip_half)
+    reason = "new pricing rules moved many users between rent and sale"
+    assert (
+        main(["publish", "--run", str(run), "--data", str(data), "--repo", str(repo.path), "--allow-drift", reason])
+        == 0
+    )
+    manifest = repo.manifests()[-1]
+    assert manifest["drift_override"]["reason"] == reason
+    assert any("flipped_share" in f for f in manifest["drift_override"]["failed"])
+
+
+def test_schema_failures_cannot_be_overridden(published):
+    repo, run, data = published
+    _edit(data / "events.parquet", lambda d: d.drop(columns="event_type"))
+    assert (
+        main(["publish", "--run", str(run), "--data", str(data), "--repo", str(repo.path), "--allow-drift", "please"])
+        == 4
+    )
+
+
+def test_a_clean_second_run_passes_every_check(published, clean):
+    repo, _, _ = published
+    run, data = clean
+    assert main(["validate", "--run", str(run), "--data", str(data), "--repo", str(repo.path)]) == 0
+    report = json.loads((run / "validation" / "checks.json").read_text())
+    assert all(c["success"] for c in report["checks"])
+    assert report["figures"]["same_model_version"] is True and report["figures"]["psi_p_rent"] == 0.0
+
+
+def test_new_model_version_reports_alignment_instead_of_failing(clean, tiny_week):
+    run, _ = clean
+    listings, events, _ = tiny_week
+    users = read_parquet(_users(run))
+    scores = read_parquet(run / "preference" / "preference.parquet")
+    retrained = _rotate(users).assign(model_version="sasrec-retrained")
+    report = check_run(events, listings, retrained, None, scores, {"users": users, "scores": scores})
+    assert not report.failures
+    assert report.figures["same_model_version"] is False
+    assert report.figures["procrustes_residual"] < 0.05  # a pure rotation aligns back
+    assert report.figures["knn_overlap@10"] > 0.95
+    assert "retrain" in report.figures["version_change"]

@@ -1,0 +1,1 @@
+"""Great Expectations suites of lst-embeddings: thresholds in ``thresholds.py``, suites in ``suites.py``."""

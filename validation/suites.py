@@ -1,0 +1,134 @@
+"""Expectation suites (GX Core 1.x). Data suites run on the raw Parquet tables; embedding and drift
+suites run on the tables that ``embeddings.checks`` computes (one row per vector, one summary row)."""
+
+from __future__ import annotations
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+
+from validation import thresholds as t
+
+EVENT_COLUMNS = ["user_id", "item_id", "event_timestamp", "event_type"]
+LISTING_COLUMNS = [
+    "item_id",
+    "deal_type",
+    "property_type",
+    "city",
+    "district",
+    "rooms",
+    "area_m2",
+    "floor",
+    "floors_total",
+    "price",
+    "lat",
+    "lon",
+    "created_at",
+    "event_timestamp",
+]
+
+
+def events_suite(listing_ids: list[str], previous_rows: int | None) -> gx.ExpectationSuite:
+    e = [gxe.ExpectColumnToExist(column=c) for c in EVENT_COLUMNS]
+    e += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in EVENT_COLUMNS]
+    e += [
+        gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=["view", "favorite", "contact"]),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=EVENT_COLUMNS),
+        gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=listing_ids, meta={"check": "referential"}),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="event_age_days", min_value=0, max_value=t.MAX_EVENT_AGE_DAYS, meta={"check": "freshness"}
+        ),
+    ]
+    if previous_rows:
+        lo, hi = t.ROW_COUNT_RATIO
+        e.append(
+            gxe.ExpectTableRowCountToBeBetween(
+                min_value=int(lo * previous_rows),
+                max_value=int(hi * previous_rows),
+                meta={"check": "row count against the previous run"},
+            )
+        )
+    return gx.ExpectationSuite(name="events", expectations=e)
+
+
+def listings_suite() -> gx.ExpectationSuite:
+    e = [gxe.ExpectColumnToExist(column=c) for c in LISTING_COLUMNS]
+    e += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in LISTING_COLUMNS]
+    e += [
+        gxe.ExpectColumnValuesToBeInSet(column="deal_type", value_set=["rent", "sale"]),
+        gxe.ExpectColumnValuesToBeInSet(column="property_type", value_set=["flat", "room", "house", "townhouse"]),
+        gxe.ExpectColumnValuesToBeBetween(column="rooms", min_value=0, max_value=t.ROOMS_MAX),
+        gxe.ExpectColumnValuesToBeBetween(column="area_m2", min_value=t.AREA_RANGE[0], max_value=t.AREA_RANGE[1]),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="price_in_range", value_set=[True], meta={"check": "price per deal type"}
+        ),
+        gxe.ExpectColumnValuesToBeInSet(column="inside_city_box", value_set=[True], meta={"check": "coordinates"}),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["item_id", "event_timestamp"]),
+    ]
+    return gx.ExpectationSuite(name="listings", expectations=e)
+
+
+def vectors_suite(name: str, dim: int) -> gx.ExpectationSuite:
+    """One row per vector: its key, dimension, finiteness and norm."""
+    return gx.ExpectationSuite(
+        name=name,
+        expectations=[
+            gxe.ExpectColumnValuesToNotBeNull(column="key"),
+            gxe.ExpectColumnValuesToBeUnique(column="key"),
+            gxe.ExpectColumnValuesToBeInSet(column="dim", value_set=[dim]),
+            gxe.ExpectColumnValuesToBeInSet(column="finite", value_set=[True]),
+            gxe.ExpectColumnValuesToBeBetween(column="norm", min_value=t.NORM_RANGE[0], max_value=t.NORM_RANGE[1]),
+        ],
+    )
+
+
+def collapse_suite(name: str, check_coverage: bool) -> gx.ExpectationSuite:
+    """The one-row summary of a vector set."""
+    e = [
+        gxe.ExpectColumnValuesToBeBetween(column="near_duplicate_share", max_value=t.MAX_NEAR_DUPLICATE_SHARE),
+        gxe.ExpectColumnValuesToBeBetween(column="mean_pairwise_cosine", max_value=t.MAX_MEAN_PAIRWISE_COSINE),
+        gxe.ExpectColumnValuesToBeBetween(column="distinct_share", min_value=t.MIN_DISTINCT_SHARE),
+    ]
+    if check_coverage:
+        e.append(gxe.ExpectColumnValuesToBeBetween(column="coverage", min_value=t.MIN_USER_COVERAGE))
+    return gx.ExpectationSuite(name=name, expectations=e)
+
+
+def scores_suite() -> gx.ExpectationSuite:
+    return gx.ExpectationSuite(
+        name="scores",
+        expectations=[
+            gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="p_rent"),
+            gxe.ExpectColumnValuesToBeBetween(column="p_rent", min_value=0.0, max_value=1.0),
+            gxe.ExpectColumnValuesToBeInSet(column="predicted_deal_type", value_set=["rent", "sale"]),
+        ],
+    )
+
+
+def drift_suite(same_model_version: bool) -> gx.ExpectationSuite:
+    """The one-row drift table against the last published run; failures here can be overridden."""
+    e = [
+        gxe.ExpectColumnValuesToBeBetween(column="psi_p_rent", max_value=t.PSI_FAIL),
+        gxe.ExpectColumnValuesToBeBetween(column="rent_share_delta", max_value=t.MAX_RENT_SHARE_DELTA),
+        gxe.ExpectColumnValuesToBeBetween(column="flipped_share", max_value=t.MAX_FLIPPED_SHARE),
+    ]
+    if same_model_version:
+        e += [
+            gxe.ExpectColumnValuesToBeBetween(column="domain_classifier_auc", max_value=t.MAX_DOMAIN_AUC),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="drifted_component_share", max_value=t.MAX_DRIFTED_COMPONENT_SHARE
+            ),
+            gxe.ExpectColumnValuesToBeBetween(column="mean_shift", max_value=t.MAX_MEAN_SHIFT),
+            gxe.ExpectColumnValuesToBeBetween(column="shared_user_median_cosine", min_value=t.MIN_SHARED_USER_COSINE),
+        ]
+    return gx.ExpectationSuite(name="drift", expectations=e)
+
+
+def drift_warning_suite() -> gx.ExpectationSuite:
+    return gx.ExpectationSuite(
+        name="drift_warnings",
+        expectations=[
+            gxe.ExpectColumnValuesToBeBetween(column="psi_p_rent", max_value=t.PSI_WARN),
+        ],
+    )
