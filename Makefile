@@ -3,7 +3,7 @@ PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/lst-embeddings
 DEMO   := runs/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,5 +25,8 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py
 
+bench-quick: $(VENV)/.installed
+	$(PY) bench/run_all.py --quick
+
 clean:
-	rm -rf runs bench/results/*.json
+	rm -rf runs feature_repo/data

@@ -61,3 +61,30 @@ def table(rows: list[dict], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def disk_write_rate(folder: Path, megabytes: int = 256) -> float:
+    """Bytes per second of a sequential write with fsync in ``folder``."""
+    data = os.urandom(1 << 20)
+    path = Path(folder) / ".disk-rate.tmp"
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(megabytes):
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return megabytes * (1 << 20) / seconds
+
+
+def memory_copy_rate(megabytes: int = 512) -> float:
+    """Bytes per second of a large in-memory copy (read + write counted once)."""
+    import numpy as np
+
+    a = np.ones(megabytes * (1 << 20) // 8)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    start = time.perf_counter()
+    np.copyto(b, a)
+    return a.nbytes / (time.perf_counter() - start)

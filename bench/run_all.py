@@ -1,0 +1,154 @@
+"""``make bench``: every benchmark, one after the other, then one markdown table of the results.
+
+    python bench/run_all.py [--quick] [--only NAME ...] [--table-only]
+
+Each script also runs alone (``python bench/<name>.py [--quick]``). Results land in
+bench/results/*.json; the summary goes to bench/results/summary.md and replaces the block between
+the ``bench:begin`` / ``bench:end`` markers of README.md, so the README table is this command's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+SCRIPTS = ["lightfm_baseline", "sasrec_quality", "embed_throughput", "feature_store", "peers/rectools_sasrec"]
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _f(x, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}" if abs(x) < 100 else f"{x:,.0f}"
+    return str(x)
+
+
+def summary() -> str:
+    lines = []
+    week, ml, lfm = _load("sasrec_week"), _load("sasrec_ml1m"), _load("lightfm_baseline")
+    peer, thr, fs = _load("rectools_sasrec"), _load("embed_throughput"), _load("feature_store")
+    machine = next((d["machine"] for d in (week, ml, lfm, thr, fs) if d), None)
+    if machine:
+        lines.append(
+            f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+            f"measured {machine['date']}.\n"
+        )
+    lines.append("**Quality: HR@10 / NDCG@10, full ranking, seen items excluded**\n")
+    lines.append("| data | model | HR@10 | NDCG@10 | cold HR@10 | over LightFM |")
+    lines.append("|---|---|---|---|---|---|")
+    if week:
+        for r in week["week"]:
+            lines.append(
+                f"| synthetic week, temporal | {r['model']} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | "
+                f"{_f(r.get('cold_hr@10'))} | {_f(r.get('hr@10_over_lightfm'), 2)}x |"
+            )
+    if lfm:
+        for r in lfm["rows"]:
+            if r["data"] == "ML-1M":
+                lines.append(
+                    f"| ML-1M, leave-last-out | {r['model']} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | - | - |"
+                )
+    if ml:
+        m = ml["ml1m"]
+        lines.append(f"| ML-1M, leave-last-out | ours: SASRec (id) | {_f(m['hr@10'])} | {_f(m['ndcg@10'])} | - | - |")
+    if peer:
+        lines.append(
+            f"| ML-1M, leave-last-out | RecTools SASRec (peer, same split) | {_f(peer.get('hr@10'))} | "
+            f"{_f(peer.get('ndcg@10'))} | - | - |"
+        )
+    lines.append("| ML-1M, published | SASRec, full CE / RecTools SASRec | 0.3152 / 0.3058 | 0.1821 / 0.1779 | - | - |")
+    lines.append("\n**Speed**\n")
+    lines.append("| what | measured | lower bound | ratio to bound | peer |")
+    lines.append("|---|---|---|---|---|")
+    if ml:
+        m = ml["ml1m"]
+        peer_s = peer.get("epoch_s") if peer else m.get("rectools_epoch_s")
+        lines.append(
+            f"| SASRec epoch, ML-1M, dim 64, 2 blocks, len 200 | {_f(m['epoch_s_median'], 1)} s | "
+            f"{_f(m['epoch_s_lower_bound'], 1)} s | {_f(m['ratio_to_lower_bound'], 1)}x | "
+            f"RecTools {_f(peer_s, 1)} s ({_f(peer_s / m['epoch_s_median'], 1)}x ours) |"
+        )
+        lines.append(
+            f"| training time to ML-1M HR@10 0.30 | {_f(m['train_s_to_hr@10_0.30'])} "
+            f"(best {_f(m['hr@10'])}) | - | - | - |"
+        )
+    if thr:
+        lines.append(
+            f"| user embeddings, len 200, dim 64 | {_f(thr['best_users_per_s'])} users/s | "
+            f"{_f(thr['bound_users_per_s'])} users/s | {_f(thr['ratio_to_bound'], 1)}x | - |"
+        )
+    if fs:
+        mat = fs["materialize_user_embeddings"]
+        hist = fs["historical"]
+        bound = mat.get("bound_rows_per_s")
+        ratio = bound / mat["rows_per_s"] if bound else None
+        lines.append(
+            f"| materialize user embeddings (SQLite) | {_f(mat['rows_per_s'])} rows/s | "
+            f"{_f(bound)} rows/s (disk write) | {_f(ratio, 1)}x | - |"
+        )
+        hb = hist.get("bound_seconds")
+        lines.append(
+            f"| historical retrieval, {hist['entity_rows']:,} rows (DuckDB) | {_f(hist['seconds'], 2)} s "
+            f"({_f(hist['rows_per_s'])} rows/s) | {_f(hb, 3)} s (memory) | "
+            f"{_f(hist['seconds'] / hb if hb else None, 1)}x | - |"
+        )
+        for r in fs["lookups"]:
+            peer_note = "Feast Python server p99 7.2 ms" if (r["path"], r["users_per_request"]) == ("HTTP", 1) else "-"
+            lines.append(
+                f"| online lookup {r['store']} {r['path']}, {r['users_per_request']} user(s) | "
+                f"p50 {_f(r['p50_ms'], 2)} ms, p99 {_f(r['p99_ms'], 2)} ms | not counted | - | {peer_note} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str) -> None:
+    text = README.read_text()
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        README.write_text(f"{head}{begin}\n{table}{end}{tail}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes: the whole run within 10 minutes")
+    p.add_argument("--only", nargs="+", choices=SCRIPTS)
+    p.add_argument("--table-only", action="store_true", help="only rebuild the table from bench/results")
+    args = p.parse_args()
+    env = {**os.environ, "LST_EMBEDDINGS_QUIET": "1"}
+    timings = {}
+    if not args.table_only:
+        for name in args.only or SCRIPTS:
+            cmd = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if args.quick else [])
+            print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+            start = time.perf_counter()
+            rc = subprocess.run(cmd, env=env).returncode
+            timings[name] = round(time.perf_counter() - start, 1)
+            if rc:
+                print(f"{name} failed with exit code {rc}", file=sys.stderr)
+    table = summary()
+    (RESULTS / "summary.md").write_text(table)
+    if not args.quick:
+        update_readme(table)
+    print("\n" + table)
+    if timings:
+        print("script seconds:", timings, "on", platform.node())
+
+
+if __name__ == "__main__":
+    main()
