@@ -14,9 +14,9 @@ are counted in :attr:`Embedder.report`; :meth:`Embedder.embed_sequence` raises f
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,13 +24,21 @@ import torch
 
 from embeddings.contract import latest_versions
 from embeddings.features import listing_features
-from embeddings.train import SASRecRecommender
+from embeddings.train import SASRecRecommender, load_checkpoint
 
 
 def model_version(path: str | os.PathLike) -> str:
-    """A content hash of the checkpoint: two files with the same weights share a version."""
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return f"sasrec-{digest[:12]}"
+    """A hash of what defines the embedding space: weights, model config, item vocabulary.
+
+    Metrics and timings stored beside them do not count, so retraining to the same weights keeps the version.
+    """
+    state = load_checkpoint(path)
+    digest = hashlib.sha256()
+    digest.update(json.dumps([state["model_config"], state["item_ids"]], sort_keys=True).encode())
+    for name in sorted(state["model"]):
+        digest.update(name.encode())
+        digest.update(state["model"][name].contiguous().numpy().tobytes())
+    return f"sasrec-{digest.hexdigest()[:12]}"
 
 
 @dataclass

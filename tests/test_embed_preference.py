@@ -134,3 +134,13 @@ def test_preference_classifier_reports_against_baselines(tiny_week, trained, tmp
         "users_by_preference.png",
     ]
     assert all(p.stat().st_size > 10_000 for p in pics)
+
+
+def test_model_version_follows_the_weights_not_the_metrics(trained, tmp_path):
+    from embeddings.embed import model_version
+    from embeddings.train import SASRecRecommender
+
+    model = SASRecRecommender.load(trained["hybrid"])
+    a, b = model.save(tmp_path / "a.pt", metrics={"fit_seconds": 1.0}), model.save(tmp_path / "b.pt", metrics={})
+    assert model_version(a) == model_version(b) == model_version(trained["hybrid"])
+    assert model_version(trained["id"]) != model_version(a)
