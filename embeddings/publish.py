@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from embeddings.contract import read_parquet, write_parquet_atomic
+from embeddings.contract import LISTING_COLUMNS, read_parquet, write_parquet_atomic
 
 REPO = Path(__file__).resolve().parents[1] / "feature_repo"
 PROFILES = {"local": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
@@ -39,19 +39,7 @@ VIEWS = {
     "user_embeddings": "user_embedding",
     "user_preference": "user_rent_sale_preference",
 }
-LISTING_FEATURES = [
-    "deal_type",
-    "property_type",
-    "city",
-    "district",
-    "rooms",
-    "area_m2",
-    "floor",
-    "floors_total",
-    "price",
-    "lat",
-    "lon",
-]
+LISTING_FEATURES = [c.name for c in LISTING_COLUMNS if c.name not in ("item_id", "created_at", "event_timestamp")]
 
 
 class PublishError(RuntimeError):

@@ -135,13 +135,9 @@ class SASRecRecommender:
         return loss, len(y)
 
     def _state(self, epoch: int, optimizer: torch.optim.Optimizer, best: dict, waited: int) -> dict:
+        """``last.pt``: the exported model plus what resuming needs."""
         return {
-            "format": "lst-embeddings/sasrec/1",
-            "model_config": asdict(self.model.cfg),
-            "train_config": asdict(self.train_config),
-            "item_ids": [str(x) for x in self.item_ids],
-            "scorable": torch.from_numpy(self._scorable),
-            "model": self.model.state_dict(),
+            **self.export(),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch,
             "best": best,

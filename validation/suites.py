@@ -6,25 +6,11 @@ from __future__ import annotations
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
+from embeddings import contract
 from validation import thresholds as t
 
-EVENT_COLUMNS = ["user_id", "item_id", "event_timestamp", "event_type"]
-LISTING_COLUMNS = [
-    "item_id",
-    "deal_type",
-    "property_type",
-    "city",
-    "district",
-    "rooms",
-    "area_m2",
-    "floor",
-    "floors_total",
-    "price",
-    "lat",
-    "lon",
-    "created_at",
-    "event_timestamp",
-]
+EVENT_COLUMNS = [c.name for c in contract.EVENT_COLUMNS]
+LISTING_COLUMNS = [c.name for c in contract.LISTING_COLUMNS]
 
 
 def events_suite(listing_ids: list[str], previous_rows: int | None) -> gx.ExpectationSuite:
