@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("LST_BENCH_RESULTS", Path(__file__).parent / "results"))  # --quick runs: results/quick
 ML1M = Path(os.environ.get("ML1M", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m.txt"))
 
 

@@ -24,8 +24,8 @@ README = HERE.parent / "README.md"
 SCRIPTS = ["lightfm_baseline", "sasrec_quality", "embed_throughput", "feature_store", "peers/rectools_sasrec"]
 
 
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
+def _load(name: str, folder: Path = RESULTS) -> dict | None:
+    path = folder / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -37,10 +37,10 @@ def _f(x, digits: int = 4) -> str:
     return str(x)
 
 
-def summary() -> str:
+def summary(folder: Path = RESULTS) -> str:
     lines = []
-    week, ml, lfm = _load("sasrec_week"), _load("sasrec_ml1m"), _load("lightfm_baseline")
-    peer, thr, fs = _load("rectools_sasrec"), _load("embed_throughput"), _load("feature_store")
+    week, ml, lfm = (_load(n, folder) for n in ("sasrec_week", "sasrec_ml1m", "lightfm_baseline"))
+    peer, thr, fs = (_load(n, folder) for n in ("rectools_sasrec", "embed_throughput", "feature_store"))
     machine = next((d["machine"] for d in (week, ml, lfm, thr, fs) if d), None)
     if machine:
         lines.append(
@@ -130,7 +130,8 @@ def main() -> None:
     p.add_argument("--only", nargs="+", choices=SCRIPTS)
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from bench/results")
     args = p.parse_args()
-    env = {**os.environ, "LST_EMBEDDINGS_QUIET": "1"}
+    folder = RESULTS / "quick" if args.quick else RESULTS  # quick figures never replace the full ones
+    env = {**os.environ, "LST_EMBEDDINGS_QUIET": "1", "LST_BENCH_RESULTS": str(folder)}
     timings = {}
     if not args.table_only:
         for name in args.only or SCRIPTS:
@@ -141,8 +142,9 @@ def main() -> None:
             timings[name] = round(time.perf_counter() - start, 1)
             if rc:
                 print(f"{name} failed with exit code {rc}", file=sys.stderr)
-    table = summary()
-    (RESULTS / "summary.md").write_text(table)
+    table = summary(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.md").write_text(table)
     if not args.quick:
         update_readme(table)
     print("\n" + table)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VENV_PY = HERE / ".venv-rectools" / "bin" / "python"
-RESULTS = HERE.parent / "results"
+RESULTS = Path(os.environ.get("LST_BENCH_RESULTS", HERE.parent / "results"))
 ML1M = Path(os.environ.get("ML1M", HERE.parents[2] / "shared" / "data" / "ml-1m.txt"))
 
 
@@ -104,7 +104,7 @@ def main() -> None:
         "softmax, lr 1e-3",
     }
     print(json.dumps(out, indent=2))
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rectools_sasrec.json").write_text(json.dumps(out, indent=2))
 
 
