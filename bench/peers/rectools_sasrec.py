@@ -39,6 +39,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--ml1m", default=str(ML1M))
     args = p.parse_args()
+    if not Path(args.ml1m).exists():
+        print(f"{args.ml1m} not found: RecTools peer skipped (give --ml1m PATH or set ML1M)")
+        return
 
     import numpy as np
     import pandas as pd
