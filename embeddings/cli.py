@@ -40,6 +40,7 @@ def _sasrec_options(args: argparse.Namespace):
         "n_blocks": args.blocks,
         "n_heads": args.heads,
         "dropout": args.dropout,
+        "ffn_mult": args.ffn_mult,
         "frozen_linear": args.frozen_linear,
     }
     train = TrainConfig(
@@ -394,6 +395,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--blocks", type=int, default=2)
     g.add_argument("--heads", type=int, default=1)
     g.add_argument("--dropout", type=float, default=0.2)
+    g.add_argument("--ffn-mult", type=int, default=1, help="MLP hidden width in multiples of --dim (SASRec: 1)")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--loss", choices=("softmax", "sampled"), default="softmax")

@@ -37,6 +37,7 @@ class SASRecConfig:
     n_blocks: int = 2
     n_heads: int = 1
     dropout: float = 0.2
+    ffn_mult: int = 1  # hidden width of the position-wise MLP, in multiples of dim (SASRec: 1)
     item_encoder: str = "id"
     n_features: int = 0  # width of the lst feature matrix (lst-frozen, hybrid)
     frozen_linear: bool = False
@@ -125,7 +126,8 @@ class Block(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.ln2 = nn.LayerNorm(cfg.dim)
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+        hidden = cfg.dim * cfg.ffn_mult
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
