@@ -53,6 +53,7 @@ def _sasrec_options(args: argparse.Namespace):
         seed=args.seed,
         **({"bf16": False} if args.fp32 else {}),
         time_budget_s=args.time_budget,
+        windows=args.windows,
     )
     return model, train
 
@@ -402,6 +403,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negatives", type=int, default=256, help="negatives per batch for --loss sampled")
     g.add_argument("--patience", type=int, default=10)
     g.add_argument("--time-budget", type=float, help="stop training after this many seconds")
+    g.add_argument(
+        "--windows",
+        choices=("last", "all"),
+        default="last",
+        help="train on each user's last max-len clicks (SASRec) or on the whole history in windows",
+    )
     g.add_argument(
         "--fp32", action="store_true", help="no bfloat16 autocast (default: on where the CPU has AVX512-BF16)"
     )

@@ -46,8 +46,11 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = field(default_factory=lambda: _fast_bf16())  # bfloat16 autocast for the matmuls
     time_budget_s: float | None = None
+    windows: str = "last"  # "last": each user's last max_len items (SASRec); "all": the whole history in windows
 
     def __post_init__(self) -> None:
+        if self.windows not in ("last", "all"):
+            raise ValueError(f"windows must be 'last' or 'all', got {self.windows!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
 
@@ -68,19 +71,32 @@ def _pad_right(seqs: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _batches(train: Sequence[np.ndarray], max_len: int, batch_size: int, rng: np.random.Generator):
-    """(inputs, targets) token batches, users shuffled, then grouped by length within chunks."""
-    users = np.array([u for u, s in enumerate(train) if len(s) >= 2])
-    users = users[rng.permutation(len(users))]
-    lengths = np.array([min(len(train[u]) - 1, max_len) for u in users])
+def _windows(train: Sequence[np.ndarray], max_len: int, every: bool) -> list[np.ndarray]:
+    """Training windows of at most ``max_len + 1`` items: each user's last one, or (``every``) the whole
+    sequence cut back from its end, so each item after the first is a target exactly once."""
+    out = []
+    for seq in train:
+        end = len(seq)
+        while end >= 2:
+            out.append(seq[max(0, end - max_len - 1) : end])
+            if not every:
+                break
+            end -= max_len
+    return out
+
+
+def _batches(windows: Sequence[np.ndarray], max_len: int, batch_size: int, rng: np.random.Generator):
+    """(inputs, targets) token batches: windows shuffled, then grouped by length within chunks."""
+    order = rng.permutation(len(windows))
+    lengths = np.array([len(windows[i]) for i in order])
     chunk = batch_size * 32
     batches = []
-    for start in range(0, len(users), chunk):
-        part = users[start : start + chunk][np.argsort(-lengths[start : start + chunk], kind="stable")]
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk][np.argsort(-lengths[start : start + chunk], kind="stable")]
         batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     for b in rng.permutation(len(batches)):
-        windows = [train[u][-(max_len + 1) :] for u in batches[b]]
-        yield _pad_right([w[:-1] for w in windows], max_len), _pad_right([w[1:] for w in windows], max_len)
+        chosen = [windows[i] for i in batches[b]]
+        yield _pad_right([w[:-1] for w in chosen], max_len), _pad_right([w[1:] for w in chosen], max_len)
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -219,11 +235,11 @@ class SASRecRecommender:
         torch_rng = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
         torch.manual_seed(tc.seed * 1_000_003 + epoch)
         self.model.train()
-        n_batches = math.ceil(sum(len(s) >= 2 for s in split.train) / tc.batch_size)
+        windows = _windows(split.train, cfg.max_len, tc.windows == "all")
+        n_batches = math.ceil(len(windows) / tc.batch_size)
         total_loss, total_pos, t0 = 0.0, 0, time.perf_counter()
-        bar = progress(
-            _batches(split.train, cfg.max_len, tc.batch_size, rng), total=n_batches, desc=f"epoch {epoch + 1}"
-        )
+        batches = _batches(windows, cfg.max_len, tc.batch_size, rng)
+        bar = progress(batches, total=n_batches, desc=f"epoch {epoch + 1}")
         for inputs, targets in bar:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
                 vectors = self.model.items()
