@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,6 @@ class EmbedReport:
     users_without_history: int = 0
     unknown_listings_encoded: int = 0
     unknown_clicks_skipped: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Embedder:

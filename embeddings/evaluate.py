@@ -13,18 +13,19 @@ from embeddings.split import EvalCases
 
 def rank_cases(
     model: Recommender, cases: EvalCases, exclude_seen: bool = True, batch_size: int = 1024, sampled: bool = False
-) -> np.ndarray:
-    """0-based rank of each case's target (full catalogue, or 100 sampled negatives if ``sampled``)."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """0-based rank of each case's target over the full catalogue, and (``sampled``) among 100 sampled
+    negatives, both from one scoring pass."""
     ranks = np.empty(len(cases))
+    sampled_out = np.empty(len(cases)) if sampled else None
     for start in range(0, len(cases), batch_size):
         sl = slice(start, start + batch_size)
         histories = cases.histories[sl]
         scores = model.score(cases.users[sl], histories)
-        if sampled:
-            ranks[sl] = sampled_ranks(scores, cases.targets[sl], histories, seed=start)
-        else:
-            ranks[sl] = target_ranks(scores, cases.targets[sl], histories if exclude_seen else None)
-    return ranks
+        ranks[sl] = target_ranks(scores, cases.targets[sl], histories if exclude_seen else None)
+        if sampled_out is not None:
+            sampled_out[sl] = sampled_ranks(scores, cases.targets[sl], histories, seed=start)
+    return ranks, sampled_out
 
 
 def evaluate(
@@ -37,12 +38,12 @@ def evaluate(
 ) -> dict[str, float]:
     """Flat metrics: ``hr@K``, ``ndcg@K``, ``n_cases``; cold/warm breakdown when cold cases exist;
     ``sampled100_hr@K`` etc. (old-paper protocol, clearly labelled) when ``sampled``."""
-    ranks = rank_cases(model, cases, exclude_seen, batch_size)
+    ranks, sampled_ranks_ = rank_cases(model, cases, exclude_seen, batch_size, sampled)
     out: dict[str, float] = {"n_cases": float(len(cases)), **summarize(ranks, ks)}
     if cases.cold.any():
         out["n_cold_cases"] = float(cases.cold.sum())
         out.update(summarize(ranks[cases.cold], ks, prefix="cold_"))
         out.update(summarize(ranks[~cases.cold], ks, prefix="warm_"))
-    if sampled:
-        out.update(summarize(rank_cases(model, cases, batch_size=batch_size, sampled=True), ks, prefix="sampled100_"))
+    if sampled_ranks_ is not None:
+        out.update(summarize(sampled_ranks_, ks, prefix="sampled100_"))
     return out

@@ -86,3 +86,14 @@ def test_user_item_text_loader(tmp_path):
     assert ev.groupby("user_id")["item_id"].apply(list).to_dict() == {"1": ["10", "11", "12"], "2": ["10"]}
     u1 = ev[ev["user_id"] == "1"]["event_timestamp"]
     assert u1.is_monotonic_increasing and u1.is_unique
+
+
+def test_sampled_variant_is_labelled_and_easier(tiny_week):
+    from embeddings.evaluate import evaluate
+    from embeddings.models.base import Popularity
+
+    listings, events, _ = tiny_week
+    split = temporal_split(events, listings)
+    m = evaluate(Popularity().fit(split), split.test, sampled=True)
+    assert {"hr@10", "sampled100_hr@10", "sampled100_ndcg@10"} <= set(m)
+    assert m["sampled100_hr@10"] >= m["hr@10"]
