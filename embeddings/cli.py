@@ -266,25 +266,6 @@ def _repo(args: argparse.Namespace):
     return Repo(Path(args.repo) if args.repo else REPO, args.profile)
 
 
-def _previous_run(repo) -> dict | None:
-    """What the drift checks compare against: the last published run with embeddings."""
-    from embeddings.contract import read_parquet
-
-    runs = [m for m in repo.manifests() if m.get("model_version")]
-    if not runs:
-        return None
-    last = max(runs, key=lambda m: m["published_at"])
-    offline = repo.data / "offline"
-    users = offline / "user_embeddings" / f"run-{last['run_id']}.parquet"
-    scores = offline / "user_preference" / f"run-{last['run_id']}.parquet"
-    return {
-        "run_id": last["run_id"],
-        "events_rows": last.get("events_rows"),
-        "users": read_parquet(users) if users.exists() else None,
-        "scores": read_parquet(scores) if scores.exists() else None,
-    }
-
-
 def _run_tables(args: argparse.Namespace) -> dict:
     from embeddings.contract import read_parquet
 
@@ -301,7 +282,7 @@ def _run_tables(args: argparse.Namespace) -> dict:
 def _checks(args: argparse.Namespace, tables: dict):
     from embeddings.checks import check_run
 
-    previous = _previous_run(_repo(args))
+    previous = _repo(args).previous_run()
     report = check_run(
         tables["events"], tables["listings"], tables.get("users"), tables.get("items"), tables.get("scores"), previous
     )

@@ -91,6 +91,27 @@ class Repo:
         folder = self.data / "manifests"
         return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
 
+    def run_file(self, table: str, run_id: str) -> Path:
+        """Where a run's rows of one offline table live (one file per run, never rewritten)."""
+        return self.data / "offline" / table / f"run-{run_id}.parquet"
+
+    def previous_run(self) -> dict | None:
+        """What the drift checks compare against: the last published run with embeddings."""
+        runs = [m for m in self.manifests() if m.get("model_version")]
+        if not runs:
+            return None
+        last = max(runs, key=lambda m: m["published_at"])
+        users, scores = (
+            self.run_file("user_embeddings", last["run_id"]),
+            self.run_file("user_preference", last["run_id"]),
+        )
+        return {
+            "run_id": last["run_id"],
+            "events_rows": last.get("events_rows"),
+            "users": read_parquet(users) if users.exists() else None,
+            "scores": read_parquet(scores) if scores.exists() else None,
+        }
+
 
 def check_redis(connection_string: str) -> None:
     """Fail early and clearly when Redis is unreachable or refuses the credentials."""
@@ -127,12 +148,10 @@ def run_id_for(cutoff: pd.Timestamp, model_version: str) -> str:
     return f"{cutoff.tz_convert('UTC'):%Y%m%dT%H%M%SZ}-{model_version}"
 
 
-def _new_listing_versions(repo: Repo, listings: pd.DataFrame, run_file: str) -> pd.DataFrame:
+def _new_listing_versions(repo: Repo, listings: pd.DataFrame, own_file: Path) -> pd.DataFrame:
     """Listing versions not yet in the offline source (this run's own file aside)."""
     folder = repo.data / "offline" / "listings"
-    seen = [
-        read_parquet(p)[["item_id", "event_timestamp"]] for p in sorted(folder.glob("*.parquet")) if p.name != run_file
-    ]
+    seen = [read_parquet(p)[["item_id", "event_timestamp"]] for p in sorted(folder.glob("*.parquet")) if p != own_file]
     if not seen:
         return listings
     known = pd.concat(seen).drop_duplicates()
@@ -174,7 +193,6 @@ def publish(
     else:
         cutoff, model_version = pd.Timestamp(listings["event_timestamp"].max()), None
         run_id = f"{cutoff.tz_convert('UTC'):%Y%m%dT%H%M%SZ}-listings"
-    run_file = f"run-{run_id}.parquet"
     tables = {
         "listings": listings,
         "listing_embeddings": listing_embeddings,
@@ -185,12 +203,12 @@ def publish(
     for name, df in tables.items():
         if df is None:
             continue
-        path = repo.data / "offline" / name / run_file
+        path = repo.run_file(name, run_id)
         if path.exists():  # a rerun: this run's rows are already there, publish exactly those
             run[name] = read_parquet(path)
             continue
         if name == "listings":
-            df = _new_listing_versions(repo, df, run_file)
+            df = _new_listing_versions(repo, df, path)
         if len(df):
             run[name] = _offline_table(name, df, published_at)
             write_parquet_atomic(run[name], path)
