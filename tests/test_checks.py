@@ -12,29 +12,17 @@ from embeddings.cli import main
 from embeddings.contract import read_parquet, write_parquet_atomic
 from embeddings.embed import Embedder
 from embeddings.preference import fit_preference
-from embeddings.publish import REPO, Repo, online_features
-from embeddings.split import temporal_split
-from embeddings.train import TrainConfig
-from embeddings.zoo import make_model
+from embeddings.publish import online_features
 
 CUTOFF = pd.Timestamp("2026-11-06", tz="UTC")
 
 
 @pytest.fixture(scope="module")
-def clean(tiny_dir, tiny_week, tmp_path_factory):
+def clean(tiny_dir, tiny_week, tiny_hybrid_model, tmp_path_factory):
     """A clean run folder (embeddings/, preference/) and data folder, as make demo lays them out."""
     listings, events, _ = tiny_week
-    split = temporal_split(events, listings)
-    model = make_model(
-        "sasrec",
-        split,
-        listings,
-        sasrec={"item_encoder": "hybrid", "max_len": 20, "dim": 16},
-        train=TrainConfig(epochs=2, batch_size=32, bf16=False),
-    )
     root = tmp_path_factory.mktemp("clean")
-    model.fit(split).save(root / "model.pt")
-    embedder = Embedder.from_checkpoint(root / "model.pt", listings)
+    embedder = Embedder.from_checkpoint(tiny_hybrid_model, listings)
     users = embedder.embed_users(events, CUTOFF, progress=False)
     run = root / "run"
     write_parquet_atomic(users, run / "embeddings" / "user_embeddings.parquet")
@@ -46,16 +34,14 @@ def clean(tiny_dir, tiny_week, tmp_path_factory):
 
 
 @pytest.fixture()
-def published(clean, tmp_path):
+def published(clean, feature_repo, tmp_path):
     """A feature repo holding the clean run, and copies of the run and data to break."""
     run, data = clean
-    repo = tmp_path / "feature_repo"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    assert main(["publish", "--run", str(run), "--data", str(data), "--repo", str(repo)]) == 0
+    assert main(["publish", "--run", str(run), "--data", str(data), "--repo", str(feature_repo.path)]) == 0
     bad_run, bad_data = tmp_path / "run", tmp_path / "data"
     shutil.copytree(run, bad_run, ignore=shutil.ignore_patterns("validation"))
     shutil.copytree(data, bad_data, ignore=shutil.ignore_patterns("validation"))
-    return Repo(repo), bad_run, bad_data
+    return feature_repo, bad_run, bad_data
 
 
 def _edit(path, fn):

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port
 
 from embeddings.embed import Embedder
 from embeddings.preference import fit_preference
-from embeddings.publish import REPO, PublishError, Repo, historical_features, online_features, publish
+from embeddings.publish import PublishError, Repo, historical_features, online_features, publish
 from embeddings.split import temporal_split
 from embeddings.train import TrainConfig
 from embeddings.zoo import make_model
@@ -25,32 +26,11 @@ FEAST = str(Path(sys.executable).with_name("feast"))
 DAY5, DAY6, DAY7 = (pd.Timestamp(f"2026-11-0{d}", tz="UTC") for d in (6, 7, 8))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _copy_repo(dest: Path) -> Path:
-    shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    return dest
-
-
 @pytest.fixture(scope="module")
-def runs(tiny_week, tmp_path_factory):
+def runs(tiny_week, tiny_hybrid_model):
     """Three runs of the same model at three cut-offs: (listings, user_emb, item_emb, preference) each."""
     listings, events, _ = tiny_week
-    split = temporal_split(events, listings)
-    model = make_model(
-        "sasrec",
-        split,
-        listings,
-        sasrec={"item_encoder": "hybrid", "max_len": 20, "dim": 16},
-        train=TrainConfig(epochs=2, batch_size=32, bf16=False),
-    )
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    model.fit(split).save(path)
-    embedder = Embedder.from_checkpoint(path, listings)
+    embedder = Embedder.from_checkpoint(tiny_hybrid_model, listings)
     out = {}
     for cutoff in (DAY5, DAY6, DAY7):
         users = embedder.embed_users(events, cutoff, progress=False)
@@ -61,8 +41,8 @@ def runs(tiny_week, tmp_path_factory):
 
 
 @pytest.fixture()
-def repo(tmp_path):
-    return Repo(_copy_repo(tmp_path / "feature_repo"))
+def repo(feature_repo):
+    return feature_repo
 
 
 def _online(repo, users):
@@ -134,7 +114,7 @@ def test_failed_publish_leaves_the_online_store_on_the_previous_run(repo, runs):
 
 def test_feast_serve_answers_get_online_features(repo, runs):
     publish(repo, *runs[DAY5])
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [FEAST, "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"],
         cwd=repo.path,
@@ -178,7 +158,7 @@ def redis_server(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("redis-server is missing: .ci/run installs it")
         pytest.skip("redis-server not installed (apt-get install redis-server)")
-    port, password = _free_port(), "s3cret-for-tests"
+    port, password = free_port(), "s3cret-for-tests"
     proc = subprocess.Popen(
         [
             binary,
