@@ -71,7 +71,7 @@ def _pad_right(seqs: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _windows(train: Sequence[np.ndarray], max_len: int, every: bool) -> list[np.ndarray]:
+def training_windows(train: Sequence[np.ndarray], max_len: int, every: bool) -> list[np.ndarray]:
     """Training windows of at most ``max_len + 1`` items: each user's last one, or (``every``) the whole
     sequence cut back from its end, so each item after the first is a target exactly once."""
     out = []
@@ -235,7 +235,7 @@ class SASRecRecommender:
         torch_rng = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
         torch.manual_seed(tc.seed * 1_000_003 + epoch)
         self.model.train()
-        windows = _windows(split.train, cfg.max_len, tc.windows == "all")
+        windows = training_windows(split.train, cfg.max_len, tc.windows == "all")
         n_batches = math.ceil(len(windows) / tc.batch_size)
         total_loss, total_pos, t0 = 0.0, 0, time.perf_counter()
         batches = _batches(windows, cfg.max_len, tc.batch_size, rng)
@@ -251,7 +251,9 @@ class SASRecRecommender:
             total_loss += loss.item() * n_pos
             total_pos += n_pos
             bar.set_postfix(
-                loss=f"{total_loss / max(total_pos, 1):.4f}", pos_s=f"{total_pos / (time.perf_counter() - t0):.0f}"
+                loss=f"{total_loss / max(total_pos, 1):.4f}",
+                pos_s=f"{total_pos / (time.perf_counter() - t0):.0f}",
+                refresh=False,  # the bar redraws on its own interval, with the batch count up to date
             )
         seconds = time.perf_counter() - t0
         return {"epoch": epoch, "loss": total_loss / max(total_pos, 1), "positions": total_pos, "seconds": seconds}

@@ -153,12 +153,12 @@ def test_every_model_shares_the_evaluation(split, tiny_week):
 
 
 def test_training_windows_cover_each_target_once():
-    from embeddings.train import _windows
+    from embeddings.train import training_windows
 
     seq = np.arange(23)
-    last = _windows([seq, np.arange(1)], max_len=5, every=False)
+    last = training_windows([seq, np.arange(1)], max_len=5, every=False)
     assert [w.tolist() for w in last] == [list(range(17, 23))]  # one window; a 1-item user has none
-    every = _windows([seq], max_len=5, every=True)
+    every = training_windows([seq], max_len=5, every=True)
     targets = np.concatenate([w[1:] for w in every])
     assert sorted(targets.tolist()) == list(range(1, 23))  # every item after the first, exactly once
     assert all(len(w) <= 6 for w in every)
