@@ -15,6 +15,17 @@ def test_demo_data_then_evaluate_json(tmp_path, capsys):
     assert "hr@10" in capsys.readouterr().out
 
 
+def test_evaluate_user_item_text_with_drop_last(tmp_path, capsys):
+    path = tmp_path / "ml.txt"
+    path.write_text("".join(f"1 {i}\n" for i in (1, 2, 3)) + "".join(f"2 {i}\n" for i in (2, 3, 4, 5)))
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", "popular", "--data", str(path), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n_cases"] == 2
+    assert main(["evaluate", "--model", "popular", "--data", str(path), "--drop-last", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n_cases"] == 1  # user 1 keeps two items: too short to split
+    assert "last 1 item(s) dropped first: 1 users" in capsys.readouterr().err
+
+
 def test_train_then_evaluate_checkpoint(tmp_path):
     data = tmp_path / "week"
     main(["demo-data", "--users", "150", "--listings", "200", "--seed", "2", "--out", str(data)])

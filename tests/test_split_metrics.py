@@ -56,6 +56,19 @@ def test_leave_last_out_by_hand():
     assert s.test.histories[0].tolist() == [1, 2, 3]
 
 
+def test_leave_last_out_can_drop_each_users_last_items():
+    ev = _events(
+        [("a", "x", 1), ("a", "y", 2), ("a", "z", 3), ("a", "w", 4), ("b", "x", 1), ("b", "y", 2), ("b", "z", 3)]
+    )
+    s = leave_last_out(ev, drop_last=1)  # a: x y z (w dropped); b: x y, too short after the drop
+    assert list(s.user_ids) == ["a"] and s.meta["dropped_short_users"] == 1
+    assert s.train[0].tolist() == [1] and s.valid.targets.tolist() == [2] and s.test.targets.tolist() == [3]
+    assert s.test.histories[0].tolist() == [1, 2]
+    assert s.n_items == 4  # the dropped item stays in the catalogue: rankings run over the same items
+    with pytest.raises(ValueError, match="drop_last"):
+        leave_last_out(ev, drop_last=-1)
+
+
 def test_temporal_split_by_hand():
     ev = _events([("a", "x", 1), ("a", "y", 2), ("a", "x", 30), ("a", "z", 31), ("b", "z", 40), ("c", "y", 3)])
     listings = pd.DataFrame({"item_id": ["x", "y", "z"], "created_at": [T0, T0, T0 + pd.Timedelta(hours=25)]})
