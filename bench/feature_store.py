@@ -6,6 +6,9 @@ Synthetic user embeddings (dim 64) and rent/sale scores for N users (default 100
 through ``embeddings.publish`` into a scratch copy of feature_repo/. Lookups of the ``user_profile``
 service (embedding + p_rent) are timed one request at a time, in process (SDK) and against
 ``feast serve`` on 127.0.0.1 (HTTP). Redis is a real redis-server started on a free local port.
+Each lookup is set next to its floor: the store's own read of the same number of users without
+Feast (sqlite3 queries / one pipelined redis round trip, bytes not decoded), plus for HTTP one
+POST to a do-nothing local HTTP server.
 Writes bench/results/feature_store.json.
 """
 
@@ -33,6 +36,7 @@ from embeddings.publish import REPO, Repo, publish  # noqa: E402
 
 FEAST = str(Path(sys.executable).with_name("feast"))
 CUTOFF = pd.Timestamp("2026-11-08", tz="UTC")
+LOOKUP_COLUMNS = ["store", "path", "users_per_request", "p50_ms", "p99_ms", "floor_p50_ms", "p50_over_floor"]
 
 
 def _free_port() -> int:
@@ -139,8 +143,87 @@ def time_http(port: int, users: list[str], batch: int, n: int, rng) -> dict:
     return percentiles(samples)
 
 
+def floor_sqlite(db: Path, batch: int, n: int, rng) -> dict:
+    """The store's own read, without Feast: the same per-view queries on the same keys, bytes not decoded."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    tables = [f"lst_embeddings_{view}" for view in ("user_embedding", "user_rent_sale_preference")]
+    keys = [k for (k,) in con.execute(f"SELECT DISTINCT entity_key FROM {tables[0]}")]
+    samples = []
+    for i in range(n + 20):
+        chosen = [keys[j] for j in rng.choice(len(keys), batch, replace=False)]
+        marks = ",".join("?" * batch)
+        start = time.perf_counter()
+        for t in tables:
+            con.execute(
+                f"SELECT entity_key, feature_name, value, event_ts FROM {t} WHERE entity_key IN ({marks})", chosen
+            ).fetchall()
+        if i >= 20:
+            samples.append(time.perf_counter() - start)
+    con.close()
+    return percentiles(samples)
+
+
+def floor_redis(env: dict, batch: int, n: int, rng) -> dict:
+    """One pipelined HGETALL per user on one connection: a single round trip, bytes not decoded."""
+    import redis
+
+    client = redis.Redis(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"]), password=env["REDIS_PASSWORD"])
+    keys = list(client.scan_iter(count=10_000))
+    samples = []
+    for i in range(n + 20):
+        chosen = [keys[j] for j in rng.choice(len(keys), batch, replace=False)]
+        start = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        for k in chosen:
+            pipe.hgetall(k)
+        pipe.execute()
+        if i >= 20:
+            samples.append(time.perf_counter() - start)
+    client.close()
+    return percentiles(samples)
+
+
+def http_round_trip(n: int) -> dict:
+    """A POST to a do-nothing HTTP server on 127.0.0.1 with the same client: the cost of HTTP alone."""
+    import http.server
+    import threading
+
+    class Empty(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Empty)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/get-online-features"
+    samples = []
+    for i in range(n + 20):
+        req = urllib.request.Request(url, data=b'{"entities": {}}', headers={"Content-Type": "application/json"})
+        start = time.perf_counter()
+        urllib.request.urlopen(req, timeout=30).read()
+        if i >= 20:
+            samples.append(time.perf_counter() - start)
+    server.shutdown()
+    return percentiles(samples)
+
+
 def lookups(repo: Repo, name: str, users: list[str], n: int, env: dict) -> list[dict]:
+    """Feast lookups by SDK and HTTP, each next to the floor: the raw store read of the same number of rows."""
     rng = np.random.default_rng(1)
+    floors = {}
+    for batch in (1, 100):
+        if name == "sqlite":
+            floors[batch] = floor_sqlite(repo.data / "online_store.db", batch, n, rng)
+        else:
+            floors[batch] = floor_redis(env, batch, n, rng)
     rows = []
     store = repo.store()
     for batch in (1, 100):
@@ -159,8 +242,15 @@ def lookups(repo: Repo, name: str, users: list[str], n: int, env: dict) -> list[
     finally:
         server.terminate()
         server.wait(timeout=30)
+    http = http_round_trip(n)
     for r in rows:
-        print(table([r], ["store", "path", "users_per_request", "p50_ms", "p99_ms"]).splitlines()[-1], flush=True)
+        floor = floors[r["users_per_request"]]
+        r["floor_p50_ms"], r["floor_p99_ms"] = floor["p50_ms"], floor["p99_ms"]
+        if r["path"] == "HTTP":  # plus one bare HTTP round trip
+            r["floor_p50_ms"] += http["p50_ms"]
+            r["floor_p99_ms"] += http["p99_ms"]
+        r["p50_over_floor"] = r["p50_ms"] / r["floor_p50_ms"]
+        print(table([r], LOOKUP_COLUMNS).splitlines()[-1], flush=True)
     return rows
 
 
@@ -271,7 +361,7 @@ def main() -> None:
         print("redis-server not installed: Redis rows skipped (apt-get install redis-server)")
     out["lookups"] = rows
     print()
-    print(table(rows, ["store", "path", "users_per_request", "p50_ms", "p99_ms", "n"]))
+    print(table(rows, LOOKUP_COLUMNS + ["n"]))
     print(
         f"\nmaterialize {out['materialize_user_embeddings']['rows_per_s']:,.0f} rows/s (user embeddings, dim 64, "
         f"SQLite); historical {out['historical']['rows_per_s']:,.0f} rows/s ({n_rows:,} entity rows, DuckDB)"
