@@ -115,54 +115,61 @@ def percentiles(samples: list[float]) -> dict:
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
 
 
-def time_sdk(store, users: list[str], batch: int, n: int, rng) -> dict:
-    service = store.get_feature_service("user_profile")
+def latency(n: int, make_request, send) -> dict:
+    """p50/p99 of ``send(make_request())`` over ``n`` requests after 20 warm-up ones; only ``send`` is timed."""
     samples = []
     for i in range(n + 20):
-        rows = [{"user_id": u} for u in rng.choice(users, batch, replace=False)]
+        request = make_request()
         start = time.perf_counter()
-        store.get_online_features(features=service, entity_rows=rows).to_dict()
-        if i >= 20:  # warm-up
-            samples.append(time.perf_counter() - start)
-    return percentiles(samples)
-
-
-def time_http(port: int, users: list[str], batch: int, n: int, rng) -> dict:
-    samples = []
-    for i in range(n + 20):
-        body = json.dumps(
-            {"feature_service": "user_profile", "entities": {"user_id": list(rng.choice(users, batch, replace=False))}}
-        ).encode()
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/get-online-features", data=body, headers={"Content-Type": "application/json"}
-        )
-        start = time.perf_counter()
-        urllib.request.urlopen(req, timeout=30).read()
+        send(request)
         if i >= 20:
             samples.append(time.perf_counter() - start)
     return percentiles(samples)
 
 
-def floor_sqlite(db: Path, batch: int, n: int, rng) -> dict:
+def post(url: str, body: bytes) -> bytes:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    return urllib.request.urlopen(req, timeout=30).read()
+
+
+def time_sdk(store, users: list[str], batch: int, n: int, rng) -> dict:
+    service = store.get_feature_service("user_profile")
+    return latency(
+        n,
+        lambda: [{"user_id": u} for u in rng.choice(users, batch, replace=False)],
+        lambda rows: store.get_online_features(features=service, entity_rows=rows).to_dict(),
+    )
+
+
+def time_http(port: int, users: list[str], batch: int, n: int, rng) -> dict:
+    url = f"http://127.0.0.1:{port}/get-online-features"
+    return latency(
+        n,
+        lambda: json.dumps(
+            {"feature_service": "user_profile", "entities": {"user_id": list(rng.choice(users, batch, replace=False))}}
+        ).encode(),
+        lambda body: post(url, body),
+    )
+
+
+def floor_sqlite(db: Path, project: str, batch: int, n: int, rng) -> dict:
     """The store's own read, without Feast: the same per-view queries on the same keys, bytes not decoded."""
     import sqlite3
 
     con = sqlite3.connect(db)
-    tables = [f"lst_embeddings_{view}" for view in ("user_embedding", "user_rent_sale_preference")]
+    tables = [f"{project}_{view}" for view in ("user_embedding", "user_rent_sale_preference")]
     keys = [k for (k,) in con.execute(f"SELECT DISTINCT entity_key FROM {tables[0]}")]
-    samples = []
-    for i in range(n + 20):
-        chosen = [keys[j] for j in rng.choice(len(keys), batch, replace=False)]
-        marks = ",".join("?" * batch)
-        start = time.perf_counter()
+    marks = ",".join("?" * batch)
+
+    def read(chosen: list[bytes]) -> None:
         for t in tables:
             con.execute(
                 f"SELECT entity_key, feature_name, value, event_ts FROM {t} WHERE entity_key IN ({marks})", chosen
             ).fetchall()
-        if i >= 20:
-            samples.append(time.perf_counter() - start)
+
+    result = latency(n, lambda: [keys[j] for j in rng.choice(len(keys), batch, replace=False)], read)
     con.close()
-    return percentiles(samples)
+    return result
 
 
 def floor_redis(env: dict, batch: int, n: int, rng) -> dict:
@@ -171,18 +178,16 @@ def floor_redis(env: dict, batch: int, n: int, rng) -> dict:
 
     client = redis.Redis(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"]), password=env["REDIS_PASSWORD"])
     keys = list(client.scan_iter(count=10_000))
-    samples = []
-    for i in range(n + 20):
-        chosen = [keys[j] for j in rng.choice(len(keys), batch, replace=False)]
-        start = time.perf_counter()
+
+    def read(chosen: list[bytes]) -> None:
         pipe = client.pipeline(transaction=False)
         for k in chosen:
             pipe.hgetall(k)
         pipe.execute()
-        if i >= 20:
-            samples.append(time.perf_counter() - start)
+
+    result = latency(n, lambda: [keys[j] for j in rng.choice(len(keys), batch, replace=False)], read)
     client.close()
-    return percentiles(samples)
+    return result
 
 
 def http_round_trip(n: int) -> dict:
@@ -204,28 +209,22 @@ def http_round_trip(n: int) -> dict:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Empty)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/get-online-features"
-    samples = []
-    for i in range(n + 20):
-        req = urllib.request.Request(url, data=b'{"entities": {}}', headers={"Content-Type": "application/json"})
-        start = time.perf_counter()
-        urllib.request.urlopen(req, timeout=30).read()
-        if i >= 20:
-            samples.append(time.perf_counter() - start)
+    result = latency(n, lambda: b'{"entities": {}}', lambda body: post(url, body))
     server.shutdown()
-    return percentiles(samples)
+    return result
 
 
 def lookups(repo: Repo, name: str, users: list[str], n: int, env: dict) -> list[dict]:
     """Feast lookups by SDK and HTTP, each next to the floor: the raw store read of the same number of rows."""
     rng = np.random.default_rng(1)
+    store = repo.store()
     floors = {}
     for batch in (1, 100):
         if name == "sqlite":
-            floors[batch] = floor_sqlite(repo.data / "online_store.db", batch, n, rng)
+            floors[batch] = floor_sqlite(repo.data / "online_store.db", store.project, batch, n, rng)
         else:
             floors[batch] = floor_redis(env, batch, n, rng)
     rows = []
-    store = repo.store()
     for batch in (1, 100):
         rows.append({"store": name, "path": "SDK", "users_per_request": batch, **time_sdk(store, users, batch, n, rng)})
     port = _free_port()

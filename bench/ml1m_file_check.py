@@ -25,15 +25,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import ML1M, table, write  # noqa: E402
 
+from embeddings.movielens import load_user_item_text  # noqa: E402
+from embeddings.split import build_sequences, catalogue  # noqa: E402
+
 PAPERS_FILE = {"lines": 999_611, "bytes": 9_053_831}
-
-
-def sequences(path: Path) -> list[np.ndarray]:
-    pairs = np.loadtxt(path, dtype=np.int64)
-    users, starts = np.unique(pairs[:, 0], return_index=True)
-    order = np.argsort(starts)
-    bounds = np.append(starts[order], len(pairs))
-    return [pairs[a:b, 1] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def transition_hr(seqs: list[np.ndarray], n_items: int, offset: int) -> float:
@@ -61,15 +56,17 @@ def main() -> None:
         print(f"{path} not found: check skipped")
         return
     data = path.read_bytes()
-    seqs = sequences(path)
-    n_items = int(max(s.max() for s in seqs)) + 1
+    events = load_user_item_text(path)
+    items = catalogue(events, None)
+    _, seqs, _ = build_sequences(events, items)  # item indices in file order, as the benchmarks read them
+    n_items = len(items)
     out = {
         "file": str(path),
         "sha256": hashlib.sha256(data).hexdigest(),
         "bytes": len(data),
         "lines": data.count(b"\n"),
         "users": len(seqs),
-        "items": len(np.unique(np.concatenate(seqs))),
+        "items": n_items,
         "papers_file": PAPERS_FILE,
         "transition_hr@10_second_last": transition_hr(seqs, n_items, 2),
         "transition_hr@10_last": transition_hr(seqs, n_items, 1),

@@ -46,17 +46,16 @@ WINDOWS = "all"
 PUBLISHED = {"SASRec, full CE (paper)": (0.3152, 0.1821), "RecTools SASRec": (0.3058, 0.1779)}
 
 
-def epoch_flops(split, max_len: int, dim: int, blocks: int, windows: str) -> float:
+def window_lengths(split, every: bool) -> np.ndarray:
+    """Target positions of each training window, as ``train.training_windows`` cuts them (max_len 200)."""
+    return np.array([len(w) - 1 for w in training_windows(split.train, 200, every)])
+
+
+def epoch_flops(lengths: np.ndarray, n_items: int, dim: int, blocks: int) -> float:
     """Forward + backward FLOPs of one epoch: transformer on the windows' tokens, full softmax on real ones."""
-    lengths = np.array([len(w) - 1 for w in training_windows(split.train, max_len, windows == "all")])
-    positions = lengths.sum()
     per_token = blocks * (12 * dim * dim + 2 * lengths.mean() * dim)  # qkv, proj, mlp; causal attention
-    softmax = 2 * split.n_items * dim  # logits; the gradient costs two more of these
-    return 3 * float(positions) * (per_token + softmax)
-
-
-def positions(split, every: bool) -> int:
-    return int(sum(len(w) - 1 for w in training_windows(split.train, 200, every)))
+    softmax = 2 * n_items * dim  # logits; the gradient costs two more of these
+    return 3 * float(lengths.sum()) * (per_token + softmax)
 
 
 def ml1m(path: str, quick: bool, budget_min: float, drop_last: int) -> dict:
@@ -94,7 +93,8 @@ def ml1m(path: str, quick: bool, budget_min: float, drop_last: int) -> dict:
     wall = time.perf_counter() - began
     final = evaluate(model, split.test)
     epoch_s = statistics.median(h["seconds"] for h in model.history)
-    flops = epoch_flops(split, 200, 64, 2, WINDOWS)
+    lengths = window_lengths(split, WINDOWS == "all")
+    flops = epoch_flops(lengths, split.n_items, 64, 2)
     # the epoch's three big products (logits, their gradients for hidden states and for item vectors);
     # the best rate any of them reaches on this machine bounds the whole epoch from below
     rate = max(
@@ -105,8 +105,8 @@ def ml1m(path: str, quick: bool, budget_min: float, drop_last: int) -> dict:
     return {
         "drop_last": drop_last,
         "windows": WINDOWS,
-        "positions_per_epoch": positions(split, WINDOWS == "all"),
-        "positions_per_epoch_last_window": positions(split, False),  # what SASRec / RecTools train on
+        "positions_per_epoch": int(lengths.sum()),
+        "positions_per_epoch_last_window": int(window_lengths(split, False).sum()),  # what RecTools trains on
         "users": split.n_users,
         "items": split.n_items,
         "hr@10": final["hr@10"],
