@@ -31,7 +31,6 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import disk_write_rate, memory_copy_rate, table, write  # noqa: E402
-
 from embeddings.publish import REPO, Repo, publish  # noqa: E402
 
 FEAST = str(Path(sys.executable).with_name("feast"))

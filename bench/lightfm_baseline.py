@@ -51,7 +51,7 @@ def main() -> None:
         epochs=30,
     )
     if not args.quick and Path(args.ml1m).exists():
-        ev, _ = load_data(args.ml1m)
+        ev = load_data(args.ml1m).events
         for name, drop_last in (("ML-1M, last item dropped", ML1M_DROP_LAST), ("ML-1M as given", 0)):
             rows += run(name, leave_last_out(ev, drop_last=drop_last), None, ["popular", "lightfm"], epochs=30)
     print()

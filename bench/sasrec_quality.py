@@ -59,7 +59,7 @@ def epoch_flops(lengths: np.ndarray, n_items: int, dim: int, blocks: int) -> flo
 
 
 def ml1m(path: str, quick: bool, budget_min: float, drop_last: int) -> dict:
-    events, _ = load_data(path)
+    events = load_data(path).events
     if quick:
         keep = events["user_id"].drop_duplicates().head(1000)
         events = events[events["user_id"].isin(keep)]

@@ -3,14 +3,14 @@
 One loader per table. Each reads Parquet, checks column presence, types, nulls and
 value domains, and raises :class:`ContractError` naming the file, the column, how many
 rows are wrong and a few examples. Nothing is ever written by a loader, and every writer
-in the package goes through :func:`write_parquet_atomic`, so a failed run leaves no
-partial file behind.
+in the package goes through ``embeddings.io.write_atomic``, so a failed run leaves no
+partial file behind. The same column table drives the Great Expectations suites
+(``validation/suites.py``) and the Feast schema (``feature_repo/``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from embeddings.errors import InputError
 
 DEAL_TYPES = ("rent", "sale")
 PROPERTY_TYPES = ("flat", "room", "house", "townhouse")
@@ -59,7 +61,7 @@ EVENT_COLUMNS: tuple[Column, ...] = (
 )
 
 
-class ContractError(ValueError):
+class ContractError(InputError):
     """Input that breaks the data contract. The message names file, column, count, examples."""
 
     def __init__(self, source: str, column: str | None, n_rows: int, problem: str, examples=()):
@@ -224,18 +226,3 @@ def latest_versions(listings: pd.DataFrame, as_of: pd.Timestamp | None = None) -
         first = df.drop_duplicates("item_id", keep="first")
         df = pd.concat([known, first[~first["item_id"].isin(known["item_id"])]])
     return df.sort_values(["item_id", "event_timestamp"]).drop_duplicates("item_id", keep="last").reset_index(drop=True)
-
-
-def write_parquet_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``df`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

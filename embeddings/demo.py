@@ -1,4 +1,4 @@
-"""``make demo``: the whole job on the built-in synthetic week, through the CLI's own commands."""
+"""``make demo``: the whole job on the built-in synthetic week, through the pipeline's stage functions."""
 
 from __future__ import annotations
 
@@ -7,55 +7,80 @@ import sys
 import time
 from pathlib import Path
 
-from embeddings.cli import main as cli
+from embeddings import pipeline as pl
+from embeddings.data import load_data
+from embeddings.errors import LstError
+from embeddings.evaluate import evaluate
+from embeddings.feature_store import REPO, Repo, online_features
+from embeddings.io import write_json
+from embeddings.models.sasrec import SASRecConfig
+from embeddings.synthetic import WeekConfig, write_week
+from embeddings.train import TrainConfig
+from embeddings.zoo import make_model
 
 
-def steps(out: Path, users: int, listings: int, seed: int) -> list[tuple[str, list[str]]]:
-    data, model, emb, pref = out / "data", out / "sasrec", out / "embeddings", out / "preference"
-    week = f"demo-data --users {users} --listings {listings} --days 7 --seed {seed} --out {data}"
-    train = (
-        f"train --data {data} --out {model} --item-encoder hybrid --features-from feast "
-        f"--max-len 50 --epochs 30 --patience 4 --seed {seed}"
-    )
-    compare = (
-        f"evaluate --data {data} --model popular lightfm sasrec --checkpoint {model}/model.pt "
-        f"--json {out}/evaluation.json"
-    )
-    classify = (
-        f"classify --embeddings {emb}/user_embeddings.parquet --data {data} --labels {data}/labels.parquet --out {pref}"
-    )
-    pictures = f"pictures --embeddings {emb} --data {data} --scores {pref}/preference.parquet --out {out}/pictures"
-    return [
-        ("synthetic week", week.split()),
-        ("data contract", f"check-data --data {data}".split()),
-        ("lst features of the listings into the feature store", f"publish --listings-only --data {data}".split()),
-        ("SASRec (hybrid item encoder, lst features read through Feast)", train.split()),
-        ("SASRec against the baselines, same temporal split", compare.split()),
-        (
-            "user and listing embeddings as of the training cut-off",
-            f"embed --model {model}/model.pt --data {data} --out {emb}".split(),
-        ),
-        ("rent/sale preference: CatBoost on embeddings against the baselines", classify.split()),
-        ("t-SNE pictures", pictures.split()),
-        (
-            "publish to the local feature store (DuckDB offline, SQLite online)",
-            f"publish --run {out} --data {data}".split(),
-        ),
-        ("one user's online features", ["lookup", "--user", "U000000"]),
-    ]
-
-
-def run(out: Path, users: int, listings: int, seed: int) -> int:
+def run(out: Path, users: int, listings: int, seed: int, repo: Repo) -> None:
     began = time.perf_counter()
-    for title, argv in steps(out, users, listings, seed):
-        print(f"\n== {title}\n$ lst-embeddings {' '.join(argv)}", flush=True)
-        rc = cli(argv)
-        if rc:
-            return rc
+    layout, data_dir = pl.RunLayout(out), out / "data"
+
+    print("== synthetic week", flush=True)
+    write_week(WeekConfig(users, listings, 7, seed), data_dir)
+    data = load_data(data_dir)
+    print(f"   {len(data.events):,} events, {len(data.listings):,} listing versions; contract OK")
+
+    print("== lst features of the listings into the feature store", flush=True)
+    try:
+        print(f"   run {pl.publish_listings(data_dir, repo)['run_id']}")
+    except pl.NothingToPublish:
+        print("   already there")
+
+    print("== SASRec (hybrid item encoder, lst features read through Feast)", flush=True)
+    split_cfg = pl.DataConfig(data_dir)
+    trained = pl.train(
+        data,
+        layout,
+        split_cfg,
+        SASRecConfig(item_encoder="hybrid", max_len=50),
+        TrainConfig(epochs=30, patience=4, seed=seed),
+        features_from="feast",
+        feature_store=repo,
+    )
+
+    print("== SASRec against the baselines, same temporal split", flush=True)
+    split = pl.split_data(data, split_cfg)
+    rows = [trained.metrics]
+    for name in ("popular", "lightfm"):
+        model = make_model(name, split, data.listings).fit(split)
+        rows.append({"model": model.name, **evaluate(model, split.test)})
+    for r in rows:
+        print(f"   {r['model']:18s} HR@10 {r['hr@10']:.4f}  NDCG@10 {r['ndcg@10']:.4f}")
+    write_json(layout.evaluation, rows)
+
+    print("== user and listing embeddings as of the training cut-off", flush=True)
+    embedded = pl.embed(data, layout, trained.model)
+    print(f"   {len(embedded.users):,} users, {len(embedded.items):,} listings, model {embedded.model_version}")
+
+    print("== rent/sale preference: CatBoost on embeddings against the baselines", flush=True)
+    classified = pl.classify(data, layout)
+    for r in classified.table:
+        if r["users"] == "all test users":
+            p, rec, auc = r["precision"], r["recall"], r["roc_auc"]
+            print(f"   {r['model']:22s} precision {p:.3f} recall {rec:.3f} ROC-AUC {auc:.3f}")
+
+    print("== t-SNE pictures", flush=True)
+    for path in pl.pictures(data, layout):
+        print(f"   {path}")
+
+    print("== checks, then publish to the local feature store (DuckDB offline, SQLite online)", flush=True)
+    manifest = pl.publish(data_dir, repo, layout)
+    print(f"   published run {manifest['run_id']}: {manifest['rows']}; report {layout.validation_dir / 'report.html'}")
+
+    print("== one user's online features", flush=True)
+    user = str(embedded.users["user_id"].iloc[0])
+    record = online_features(repo, [user]).iloc[0].to_dict()
+    record["embedding"] = [round(float(x), 4) for x in record["embedding"][:4]] + ["..."]
+    print(f"   {record}")
     print(f"\ndemo finished in {time.perf_counter() - began:.0f} s; outputs under {out}/")
-    for path in sorted((out / "pictures").glob("*.png")):
-        print(f"  picture: {path}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--listings", type=int, default=6000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repo", default=str(REPO))
     args = p.parse_args(argv)
-    return run(Path(args.out), args.users, args.listings, args.seed)
+    try:
+        run(Path(args.out), args.users, args.listings, args.seed, Repo(Path(args.repo)))
+    except LstError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ are counted in :attr:`Embedder.report`; :meth:`Embedder.embed_sequence` raises f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 
@@ -23,22 +21,16 @@ import pandas as pd
 import torch
 
 from embeddings.contract import latest_versions
+from embeddings.errors import InputError
 from embeddings.features import listing_features
-from embeddings.train import SASRecRecommender, load_checkpoint
+from embeddings.io import utc
+from embeddings.models.sasrec import SASRecRecommender, content_version, load_checkpoint
+from embeddings.split import build_sequences
 
 
 def model_version(path: str | os.PathLike) -> str:
-    """A hash of what defines the embedding space: weights, model config, item vocabulary.
-
-    Metrics and timings stored beside them do not count, so retraining to the same weights keeps the version.
-    """
-    state = load_checkpoint(path)
-    digest = hashlib.sha256()
-    digest.update(json.dumps([state["model_config"], state["item_ids"]], sort_keys=True).encode())
-    for name in sorted(state["model"]):
-        digest.update(name.encode())
-        digest.update(state["model"][name].contiguous().numpy().tobytes())
-    return f"sasrec-{digest.hexdigest()[:12]}"
+    """The content hash of a checkpoint (weights, model config, item vocabulary): see ``content_version``."""
+    return content_version(load_checkpoint(path))
 
 
 @dataclass
@@ -50,33 +42,35 @@ class EmbedReport:
 
 
 class Embedder:
-    def __init__(self, model: SASRecRecommender, version: str, listings: pd.DataFrame | None = None):
+    def __init__(self, model: SASRecRecommender, listings: pd.DataFrame | None = None):
         self.model = model
-        self.version = version
+        self.version = model.version
         self.listings = listings
         self.index = pd.Index(model.item_ids)
         self.report = EmbedReport()
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, listings: pd.DataFrame | None = None) -> Embedder:
-        return cls(SASRecRecommender.load(path), model_version(path), listings)
+        return cls(SASRecRecommender.load(path), listings)
 
     @property
     def encoder(self) -> str:
-        return self.model.model.cfg.item_encoder
+        return self.model.config.item_encoder
+
+    @property
+    def _can_encode(self) -> bool:
+        return self.model.encoder.scores_unseen and self.listings is not None
 
     def _encode_new(self, item_ids: list[str], as_of: pd.Timestamp | None) -> torch.Tensor:
         """Vectors for listings outside the catalogue, from their lst features (model's own normalisation)."""
         lst = listing_features(self.listings, np.asarray(item_ids, dtype=object), as_of, stats=self.model.feature_stats)
-        with torch.no_grad():
-            return self.model.model.items.encode(torch.from_numpy(lst.smooth()[0]))
+        return self.model.encode_listings(lst.smooth()[0])
 
     def _item_table(self, events: pd.DataFrame, as_of: pd.Timestamp | None) -> tuple[pd.Index, torch.Tensor]:
         """All item ids the events can be mapped to, and their vectors (row 0 = padding)."""
-        with torch.no_grad():
-            table = self.model.model.items()
+        table = self.model.item_table()
         unknown = pd.Index(events["item_id"].unique()).difference(self.index)
-        can_encode = self.encoder != "id" and self.listings is not None
+        can_encode = self._can_encode
         if len(unknown) and can_encode:
             unknown = unknown.intersection(pd.Index(self.listings["item_id"].unique()))
             if len(unknown):
@@ -89,19 +83,11 @@ class Embedder:
         """Per user: the item rows of their clicks before ``cutoff`` (first touch order), counts, last time."""
         before = events[events["event_timestamp"] < cutoff]
         index, table = self._item_table(before, cutoff)
-        ordered = before.sort_values(["user_id", "event_timestamp"], kind="stable")
-        stats = ordered.groupby("user_id", sort=False).agg(
-            n_events=("item_id", "size"), last_event_at=("event_timestamp", "max")
-        )
-        firsts = ordered.drop_duplicates(["user_id", "item_id"], keep="first")
-        codes = index.get_indexer(firsts["item_id"])
-        self.report.unknown_clicks_skipped += int((codes < 0).sum())
-        users, codes = firsts["user_id"].to_numpy()[codes >= 0], codes[codes >= 0].astype(np.int64)
-        uniq, starts = np.unique(users, return_index=True)  # rows are grouped by user already
-        order = np.argsort(starts)
-        bounds = np.append(starts[order], len(users))
-        seqs = pd.Series([codes[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], index=uniq[order])
-        frame = stats.join(seqs.rename("history"), how="left").reset_index()
+        stats = before.groupby("user_id").agg(n_events=("item_id", "size"), last_event_at=("event_timestamp", "max"))
+        users, seqs, _ = build_sequences(before, index, skip_unknown=True)
+        first_touches = len(before[["user_id", "item_id"]].drop_duplicates())
+        self.report.unknown_clicks_skipped += first_touches - sum(len(s) for s in seqs)
+        frame = stats.join(pd.Series(seqs, index=users, dtype=object).rename("history"), how="left").reset_index()
         return frame, index, table
 
     def embed_users(
@@ -110,8 +96,7 @@ class Embedder:
         """One row per user with at least one usable click before ``cutoff`` (default: after the last event)."""
         if cutoff is None:
             cutoff = events["event_timestamp"].max() + pd.Timedelta(microseconds=1)
-        cutoff = pd.Timestamp(cutoff)
-        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+        cutoff = utc(cutoff)
         frame, _, table = self.histories(events, cutoff)
         all_users = events["user_id"].nunique()
         frame = frame[frame["history"].map(lambda h: isinstance(h, np.ndarray) and len(h) > 0)]
@@ -135,17 +120,16 @@ class Embedder:
         events = pd.DataFrame({"user_id": "_", "item_id": list(item_ids), "event_timestamp": t, "event_type": "view"})
         out = self.embed_users(events, progress=False) if len(item_ids) else pd.DataFrame()
         if out.empty:
-            raise ValueError("no usable click in the sequence: this user has no embedding yet")
+            raise InputError("no usable click in the sequence: this user has no embedding yet")
         return out["embedding"].iloc[0]
 
     def embed_items(self, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
         """Every listing the model can give a vector: trained catalogue items, plus (lst modes, with a
         listings table) every other listing published by ``as_of``, encoded from its features."""
-        with torch.no_grad():
-            table = self.model.model.items()[1:].numpy()
-        keep = np.ones(len(self.index), bool) if self.encoder != "id" else self.model._scorable
+        table = self.model.item_table()[1:].numpy()
+        keep = self.model.scorable
         ids, vecs, source = list(self.index[keep]), list(table[keep]), ["catalogue"] * int(keep.sum())
-        if self.encoder != "id" and self.listings is not None:
+        if self._can_encode:
             latest = latest_versions(self.listings, as_of)
             if as_of is not None:
                 latest = latest[latest["created_at"] <= as_of]

@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from embeddings.contract import DEAL_TYPES, PROPERTY_TYPES, latest_versions
+from embeddings.errors import InputError
 
 CATEGORICALS = ("deal_type", "property_type", "city")
 MAX_ROOMS = 5
@@ -142,6 +143,6 @@ def listing_features(
     latest = latest_versions(listings, as_of).set_index("item_id")
     missing = pd.Index(item_ids).difference(latest.index)
     if len(missing):
-        raise ValueError(f"{len(missing)} catalogue items have no lst features, e.g. {list(missing[:5])}")
+        raise InputError(f"{len(missing)} catalogue items have no lst features, e.g. {list(missing[:5])}")
     table = latest.loc[list(item_ids)].reset_index()
     return ListingFeatures(table, stats if stats is not None else fit_stats(table))

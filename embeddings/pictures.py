@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
 from embeddings.contract import latest_versions  # noqa: E402
+from embeddings.io import save_figure  # noqa: E402
 
 
 def tsne_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -32,8 +33,7 @@ def _scatter(xy: np.ndarray, labels: pd.Series, title: str, path: Path, total: i
     ax.set_ylabel("t-SNE 2")
     ax.legend(markerscale=3, fontsize=8, loc="best", frameon=True)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -7,27 +7,35 @@ click after the cut-off. Features come only from *before* the cut-off: the embed
 cut-off, and for the baseline the share of rent listings in the pre-cut-off history.
 
 Evaluation splits by user (stratified, seeded). CatBoost on the embedding, calibrated with
-Platt scaling by cross-validation on the training users, is compared on the same test users
-with two baselines: the history rent share used as a score, and logistic regression on the
+Platt scaling fitted on out-of-fold margins of the training users, is compared on the same test
+users with two baselines: the history rent share used as a score, and logistic regression on the
 embedding. Users with fewer than ``min_history`` clicks before the cut-off are reported apart.
+
+The classifier (:class:`PreferenceModel`) is one CatBoost model file (``.cbm``, CatBoost's own format)
+with the Platt parameters in its metadata; its version is a hash of that file, and
+:func:`score_users` scores any embeddings with it, new users included, without refitting.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from catboost import CatBoostClassifier
-from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from embeddings.contract import latest_versions
+from embeddings.errors import InputError
+from embeddings.io import write_bytes
 
 EVENT_WEIGHTS = {"view": 1.0, "favorite": 3.0, "contact": 5.0}
 
@@ -75,8 +83,8 @@ def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def _catboost(seed: int) -> CalibratedClassifierCV:
-    booster = CatBoostClassifier(
+def _booster(seed: int) -> CatBoostClassifier:
+    return CatBoostClassifier(
         iterations=300,
         depth=4,
         learning_rate=0.05,
@@ -85,17 +93,87 @@ def _catboost(seed: int) -> CalibratedClassifierCV:
         thread_count=2,
         allow_writing_files=False,
     )
-    return CalibratedClassifierCV(booster, method="sigmoid", cv=3)
+
+
+def _matrix(user_embeddings: pd.DataFrame) -> np.ndarray:
+    return np.stack(user_embeddings["embedding"].to_numpy()).astype(np.float32)
+
+
+class PreferenceModel:
+    """CatBoost on the user embedding, Platt-calibrated: ``p_rent = sigmoid(a * margin + b)``."""
+
+    def __init__(self, booster: CatBoostClassifier, a: float, b: float, version: str = ""):
+        self.booster, self.a, self.b, self.version = booster, a, b, version
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, seed: int = 0, folds: int = 3) -> PreferenceModel:
+        margins = np.zeros(len(y))
+        for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+            fold = _booster(seed).fit(x[train], y[train])
+            margins[held] = fold.predict(x[held], prediction_type="RawFormulaVal")
+        platt = LogisticRegression(C=1e6, max_iter=1000).fit(margins[:, None], y)
+        model = cls(_booster(seed).fit(x, y), float(platt.coef_[0, 0]), float(platt.intercept_[0]))
+        model.version = model._digest(model._bytes())
+        return model
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        margin = self.booster.predict(x, prediction_type="RawFormulaVal")
+        return 1.0 / (1.0 + np.exp(-(self.a * margin + self.b)))
+
+    def _bytes(self) -> bytes:
+        meta = self.booster.get_metadata()
+        meta["platt_a"], meta["platt_b"] = repr(self.a), repr(self.b)
+        fd, tmp = tempfile.mkstemp(suffix=".cbm")
+        os.close(fd)
+        try:
+            self.booster.save_model(tmp, format="cbm")
+            return Path(tmp).read_bytes()
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    @staticmethod
+    def _digest(data: bytes) -> str:
+        return "catboost-" + hashlib.sha256(data).hexdigest()[:12]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_bytes(path, self._bytes())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PreferenceModel:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: classifier not found")
+        booster = CatBoostClassifier()
+        try:
+            booster.load_model(str(path), format="cbm")
+            meta = booster.get_metadata()
+            a, b = float(meta["platt_a"]), float(meta["platt_b"])
+        except Exception as exc:  # CatBoostError, KeyError: not our classifier file
+            raise InputError(f"{path}: not an lst-embeddings rent/sale classifier ({exc})") from exc
+        return cls(booster, a, b, cls._digest(path.read_bytes()))
+
+
+def score_users(model: PreferenceModel, user_embeddings: pd.DataFrame) -> pd.DataFrame:
+    """``user_id``, ``p_rent``, ``predicted_deal_type``, ``classifier_version``, ``event_timestamp`` per user."""
+    p = model.predict(_matrix(user_embeddings))
+    return pd.DataFrame(
+        {
+            "user_id": user_embeddings["user_id"].to_numpy(object),
+            "p_rent": p.astype(np.float32),
+            "predicted_deal_type": np.where(p >= 0.5, "rent", "sale"),
+            "classifier_version": model.version,
+            "event_timestamp": user_embeddings["event_timestamp"].to_numpy(),
+        }
+    )
 
 
 @dataclass
 class PreferenceResult:
     table: list[dict]  # one row per (model, users) with the metrics
-    scores: (
-        pd.DataFrame
-    )  # every embedded user: user_id, p_rent, predicted_deal_type, classifier_version, event_timestamp
+    scores: pd.DataFrame  # every embedded user: user_id, p_rent, predicted_deal_type, classifier_version, ...
     n_labelled: int
     n_train: int
+    model: PreferenceModel
 
 
 def fit_preference(
@@ -114,15 +192,15 @@ def fit_preference(
     data = user_embeddings.merge(labels, on="user_id").join(share, on="user_id")
     data["history_rent_share"] = data["history_rent_share"].fillna(0.5)
     if data["label"].nunique() < 2 or len(data) < 20:
-        raise ValueError(f"too few labelled users after the cut-off ({len(data)}); need at least 20 with both classes")
+        raise InputError(f"too few labelled users after the cut-off ({len(data)}); need at least 20 with both classes")
     train, test = train_test_split(data, test_size=test_size, stratify=data["label"], random_state=seed)
-    x_train, x_test = np.stack(train["embedding"]), np.stack(test["embedding"])
+    x_train, x_test = _matrix(train), _matrix(test)
     y_train, y_test = train["label"].to_numpy(), test["label"].to_numpy()
 
-    catboost = _catboost(seed).fit(x_train, y_train)
+    catboost = PreferenceModel.fit(x_train, y_train, seed)
     logreg = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5)).fit(x_train, y_train)
     predictions = {
-        "catboost(embedding)": catboost.predict_proba(x_test)[:, 1],
+        "catboost(embedding)": catboost.predict(x_test),
         "logreg(embedding)": logreg.predict_proba(x_test)[:, 1],
         "history rent share": test["history_rent_share"].to_numpy(),
     }
@@ -158,16 +236,4 @@ def fit_preference(
             }
         )
 
-    version_key = f"{user_embeddings['model_version'].iloc[0]}|{cutoff.isoformat()}|{seed}|{len(train)}"
-    version = "catboost-" + hashlib.sha256(version_key.encode()).hexdigest()[:10]
-    p_all = catboost.predict_proba(np.stack(user_embeddings["embedding"]))[:, 1]
-    scores = pd.DataFrame(
-        {
-            "user_id": user_embeddings["user_id"].to_numpy(object),
-            "p_rent": p_all.astype(np.float32),
-            "predicted_deal_type": np.where(p_all >= 0.5, "rent", "sale"),
-            "classifier_version": version,
-            "event_timestamp": user_embeddings["event_timestamp"].to_numpy(),
-        }
-    )
-    return PreferenceResult(table, scores, len(data), len(train))
+    return PreferenceResult(table, score_users(catboost, user_embeddings), len(data), len(train), catboost)

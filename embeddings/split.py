@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from embeddings.errors import InputError
+from embeddings.io import utc
+
 
 @dataclass
 class EvalCases:
@@ -70,15 +73,20 @@ def catalogue(events: pd.DataFrame, listings: pd.DataFrame | None) -> np.ndarray
 
 
 def build_sequences(
-    events: pd.DataFrame, item_ids: np.ndarray
+    events: pd.DataFrame, item_ids: np.ndarray | pd.Index, skip_unknown: bool = False
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Per user: item indices in order of first interaction, and the time of each."""
+    """Per user: item indices in order of first interaction, and the time of each.
+
+    A click on an item outside ``item_ids`` is an error, or with ``skip_unknown`` left out.
+    """
     index = pd.Index(item_ids)
     ev = events[["user_id", "item_id", "event_timestamp"]].sort_values(["user_id", "event_timestamp"], kind="stable")
     ev = ev.drop_duplicates(["user_id", "item_id"], keep="first")
     codes = index.get_indexer(ev["item_id"])
     if (codes < 0).any():
-        raise ValueError(f"{int((codes < 0).sum())} events point at items outside the catalogue")
+        if not skip_unknown:
+            raise InputError(f"{int((codes < 0).sum())} events point at items outside the catalogue")
+        ev, codes = ev[codes >= 0], codes[codes >= 0]
     users, starts = np.unique(ev["user_id"].to_numpy(), return_index=True)
     order = np.argsort(starts)
     users, starts = users[order], starts[order]
@@ -105,7 +113,7 @@ def leave_last_out(
     the published file, so its last item is two steps ahead of the history: ``bench/README.md``).
     """
     if drop_last < 0:
-        raise ValueError(f"drop_last must be >= 0, got {drop_last}")
+        raise InputError(f"drop_last must be >= 0, got {drop_last}")
     item_ids = catalogue(events, listings)
     user_ids, seqs, _ = build_sequences(events, item_ids)
     if drop_last:
@@ -142,14 +150,12 @@ def temporal_split(
     which is then held out of their training sequence. Users with no click before the cut-off
     cannot be scored by a sequence model; they are counted in ``meta`` and left out.
     """
-    cutoff = default_cutoff(events) if cutoff is None else pd.Timestamp(cutoff)
-    if cutoff.tzinfo is None:
-        cutoff = cutoff.tz_localize("UTC")
+    cutoff = default_cutoff(events) if cutoff is None else utc(cutoff)
     item_ids = catalogue(events, listings)
     before = events[events["event_timestamp"] < cutoff]
     after = events[events["event_timestamp"] >= cutoff]
     if before.empty:
-        raise ValueError(f"no events before the cut-off {cutoff}")
+        raise InputError(f"no events before the cut-off {cutoff}")
     user_ids, seqs, _ = build_sequences(before, item_ids)
     position = {u: i for i, u in enumerate(user_ids)}
     index = pd.Index(item_ids)

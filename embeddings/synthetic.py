@@ -30,7 +30,7 @@ session fixes a city and a deal type; only listings live at that moment can be c
 Clicks. The first click of a session is drawn from the live listings of that city and deal type
 with weight popularity x freshness x fit (price near budget, rooms near preference, favourite
 district); with some probability the user instead resumes where the previous session stopped.
-Every next click refines the search around the previous click with probability 0.65: nearby
+Every next click refines the search around the previous click with probability 0.8 (``REFINE_P``): nearby
 price, same district, similar rooms, close on the map. Otherwise the user browses by fit and
 popularity again. So both what a user likes and the order of clicks carry signal, and the
 popular-item baseline is weak because popularity is split across cities and deal types.
@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embeddings.contract import validate_events, validate_listings, write_parquet_atomic
+from embeddings.contract import validate_events, validate_listings
+from embeddings.io import write_parquet
 
 WEEK_START = pd.Timestamp("2026-11-02T00:00:00Z")  # a Monday; fixed so the data is a function of the seed
 
@@ -302,7 +303,7 @@ def write_week(cfg: WeekConfig, out_dir: str | Path) -> dict[str, Path]:
     listings, events, labels = generate_week(cfg)
     out_dir = Path(out_dir)
     return {
-        "listings": write_parquet_atomic(listings, out_dir / "listings.parquet"),
-        "events": write_parquet_atomic(events, out_dir / "events.parquet"),
-        "labels": write_parquet_atomic(labels, out_dir / "labels.parquet"),
+        "listings": write_parquet(listings, out_dir / "listings.parquet"),
+        "events": write_parquet(events, out_dir / "events.parquet"),
+        "labels": write_parquet(labels, out_dir / "labels.parquet"),
     }

@@ -1,4 +1,4 @@
-"""Build any model by name for a split, so the CLI, the demo and the benchmarks share one recipe."""
+"""Build any model by name for a split, so the pipeline, the CLI and the benchmarks share one recipe."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import os
 
 import pandas as pd
 
+from embeddings.errors import InputError
+from embeddings.feature_store import Repo, listings_from_store
 from embeddings.features import listing_features
 from embeddings.models.base import Popularity, Recommender
 from embeddings.models.lightfm_model import LightFMConfig, LightFMRecommender
-from embeddings.publish import Repo, listings_from_store
+from embeddings.models.sasrec import SASRecConfig, SASRecRecommender, load_checkpoint
 from embeddings.split import Split
-from embeddings.train import SASRecRecommender, TrainConfig
+from embeddings.train import TrainConfig
 
 MODELS = ("popular", "lightfm", "lightfm+lst", "sasrec")
 
@@ -22,15 +24,17 @@ def make_model(
     listings: pd.DataFrame | None,
     *,
     lightfm: LightFMConfig | None = None,
-    sasrec: dict | None = None,
+    sasrec: SASRecConfig | None = None,
     train: TrainConfig | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     feature_store: Repo | None = None,
+    init_from: str | os.PathLike | None = None,
 ) -> Recommender:
-    """An unfitted model. ``sasrec`` holds SASRecConfig fields (``item_encoder``, ``dim``, ...).
+    """An unfitted model.
 
     With ``feature_store``, SASRec reads lst features from Feast's listing view as of the split's cut-off
-    instead of the listings table.
+    instead of the listings table. With ``init_from`` (a SASRec checkpoint) the model keeps that checkpoint's
+    shape and lst normalisation and starts fitting from its weights (listings matched by id).
     """
     if name == "popular":
         return Popularity()
@@ -39,23 +43,27 @@ def make_model(
         cfg.use_features = name == "lightfm+lst"
         features = None
         if cfg.use_features:
-            features = _features(split, listings, "lightfm+lst").binned()[0]
+            features = _features(split, listings, "lightfm+lst", None).binned()[0]
         return LightFMRecommender(cfg, features)
     if name == "sasrec":
-        sasrec = dict(sasrec or {})
-        features, stats = None, None
-        if sasrec.get("item_encoder", "id") != "id":
+        init = load_checkpoint(init_from) if init_from else None
+        cfg = SASRecConfig(**init["model_config"]) if init else (sasrec or SASRecConfig())
+        features, stats = None, init.get("feature_stats") if init else None
+        if cfg.encoder.uses_features:
             if feature_store is not None:
                 listings = listings_from_store(
                     feature_store, split.item_ids, split.cutoff or pd.Timestamp.now(tz="UTC")
                 )
-            lst = _features(split, listings, f"sasrec[{sasrec['item_encoder']}]")
+            lst = _features(split, listings, f"sasrec[{cfg.item_encoder}]", stats or None)
             features, stats = lst.smooth()[0], lst.stats
-        return SASRecRecommender(sasrec, train or TrainConfig(), features, checkpoint_dir, feature_stats=stats)
-    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+        model = SASRecRecommender(cfg, train or TrainConfig(), features, checkpoint_dir, feature_stats=stats)
+        if init:
+            model.init_state = {"model": init["model"], "item_ids": init["item_ids"]}
+        return model
+    raise InputError(f"unknown model {name!r}; choose from {MODELS}")
 
 
-def _features(split: Split, listings: pd.DataFrame | None, who: str):
+def _features(split: Split, listings: pd.DataFrame | None, who: str, stats: dict | None):
     if listings is None:
-        raise ValueError(f"{who} needs lst features: give a data folder with listings.parquet")
-    return listing_features(listings, split.item_ids, split.cutoff)
+        raise InputError(f"{who} needs lst features: give a data folder with listings.parquet")
+    return listing_features(listings, split.item_ids, split.cutoff, stats=stats)

@@ -27,6 +27,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_hybrid_model(tiny_week, tmp_path_factory):
     """A hybrid SASRec checkpoint trained briefly on the tiny week (temporal split)."""
+    from embeddings.models.sasrec import SASRecConfig
     from embeddings.split import temporal_split
     from embeddings.train import TrainConfig
     from embeddings.zoo import make_model
@@ -37,7 +38,7 @@ def tiny_hybrid_model(tiny_week, tmp_path_factory):
         "sasrec",
         split,
         listings,
-        sasrec={"item_encoder": "hybrid", "max_len": 20, "dim": 16},
+        sasrec=SASRecConfig(item_encoder="hybrid", max_len=20, dim=16),
         train=TrainConfig(epochs=2, batch_size=32, bf16=False),
     )
     path = tmp_path_factory.mktemp("tiny-hybrid") / "model.pt"
@@ -48,7 +49,7 @@ def tiny_hybrid_model(tiny_week, tmp_path_factory):
 @pytest.fixture()
 def feature_repo(tmp_path):
     """A scratch copy of feature_repo/ (without its data) to publish into."""
-    from embeddings.publish import REPO, Repo
+    from embeddings.feature_store import REPO, Repo
 
     shutil.copytree(REPO, tmp_path / "feature_repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
     return Repo(tmp_path / "feature_repo")

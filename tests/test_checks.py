@@ -7,12 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embeddings.checks import check_run
 from embeddings.cli import main
-from embeddings.contract import read_parquet, write_parquet_atomic
+from embeddings.contract import read_parquet
 from embeddings.embed import Embedder
+from embeddings.feature_store import online_features
+from embeddings.io import write_parquet
 from embeddings.preference import fit_preference
-from embeddings.publish import online_features
+from validation.checks import check_run
 
 CUTOFF = pd.Timestamp("2026-11-06", tz="UTC")
 
@@ -25,11 +26,9 @@ def clean(tiny_dir, tiny_week, tiny_hybrid_model, tmp_path_factory):
     embedder = Embedder.from_checkpoint(tiny_hybrid_model, listings)
     users = embedder.embed_users(events, CUTOFF, progress=False)
     run = root / "run"
-    write_parquet_atomic(users, run / "embeddings" / "user_embeddings.parquet")
-    write_parquet_atomic(embedder.embed_items(CUTOFF), run / "embeddings" / "listing_embeddings.parquet")
-    write_parquet_atomic(
-        fit_preference(users, events, listings, CUTOFF).scores, run / "preference" / "preference.parquet"
-    )
+    write_parquet(users, run / "embeddings" / "user_embeddings.parquet")
+    write_parquet(embedder.embed_items(CUTOFF), run / "embeddings" / "listing_embeddings.parquet")
+    write_parquet(fit_preference(users, events, listings, CUTOFF).scores, run / "preference" / "preference.parquet")
     return run, tiny_dir
 
 
@@ -45,7 +44,7 @@ def published(clean, feature_repo, tmp_path):
 
 
 def _edit(path, fn):
-    write_parquet_atomic(fn(read_parquet(path)), path)
+    write_parquet(fn(read_parquet(path)), path)
 
 
 def _users(run):
@@ -157,6 +156,8 @@ def test_fault_is_caught_and_publish_refused(published, fault, capsys):
 def test_drift_can_be_overridden_with_a_recorded_reason(published, capsys):
     repo, run, data = published
     _edit(run / "preference" / "preference.parquet", _flip_half)
+    for path in (run / "embeddings").glob("*.parquet"):  # a retrained model: a new run of the same week
+        _edit(path, lambda d: d.assign(model_version="sasrec-retrained"))
     reason = "new pricing rules moved many users between rent and sale"
     assert (
         main(["publish", "--run", str(run), "--data", str(data), "--repo", str(repo.path), "--allow-drift", reason])

@@ -2,12 +2,13 @@ import pandas as pd
 import pytest
 
 from embeddings.cli import main
-from embeddings.contract import ContractError, load_dataset, write_parquet_atomic
+from embeddings.contract import ContractError, load_dataset
+from embeddings.io import write_parquet
 
 
 def _write(tmp_path, listings, events):
-    write_parquet_atomic(listings, tmp_path / "listings.parquet")
-    write_parquet_atomic(events, tmp_path / "events.parquet")
+    write_parquet(listings, tmp_path / "listings.parquet")
+    write_parquet(events, tmp_path / "events.parquet")
     return tmp_path
 
 
@@ -80,5 +81,5 @@ def test_naive_timestamps_are_taken_as_utc(tmp_path, tiny_week):
 def test_atomic_write_leaves_no_partial_file(tmp_path):
     bad = pd.DataFrame({"a": [object()]})  # pyarrow cannot serialise this
     with pytest.raises(Exception):  # noqa: B017 - any failure will do, what matters is what is left
-        write_parquet_atomic(bad, tmp_path / "x.parquet")
+        write_parquet(bad, tmp_path / "x.parquet")
     assert list(tmp_path.iterdir()) == []

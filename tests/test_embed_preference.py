@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from embeddings.embed import Embedder
+from embeddings.models.sasrec import SASRecConfig
 from embeddings.pictures import item_pictures, user_pictures
 from embeddings.preference import fit_preference, preference_labels
 from embeddings.split import temporal_split
@@ -19,7 +20,7 @@ def trained(tiny_week, tmp_path_factory):
     out = {}
     for enc in ("hybrid", "id"):
         model = make_model(
-            "sasrec", split, listings, sasrec={"item_encoder": enc, "max_len": 20, "dim": 32}, train=FAST
+            "sasrec", split, listings, sasrec=SASRecConfig(item_encoder=enc, max_len=20, dim=32), train=FAST
         )
         path = tmp_path_factory.mktemp(enc) / "model.pt"
         model.fit(split).save(path)
@@ -138,7 +139,7 @@ def test_preference_classifier_reports_against_baselines(tiny_week, trained, tmp
 
 def test_model_version_follows_the_weights_not_the_metrics(trained, tmp_path):
     from embeddings.embed import model_version
-    from embeddings.train import SASRecRecommender
+    from embeddings.models.sasrec import SASRecRecommender
 
     model = SASRecRecommender.load(trained["hybrid"])
     a, b = model.save(tmp_path / "a.pt", metrics={"fit_seconds": 1.0}), model.save(tmp_path / "b.pt", metrics={})

@@ -15,9 +15,13 @@ import pandas as pd
 import pytest
 from conftest import free_port
 
+from embeddings import pipeline
 from embeddings.embed import Embedder
+from embeddings.errors import PublishError
+from embeddings.feature_store import Repo, historical_features, listings_from_store, online_features
+from embeddings.feature_store._writer import write_run
+from embeddings.models.sasrec import SASRecConfig
 from embeddings.preference import fit_preference
-from embeddings.publish import PublishError, Repo, historical_features, online_features, publish
 from embeddings.split import temporal_split
 from embeddings.train import TrainConfig
 from embeddings.zoo import make_model
@@ -45,11 +49,22 @@ def repo(feature_repo):
     return feature_repo
 
 
+@pytest.fixture()
+def publish(tiny_dir):
+    """The library's checked publish of one run of ``runs`` (same model: drift between days is expected)."""
+
+    def publish(repo, listings, users, items, scores):
+        tables = pipeline.RunTables(users, items, scores)
+        return pipeline.publish(tiny_dir, repo, tables, pipeline.PublishConfig(allow_drift="test: days of one week"))
+
+    return publish
+
+
 def _online(repo, users):
     return online_features(repo, users).set_index("user_id")
 
 
-def test_feast_apply_accepts_the_repo(repo, runs):
+def test_feast_apply_accepts_the_repo(repo, runs, publish):
     publish(repo, *runs[DAY5])
     rc = subprocess.run([FEAST, "apply"], cwd=repo.path, capture_output=True, text=True, timeout=120)
     assert rc.returncode == 0, rc.stderr
@@ -58,7 +73,7 @@ def test_feast_apply_accepts_the_repo(repo, runs):
         assert view in listed.stdout
 
 
-def test_point_in_time_training_rows_never_see_later_values(repo, runs):
+def test_point_in_time_training_rows_never_see_later_values(repo, runs, publish):
     publish(repo, *runs[DAY5])
     publish(repo, *runs[DAY6])
     u5 = runs[DAY5][1].set_index("user_id")
@@ -86,7 +101,7 @@ def test_point_in_time_training_rows_never_see_later_values(repo, runs):
     )
 
 
-def test_republishing_a_run_changes_nothing(repo, runs):
+def test_republishing_a_run_changes_nothing(repo, runs, publish):
     first = publish(repo, *runs[DAY6])
     files = {p: p.read_bytes() for p in (repo.data / "offline").rglob("*.parquet")}
     users = list(runs[DAY6][1]["user_id"][:20])
@@ -98,21 +113,21 @@ def test_republishing_a_run_changes_nothing(repo, runs):
     assert len(repo.manifests()) == 1
 
 
-def test_failed_publish_leaves_the_online_store_on_the_previous_run(repo, runs):
+def test_failed_publish_leaves_the_online_store_on_the_previous_run(repo, runs, publish):
     publish(repo, *runs[DAY5])
     users = list(runs[DAY5][1]["user_id"][:30])
     before = _online(repo, users)
     with pytest.raises(PublishError):
-        publish(repo, *runs[DAY6], fail_before_swap=True)
+        write_run(repo, *runs[DAY6], fail_before_swap=True)  # the writer's own failure path
     pd.testing.assert_frame_equal(_online(repo, users), before)
-    assert not (repo.data / "online_store.db.staging").exists()
+    assert not list(repo.data.glob("*.staging.db"))
     manifest = publish(repo, *runs[DAY6])  # the rerun completes it
     after = _online(repo, users)
     assert manifest["cutoff"] == DAY6.isoformat()
     assert not after["embedding"].equals(before["embedding"])
 
 
-def test_feast_serve_answers_get_online_features(repo, runs):
+def test_feast_serve_answers_get_online_features(repo, runs, publish):
     publish(repo, *runs[DAY5])
     port = free_port()
     server = subprocess.Popen(
@@ -190,7 +205,7 @@ def redis_server(tmp_path):
     proc.wait(timeout=10)
 
 
-def test_redis_publish_and_lookup(repo, runs, redis_server, monkeypatch):
+def test_redis_publish_and_lookup(repo, runs, redis_server, monkeypatch, publish):
     port, password = redis_server
     for k, v in {
         "REDIS_HOST": "127.0.0.1",
@@ -212,12 +227,11 @@ def test_redis_publish_and_lookup(repo, runs, redis_server, monkeypatch):
         online_features(Repo(repo.path, "redis"), users)
 
 
-def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week):
+def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week, tiny_dir):
     from embeddings.features import listing_features
-    from embeddings.publish import listings_from_store
 
     listings, events, _ = tiny_week
-    manifest = publish(repo, listings)  # lst features only
+    manifest = pipeline.publish_listings(tiny_dir, repo)  # lst features only
     assert set(manifest["rows"]) == {"listings"}
     split = temporal_split(events, listings)
     from_store = listings_from_store(repo, split.item_ids, split.cutoff)
@@ -228,7 +242,7 @@ def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week):
         "sasrec",
         split,
         None,
-        sasrec={"item_encoder": "lst-frozen", "max_len": 20, "dim": 16},
+        sasrec=SASRecConfig(item_encoder="lst-frozen", max_len=20, dim=16),
         train=TrainConfig(epochs=1, batch_size=32, bf16=False),
         feature_store=repo,
     )

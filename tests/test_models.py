@@ -5,14 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from embeddings.errors import InputError
 from embeddings.evaluate import evaluate
 from embeddings.features import listing_features
 from embeddings.losses import full_softmax_ce
 from embeddings.models.base import Popularity
 from embeddings.models.lightfm_model import LightFMConfig
-from embeddings.models.sasrec import SASRec, SASRecConfig
+from embeddings.models.sasrec import SASRec, SASRecConfig, SASRecRecommender, load_checkpoint
 from embeddings.split import temporal_split
-from embeddings.train import SASRecRecommender, TrainConfig, load_checkpoint
+from embeddings.train import TrainConfig
 from embeddings.zoo import make_model
 
 FAST = TrainConfig(epochs=3, batch_size=32, patience=10, bf16=False)
@@ -73,13 +74,13 @@ def test_fused_softmax_matches_cross_entropy(low_precision):
 @pytest.mark.parametrize("loss", ["softmax", "sampled"])
 def test_loss_falls_on_a_tiny_set(split, loss):
     cfg = TrainConfig(epochs=6, batch_size=32, lr=5e-3, loss=loss, n_negatives=32, patience=100, bf16=False)
-    model = SASRecRecommender({"max_len": 20, "dim": 32}, cfg).fit(split)
+    model = SASRecRecommender(SASRecConfig(max_len=20, dim=32), cfg).fit(split)
     losses = [h["loss"] for h in model.history]
     assert losses[-1] < 0.9 * losses[0]
 
 
 def test_frozen_vectors_are_bit_identical_after_training(split, features):
-    model = SASRecRecommender({"item_encoder": "lst-frozen", "max_len": 20, "dim": 32}, FAST, features)
+    model = SASRecRecommender(SASRecConfig(item_encoder="lst-frozen", max_len=20, dim=32), FAST, features)
     model.fit(split)
     before = SASRec(model.model.cfg, torch.as_tensor(features)).items.frozen
     assert torch.equal(model.model.items.frozen, before)
@@ -92,7 +93,7 @@ def test_cold_start_only_with_lst_features(split, features):
     cold_items = split.test.targets[split.test.cold]
     scores = {}
     for enc in ("id", "hybrid", "lst-frozen"):
-        m = SASRecRecommender({"item_encoder": enc, "max_len": 20, "dim": 32}, FAST, features).fit(split)
+        m = SASRecRecommender(SASRecConfig(item_encoder=enc, max_len=20, dim=32), FAST, features).fit(split)
         scores[enc] = m.score(split.test.users[:5], split.test.histories[:5])
     assert np.isneginf(scores["id"][:, cold_items]).all()
     assert np.isfinite(scores["hybrid"][:, cold_items]).all()
@@ -100,7 +101,7 @@ def test_cold_start_only_with_lst_features(split, features):
 
 
 def test_checkpoint_round_trip(tmp_path, split, features):
-    model = SASRecRecommender({"item_encoder": "hybrid", "max_len": 20, "dim": 32}, FAST, features).fit(split)
+    model = SASRecRecommender(SASRecConfig(item_encoder="hybrid", max_len=20, dim=32), FAST, features).fit(split)
     path = model.save(tmp_path / "m.pt", metrics={"note": "x"})
     loaded = SASRecRecommender.load(path)
     cases = split.test
@@ -116,24 +117,25 @@ def test_checkpoint_cannot_execute_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps({"format": "lst-embeddings/sasrec/1", "x": Evil()}))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(InputError, match="refused, the file holds objects that would run code") as caught:
         load_checkpoint(path)
+    assert "weights_only=False" not in str(caught.value)  # never advise the unsafe retry
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split):
     cfg = TrainConfig(epochs=4, batch_size=32, patience=100, bf16=False, seed=1)
-    straight = SASRecRecommender({"max_len": 20, "dim": 16}, cfg, checkpoint_dir=tmp_path / "a").fit(split)
+    straight = SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path / "a").fit(split)
 
     def interrupt(epoch, stats):
         if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        SASRecRecommender({"max_len": 20, "dim": 16}, cfg, checkpoint_dir=tmp_path / "b", on_epoch_end=interrupt).fit(
-            split
-        )
+        SASRecRecommender(
+            SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path / "b", on_epoch_end=interrupt
+        ).fit(split)
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
-    resumed = SASRecRecommender({"max_len": 20, "dim": 16}, cfg, checkpoint_dir=tmp_path / "b").fit(split)
+    resumed = SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path / "b").fit(split)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

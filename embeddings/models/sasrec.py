@@ -1,12 +1,15 @@
 """SASRec: a causal transformer over a user's click sequence (Kang & McAuley, 2018).
 
-Read top to bottom: a config, the item encoder (where item vectors come from), one attention
-block, the model. Sequences are right-padded with item 0, so plain causal attention already
-keeps every real position away from padding (and runs the fused kernel), and item ``i`` of the
-catalogue is token ``i + 1``. Positions count back from the newest item, which is what SASRec's
-left padding gives.
+Read top to bottom: a config, the item encoders (where item vectors come from), one attention
+block, the model, then :class:`SASRecRecommender`: the model behind the shared ``fit`` / ``score``
+shape, with its persistence (training itself is ``embeddings.train``).
 
-Item encoders:
+Sequences are right-padded with item 0, so plain causal attention already keeps every real
+position away from padding (and runs the fused kernel), and item ``i`` of the catalogue is
+token ``i + 1``. Positions count back from the newest item, which is what SASRec's left
+padding gives.
+
+Item encoders, one class each (adding one means adding a class to ``ITEM_ENCODERS``):
 
 * ``id``: a trainable vector per listing (classic SASRec).
 * ``lst-frozen``: the listing's lst features, fixed. They are padded (or, when wider than the
@@ -19,36 +22,55 @@ Item encoders:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ITEM_ENCODERS = ("id", "lst-frozen", "hybrid")
+from embeddings.errors import InputError
+from embeddings.io import save_torch
+from embeddings.progress import progress
+
+if TYPE_CHECKING:
+    from embeddings.split import Split
+    from embeddings.train import TrainConfig
+
+FORMAT = "lst-embeddings/sasrec/1"
 
 
 @dataclass
 class SASRecConfig:
-    n_items: int
-    max_len: int = 200
-    dim: int = 64
-    n_blocks: int = 2
-    n_heads: int = 1
+    """The model's shape. ``n_items`` and ``n_features`` come from the data when the model is fitted."""
+
+    max_len: int = 200  # clicks a user's state is computed from (the newest ones)
+    dim: int = 64  # width of item, position and user vectors
+    n_blocks: int = 2  # transformer blocks
+    n_heads: int = 1  # attention heads (dim must divide by it)
     dropout: float = 0.2
     ffn_mult: int = 1  # hidden width of the position-wise MLP, in multiples of dim (SASRec: 1)
-    item_encoder: str = "id"
-    n_features: int = 0  # width of the lst feature matrix (lst-frozen, hybrid)
-    frozen_linear: bool = False
+    item_encoder: str = "id"  # id | lst-frozen | hybrid: where item vectors come from
+    frozen_linear: bool = False  # lst-frozen: one shared trainable dim x dim map over the frozen vectors
+    n_items: int = 0  # catalogue size (from the data)
+    n_features: int = 0  # width of the lst feature matrix (from the data; lst-frozen, hybrid)
 
     def __post_init__(self) -> None:
         if self.item_encoder not in ITEM_ENCODERS:
-            raise ValueError(f"item_encoder must be one of {ITEM_ENCODERS}, got {self.item_encoder!r}")
-        if self.item_encoder != "id" and self.n_features <= 0:
-            raise ValueError(f"item_encoder={self.item_encoder!r} needs lst features (n_features > 0)")
+            raise InputError(f"item_encoder must be one of {tuple(ITEM_ENCODERS)}, got {self.item_encoder!r}")
         if self.dim % self.n_heads:
-            raise ValueError("dim must be divisible by n_heads")
+            raise InputError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+
+    @property
+    def encoder(self) -> type[ItemEncoder]:
+        return ITEM_ENCODERS[self.item_encoder]
 
 
 def fit_frozen_transform(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,51 +91,89 @@ def fit_frozen_transform(features: torch.Tensor, dim: int) -> tuple[torch.Tensor
 class ItemEncoder(nn.Module):
     """Produces the (n_items + 1, dim) table of item vectors; row 0 is padding."""
 
-    def __init__(self, cfg: SASRecConfig, features: torch.Tensor | None = None):
+    kind: ClassVar[str]
+    uses_features: ClassVar[bool]  # needs the lst feature matrix
+    scores_unseen: ClassVar[bool]  # gives a vector to a listing nobody clicked (from its lst features)
+    input_scale: float = 1.0  # trainable vectors start small and are scaled up on input, as in SASRec
+
+    def __init__(self, cfg: SASRecConfig, features: torch.Tensor | None):
         super().__init__()
-        self.kind = cfg.item_encoder
-        # trainable vectors start small and are scaled up on input, as in SASRec; frozen ones are used as they are
-        self.input_scale = 1.0 if self.kind == "lst-frozen" else math.sqrt(cfg.dim)
-        if self.kind == "id":
-            self.ids = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
-            nn.init.normal_(self.ids.weight, std=0.02)
-        else:
+        if self.uses_features:
             if features is None or features.shape != (cfg.n_items, cfg.n_features):
-                raise ValueError(f"expected lst features of shape {(cfg.n_items, cfg.n_features)}")
+                raise InputError(
+                    f"item_encoder={self.kind!r} needs lst features of shape {(cfg.n_items, cfg.n_features)}: "
+                    "give a data folder with listings.parquet"
+                )
             self.register_buffer("features", F.pad(features.float(), (0, 0, 1, 0)))  # row 0 = padding
-        if self.kind == "lst-frozen":
-            mean, proj, scale = fit_frozen_transform(features, cfg.dim)
-            self.register_buffer("frozen_mean", mean)
-            self.register_buffer("frozen_proj", proj)
-            self.register_buffer("frozen_scale", scale)
-            self.register_buffer("frozen", F.pad(self._freeze(features.float()), (0, 0, 1, 0)))
-            self.shared = nn.Linear(cfg.dim, cfg.dim, bias=False) if cfg.frozen_linear else None
-            if self.shared is not None:
-                nn.init.eye_(self.shared.weight)
-        if self.kind == "hybrid":
-            self.ids = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
-            nn.init.zeros_(self.ids.weight)
-            self.project = nn.Linear(cfg.n_features, cfg.dim, bias=False)
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """Vectors for listings outside the catalogue, from their lst features."""
+        raise InputError(f"an {self.kind!r} item encoder cannot encode listings it was not trained on")
+
+
+class IdEncoder(ItemEncoder):
+    """A trainable vector per listing (classic SASRec)."""
+
+    kind, uses_features, scores_unseen = "id", False, False
+
+    def __init__(self, cfg: SASRecConfig, features: torch.Tensor | None = None):
+        super().__init__(cfg, None)
+        self.input_scale = math.sqrt(cfg.dim)
+        self.ids = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
+        nn.init.normal_(self.ids.weight, std=0.02)
+
+    def forward(self) -> torch.Tensor:
+        return self.ids.weight
+
+
+class FrozenLstEncoder(ItemEncoder):
+    """lst features, fixed: centred, padded or PCA-projected to ``dim``; optionally one shared trainable map."""
+
+    kind, uses_features, scores_unseen = "lst-frozen", True, True
+
+    def __init__(self, cfg: SASRecConfig, features: torch.Tensor | None):
+        super().__init__(cfg, features)
+        mean, proj, scale = fit_frozen_transform(features, cfg.dim)
+        self.register_buffer("frozen_mean", mean)
+        self.register_buffer("frozen_proj", proj)
+        self.register_buffer("frozen_scale", scale)
+        self.register_buffer("frozen", F.pad(self._freeze(features.float()), (0, 0, 1, 0)))
+        self.shared = nn.Linear(cfg.dim, cfg.dim, bias=False) if cfg.frozen_linear else None
+        if self.shared is not None:
+            nn.init.eye_(self.shared.weight)
 
     def _freeze(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.frozen_mean) @ self.frozen_proj * self.frozen_scale
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
-        """Vectors for listings outside the catalogue, from their lst features (not for ``id``)."""
-        if self.kind == "id":
-            raise ValueError("an id item encoder cannot encode listings it was not trained on")
-        if self.kind == "lst-frozen":
-            vectors = self._freeze(features.float())
-            return vectors if self.shared is None else self.shared(vectors)
-        return self.project(features.float())  # hybrid: the id part of an unseen listing is zero
+        vectors = self._freeze(features.float())
+        return vectors if self.shared is None else self.shared(vectors)
 
     def forward(self) -> torch.Tensor:
-        if self.kind == "id":
-            return self.ids.weight
-        if self.kind == "lst-frozen":
-            return self.frozen if self.shared is None else self.shared(self.frozen)
+        return self.frozen if self.shared is None else self.shared(self.frozen)
+
+
+class HybridEncoder(ItemEncoder):
+    """A trainable id vector (starting at zero) plus a learned projection of the lst features."""
+
+    kind, uses_features, scores_unseen = "hybrid", True, True
+
+    def __init__(self, cfg: SASRecConfig, features: torch.Tensor | None):
+        super().__init__(cfg, features)
+        self.input_scale = math.sqrt(cfg.dim)
+        self.ids = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
+        nn.init.zeros_(self.ids.weight)
+        self.project = nn.Linear(cfg.n_features, cfg.dim, bias=False)
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.project(features.float())  # the id part of an unseen listing is zero
+
+    def forward(self) -> torch.Tensor:
         vectors = self.ids.weight + self.project(self.features)
         return torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
+
+
+ITEM_ENCODERS: dict[str, type[ItemEncoder]] = {e.kind: e for e in (IdEncoder, FrozenLstEncoder, HybridEncoder)}
 
 
 class Block(nn.Module):
@@ -148,7 +208,7 @@ class SASRec(nn.Module):
     def __init__(self, cfg: SASRecConfig, features: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
-        self.items = ItemEncoder(cfg, features)
+        self.items = cfg.encoder(cfg, features)
         self.positions = nn.Embedding(cfg.max_len, cfg.dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.drop = nn.Dropout(cfg.dropout)
@@ -174,3 +234,217 @@ class SASRec(nn.Module):
         if item_vectors is None:
             item_vectors = self.items()
         return hidden @ item_vectors[1:].T
+
+
+def pad_right(seqs: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
+    """Last ``max_len`` items of each sequence as tokens (item index + 1), right-padded with 0."""
+    width = max(1, min(max_len, max((len(s) for s in seqs), default=1)))
+    out = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = s[-max_len:]
+        out[i, : len(s)] = s + 1
+    return torch.from_numpy(out)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint without executing anything it contains."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused something executable: never retry without it
+        raise InputError(f"{path}: refused, the file holds objects that would run code when loaded") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise InputError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from exc
+
+
+def content_version(state: dict) -> str:
+    """A hash of what defines the embedding space: weights, model config, item vocabulary.
+
+    Metrics and timings stored beside them do not count, so retraining to the same weights keeps the version.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps([state["model_config"], state["item_ids"]], sort_keys=True).encode())
+    for name in sorted(state["model"]):
+        digest.update(name.encode())
+        digest.update(state["model"][name].contiguous().numpy().tobytes())
+    return f"sasrec-{digest.hexdigest()[:12]}"
+
+
+class SASRecRecommender:
+    """SASRec behind the shared recommender shape (``fit`` / ``score``), with its checkpoint format.
+
+    ``features`` are the lst features of the catalogue (smooth encoding) for encoders that use them;
+    ``feature_stats`` how they were normalised, so listings encoded later match. ``init_state``
+    (from :meth:`load` or ``make_model(init_from=...)``) makes :meth:`fit` start from earlier weights:
+    fine-tuning on next week's clicks, with listings matched by id.
+    """
+
+    def __init__(
+        self,
+        config: SASRecConfig | None = None,
+        train_config: TrainConfig | None = None,
+        features: np.ndarray | torch.Tensor | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        on_epoch_end: Callable[[int, dict], None] | None = None,
+        feature_stats: dict | None = None,
+    ):
+        from embeddings.train import TrainConfig
+
+        self.config = config or SASRecConfig()
+        self.train_config = train_config or TrainConfig()
+        self.features = None if features is None else torch.as_tensor(features, dtype=torch.float32)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.on_epoch_end = on_epoch_end
+        self.feature_stats = feature_stats or {}  # how lst features were normalised (features.fit_stats)
+        self.cutoff: str = ""  # end of the training data (temporal split), ISO format
+        self.history: list[dict] = []
+        self.best: dict = {}
+        self.metrics: dict = {}
+        self.init_state: dict | None = None  # {"model": state_dict, "item_ids": [...]} to start fitting from
+        self.name = f"sasrec[{self.config.item_encoder}]"
+
+    # ----------------------------------------------------------------- building
+    def build(self, split: Split) -> SASRec:
+        """A fresh model for ``split``'s catalogue; weights from ``init_state`` where they fit."""
+        n_features = 0 if self.features is None else self.features.shape[1]
+        cfg = replace(self.config, n_items=split.n_items, n_features=n_features)
+        model = SASRec(cfg, self.features if cfg.encoder.uses_features else None)
+        if self.init_state is not None:
+            _warm_start(model, self.init_state, split.item_ids)
+        self.model, self.config = model, cfg
+        self.item_ids = split.item_ids
+        self.cutoff = "" if split.cutoff is None else split.cutoff.isoformat()
+        self._scorable = np.ones(split.n_items, bool) if cfg.encoder.scores_unseen else split.seen_in_train()
+        return model
+
+    def fit(self, split: Split, resume: bool = True) -> SASRecRecommender:
+        from embeddings.train import fit
+
+        return fit(self, split, resume=resume)
+
+    # ------------------------------------------------------------------ scoring
+    @property
+    def encoder(self) -> ItemEncoder:
+        return self.model.items
+
+    @property
+    def scorable(self) -> np.ndarray:
+        """Catalogue items this model can rank (an id model: only those clicked in training)."""
+        return self._scorable
+
+    @torch.no_grad()
+    def item_table(self) -> torch.Tensor:
+        """(n_items + 1, dim) item vectors, row 0 padding."""
+        return self.model.items().detach()
+
+    @torch.no_grad()
+    def encode_listings(self, features: np.ndarray) -> torch.Tensor:
+        """Vectors for listings outside the catalogue from their lst features (this model's normalisation)."""
+        return self.encoder.encode(torch.from_numpy(features))
+
+    @torch.no_grad()
+    def user_vectors(
+        self,
+        histories: Sequence[np.ndarray],
+        batch_size: int = 1024,
+        item_vectors: torch.Tensor | None = None,
+        show_progress: bool = False,
+    ) -> torch.Tensor:
+        """The transformer's state after each history's last item (zeros for an empty history).
+
+        ``item_vectors`` replaces the catalogue's table (row 0 padding), e.g. extended with listings
+        encoded from their lst features; histories then index into it (row = index + 1).
+        """
+        self.model.eval()
+        vectors = self.model.items() if item_vectors is None else item_vectors
+        out = torch.zeros(len(histories), self.model.cfg.dim)
+        starts = range(0, len(histories), batch_size)
+        if show_progress:
+            starts = progress(starts, desc="user embeddings", unit="batch")
+        for start in starts:
+            part = histories[start : start + batch_size]
+            tokens = pad_right(part, self.model.cfg.max_len)
+            last = (tokens > 0).sum(1) - 1
+            hidden = self.model(tokens, vectors)
+            rows = hidden[torch.arange(len(part)), last.clamp_min(0)]
+            out[start : start + len(part)] = torch.where((last >= 0)[:, None], rows, torch.zeros_like(rows))
+        return out
+
+    @torch.no_grad()
+    def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+        scores = self.model.logits(self.user_vectors(histories)).numpy()
+        scores[:, ~self._scorable] = -np.inf
+        return scores
+
+    # -------------------------------------------------------------- persistence
+    def export(self, metrics: dict | None = None) -> dict:
+        """Weights, configs, item vocabulary and metrics: everything needed to score, nothing executable."""
+        return {
+            "format": FORMAT,
+            "model_config": asdict(self.model.cfg),
+            "train_config": asdict(self.train_config),
+            "item_ids": [str(x) for x in self.item_ids],
+            "scorable": torch.from_numpy(self._scorable),
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "feature_stats": self.feature_stats,
+            "cutoff": self.cutoff,
+            "metrics": metrics or {},
+        }
+
+    @property
+    def version(self) -> str:
+        return content_version(self.export())
+
+    def save(self, path: str | os.PathLike, metrics: dict | None = None) -> Path:
+        return save_torch(self.export(metrics), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SASRecRecommender:
+        return cls.from_state(load_checkpoint(path), source=str(path))
+
+    @classmethod
+    def from_state(cls, state: dict, source: str = "checkpoint") -> SASRecRecommender:
+        from embeddings.train import TrainConfig
+
+        if state.get("format") != FORMAT:
+            raise InputError(f"{source}: not an lst-embeddings SASRec checkpoint")
+        cfg = SASRecConfig(**state["model_config"])
+        features = state["model"].get("items.features")
+        features = None if features is None else features[1:]
+        self = cls(cfg, TrainConfig(**state["train_config"]), features, feature_stats=state.get("feature_stats"))
+        self.cutoff = state.get("cutoff", "")
+        self.model = SASRec(cfg, features)
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        self.item_ids = np.array(state["item_ids"], dtype=object)
+        self._scorable = state["scorable"].numpy()
+        self.metrics = state["metrics"]
+        self.init_state = {"model": state["model"], "item_ids": state["item_ids"]}  # fit() fine-tunes from here
+        return self
+
+
+def _warm_start(model: SASRec, init: dict, item_ids: np.ndarray) -> None:
+    """Copy earlier weights into ``model``: item rows matched by listing id, everything else by name and shape.
+
+    Buffers built from the lst features (``items.features``, ``items.frozen*``) stay the new catalogue's.
+    """
+    old = init["model"]
+    state = model.state_dict()
+    old_rows = {str(item): i + 1 for i, item in enumerate(init["item_ids"])}
+    for name, value in state.items():
+        if name.startswith(("items.features", "items.frozen")) or name not in old:
+            continue
+        if name == "items.ids.weight":
+            rows = [(i + 1, old_rows[str(item)]) for i, item in enumerate(item_ids) if str(item) in old_rows]
+            if rows:
+                new_idx, old_idx = (torch.tensor(x) for x in zip(*rows, strict=True))
+                value[new_idx] = old[name][old_idx].to(value.dtype)
+        elif old[name].shape == value.shape:
+            value.copy_(old[name])
+        else:
+            raise InputError(f"cannot start from the earlier weights: {name} has shape {tuple(old[name].shape)}")
+    model.load_state_dict(state)

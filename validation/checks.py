@@ -21,7 +21,6 @@ Drift against the last published run:
 from __future__ import annotations
 
 import html
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,10 +32,9 @@ from scipy.stats import ks_2samp
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
+from embeddings.io import write_json, write_text
 from validation import suites
 from validation import thresholds as t
-
-SAMPLE = 2000
 
 
 @dataclass
@@ -53,6 +51,7 @@ class Check:
 class Report:
     checks: list[Check] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
+    previous_run_id: str | None = None  # the published run drift was measured against
 
     @property
     def failures(self) -> list[Check]:
@@ -73,10 +72,7 @@ class Report:
         return "\n".join(lines)
 
     def write(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "checks.json").write_text(
-            json.dumps({"checks": [asdict(c) for c in self.checks], "figures": self.figures}, indent=2, default=str)
-        )
+        write_json(folder / "checks.json", {"checks": [asdict(c) for c in self.checks], "figures": self.figures})
         rows = "".join(
             f"<tr class={'ok' if c.success else ('warn' if c.kind == 'warning' else 'fail')}>"
             f"<td>{html.escape(c.suite)}</td><td>{html.escape(c.expectation)}</td>"
@@ -93,9 +89,7 @@ class Report:
 <h1>Checks: {len(self.checks)} run, {len(self.failures)} failed</h1>
 <h2>Figures</h2><table>{figures}</table>
 <h2>Expectations</h2><table><tr><th>suite<th>expectation<th>column<th>result<th>observed</tr>{rows}</table>"""
-        path = folder / "report.html"
-        path.write_text(page)
-        return path
+        return write_text(folder / "report.html", page)
 
 
 class Validator:
@@ -199,8 +193,8 @@ def collapse_table(frame: pd.DataFrame, expected: int | None = None, seed: int =
     x = np.unique(x, axis=0) if total else x
     distinct_share = len(x) / total if total else 1.0
     rng = np.random.default_rng(seed)
-    if len(x) > SAMPLE:
-        x = x[rng.choice(len(x), SAMPLE, replace=False)]
+    if len(x) > t.DRIFT_SAMPLE:
+        x = x[rng.choice(len(x), t.DRIFT_SAMPLE, replace=False)]
     unit = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
     cos = unit @ unit.T
     np.fill_diagonal(cos, -1.0)
@@ -248,14 +242,14 @@ def drift_table(
         "previous_model_version": str(prev_users["model_version"].iloc[0]),
     }
     if same:
-        a = old_all[rng.choice(len(old_all), min(SAMPLE, len(old_all)), replace=False)]
-        b = new_all[rng.choice(len(new_all), min(SAMPLE, len(new_all)), replace=False)]
+        a = old_all[rng.choice(len(old_all), min(t.DRIFT_SAMPLE, len(old_all)), replace=False)]
+        b = new_all[rng.choice(len(new_all), min(t.DRIFT_SAMPLE, len(new_all)), replace=False)]
         x, y = np.vstack([a, b]), np.r_[np.zeros(len(a)), np.ones(len(b))]
         ok = np.isfinite(x).all(1)
         auc = cross_val_score(LogisticRegression(max_iter=1000), x[ok], y[ok], cv=3, scoring="roc_auc").mean()
         row["domain_classifier_auc"] = float(auc)
         pvals = [ks_2samp(a[:, j], b[:, j]).pvalue for j in range(a.shape[1])]
-        row["drifted_component_share"] = float(np.mean(np.array(pvals) < 0.01))
+        row["drifted_component_share"] = float(np.mean(np.array(pvals) < t.KS_P_VALUE))
         row["mean_shift"] = float(np.linalg.norm(a.mean(0) - b.mean(0)) / np.linalg.norm(a, axis=1).mean())
         if len(shared):
             o, n = np.vstack(shared["embedding_old"]), np.vstack(shared["embedding_new"])
@@ -263,13 +257,13 @@ def drift_table(
             row["shared_user_median_cosine"] = float(np.median(cos))
         else:
             row["shared_user_median_cosine"] = 1.0
-    elif len(shared) >= 20:
+    elif len(shared) >= t.MIN_SHARED_USERS_FOR_ALIGNMENT:
         o, n = np.vstack(shared["embedding_old"]), np.vstack(shared["embedding_new"])
         o, n = (o - o.mean(0)) / (o.std() + 1e-12), (n - n.mean(0)) / (n.std() + 1e-12)
         rot, _ = orthogonal_procrustes(n, o)
         figures["procrustes_residual"] = float(np.linalg.norm(n @ rot - o) / np.linalg.norm(o))
         k = min(10, len(o) - 1)
-        idx = rng.choice(len(o), min(500, len(o)), replace=False)
+        idx = rng.choice(len(o), min(t.KNN_SAMPLE, len(o)), replace=False)
 
         def neighbours(m: np.ndarray) -> np.ndarray:
             d = ((m[idx, None, :] - m[None, :, :]) ** 2).sum(-1)

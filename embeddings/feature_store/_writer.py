@@ -1,0 +1,304 @@
+"""Writing one run into the feature repo. Private: call the pipeline's ``publish``, which checks the run first.
+
+:func:`write_run`, under an exclusive lock on the repo (a second publisher waits, then fails clearly):
+
+1. refuses a run id already published with other content, and a run older than the latest published one
+   unless forced with a reason;
+2. adds the run's tables to the offline Parquet sources as new files named by the run id (earlier runs'
+   files are never rewritten; a file already there with the same content is reused, which makes a rerun
+   after a crash continue where it stopped);
+3. applies the feature repo and materializes the run's interval into the online store. With SQLite this
+   happens on a private copy of the online database, whose tables then replace the live ones inside one
+   transaction of the live database: readers already connected (a running ``feast serve``) see the old
+   run or the new one, never a mix, and never a deleted file;
+4. records a manifest (run id, model versions, content hash, row counts, interval, time) under ``manifests/``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from embeddings.errors import InputError, NothingToPublish, PublishError
+from embeddings.feature_store.repo import LISTING_FEATURES, VIEWS, Repo
+from embeddings.io import kill_point, utc, write_atomic, write_json
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+CONTENT_KEY = b"lst_embeddings.content_sha256"
+LOCK_WAIT_S = 600.0
+
+
+def run_id_for(cutoff: pd.Timestamp, model_version: str) -> str:
+    if not SAFE_NAME.match(model_version):
+        raise InputError(f"model_version {model_version[:80]!r} is not a plain name (letters, digits, '-', '_')")
+    return f"{utc(cutoff):%Y%m%dT%H%M%SZ}-{model_version}"
+
+
+def _inside(folder: Path, path: Path) -> Path:
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise InputError(f"{path}: outside {folder}")
+    return path
+
+
+@contextmanager
+def publish_lock(repo: Repo, wait_s: float = LOCK_WAIT_S):
+    """One publisher per repo at a time: the next one waits up to ``wait_s``, then fails (never half-runs)."""
+    repo.data.mkdir(parents=True, exist_ok=True)
+    with open(repo.data / "publish.lock", "a+") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PublishError(
+                        f"{repo.path}: another publish has held the lock for over {wait_s:.0f} s; nothing was changed"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def content_hash(tables: dict[str, pd.DataFrame | None]) -> str:
+    """A hash of the rows a run publishes (independent of when it is published)."""
+    digest = hashlib.sha256()
+    for name in sorted(tables):
+        df = tables[name]
+        if df is None:
+            continue
+        digest.update(name.encode())
+        for col in sorted(df.columns):
+            values = df[col]
+            digest.update(col.encode())
+            if values.dtype == object and len(values) and isinstance(values.iloc[0], (list, np.ndarray)):
+                digest.update(np.stack(values.to_numpy()).astype(np.float32).tobytes())
+            else:
+                digest.update(pd.util.hash_pandas_object(values, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _new_listing_versions(repo: Repo, listings: pd.DataFrame, own_file: Path) -> pd.DataFrame:
+    """Listing versions not yet in the offline source (this run's own file aside)."""
+    folder = repo.data / "offline" / "listings"
+    seen = [
+        pq.read_table(p, columns=["item_id", "event_timestamp"]).to_pandas()
+        for p in sorted(folder.glob("*.parquet"))
+        if p != own_file
+    ]
+    if not seen:
+        return listings
+    known = pd.concat(seen).drop_duplicates()
+    merged = listings.merge(known.assign(_known=True), on=["item_id", "event_timestamp"], how="left")
+    return listings[merged["_known"].isna().to_numpy()]
+
+
+def _offline_table(name: str, df: pd.DataFrame, published_at: pd.Timestamp) -> pd.DataFrame:
+    df = df.copy()
+    if name == "listings":
+        df = df[["item_id", *LISTING_FEATURES, "event_timestamp"]]
+    if name in ("listing_embeddings", "user_embeddings"):
+        df["embedding"] = df["embedding"].map(lambda v: [float(x) for x in v])
+    if name == "user_embeddings":  # Unix seconds: Feast's online types carry no time zone
+        df["last_event_at"] = df["last_event_at"].astype("datetime64[us, UTC]").astype("int64") // 1_000_000
+    df["published_at"] = published_at
+    return df
+
+
+def _write_offline(df: pd.DataFrame, path: Path, content: str) -> None:
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), CONTENT_KEY: content.encode()})
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _file_content(path: Path) -> str | None:
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(CONTENT_KEY)
+    return value.decode() if value else None
+
+
+def write_run(
+    repo: Repo,
+    listings: pd.DataFrame,
+    user_embeddings: pd.DataFrame | None = None,
+    listing_embeddings: pd.DataFrame | None = None,
+    preference: pd.DataFrame | None = None,
+    extra_manifest: dict | None = None,
+    force_older: str | None = None,
+    fail_before_swap: bool = False,
+) -> dict:
+    """Write one run (or, with only ``listings``, new lst feature versions); returns the manifest.
+
+    ``force_older`` (a reason, recorded) publishes a run older than the latest published one.
+    ``fail_before_swap`` stops just before the online update, for tests of the failure path.
+    """
+    with publish_lock(repo):
+        return _write_run(
+            repo,
+            listings,
+            user_embeddings,
+            listing_embeddings,
+            preference,
+            extra_manifest,
+            force_older,
+            fail_before_swap,
+        )
+
+
+def _write_run(repo, listings, user_embeddings, listing_embeddings, preference, extra, force_older, fail_before_swap):
+    began = time.perf_counter()
+    published_at = pd.Timestamp.now(tz="UTC").floor("s")
+    tables = {
+        "listings": listings,
+        "listing_embeddings": listing_embeddings,
+        "user_embeddings": user_embeddings,
+        "user_preference": preference,
+    }
+    if user_embeddings is not None:
+        cutoff = utc(user_embeddings["event_timestamp"].iloc[0])
+        model_version = str(user_embeddings["model_version"].iloc[0])
+        run_id = run_id_for(cutoff, model_version)
+        content = content_hash({k: v for k, v in tables.items() if k != "listings"})  # listings: deduplicated
+        _refuse_stale_or_changed(repo, run_id, cutoff, content, force_older)
+    else:
+        cutoff, model_version = utc(listings["event_timestamp"].max()), None
+        run_id = f"{cutoff:%Y%m%dT%H%M%SZ}-listings"
+        content = content_hash({"listings": listings})
+    run: dict[str, pd.DataFrame] = {}
+    for name, df in tables.items():
+        if df is None:
+            continue
+        path = _inside(repo.data, repo.run_file(name, run_id))
+        if path.exists():
+            if _file_content(path) != content:
+                raise PublishError(f"{path}: holds other rows for run {run_id}; nothing was changed")
+            run[name] = pq.read_table(path).to_pandas()  # a rerun after a crash: publish exactly those rows
+            continue
+        if name == "listings":
+            df = _new_listing_versions(repo, df, path)
+        if len(df):
+            run[name] = _offline_table(name, df, published_at)
+            _write_offline(run[name], path, content)
+    if not run:
+        raise NothingToPublish("nothing to publish: every listing version is already in the feature store")
+
+    store = _materialize(repo, run, fail_before_swap)
+    manifest = {
+        "run_id": run_id,
+        "cutoff": cutoff.isoformat(),
+        "model_version": model_version,
+        "classifier_version": str(preference["classifier_version"].iloc[0]) if preference is not None else None,
+        "content_sha256": content,
+        "rows": {name: len(df) for name, df in run.items()},
+        "profile": repo.profile,
+        "project": store.project,
+        "published_at": published_at.isoformat(),
+        "seconds": round(time.perf_counter() - began, 3),
+        **({"forced_older": force_older} if force_older else {}),
+        **(extra or {}),
+    }
+    write_json(_inside(repo.data, repo.data / "manifests" / f"{run_id}.json"), manifest)
+    return manifest
+
+
+def _refuse_stale_or_changed(repo: Repo, run_id: str, cutoff: pd.Timestamp, content: str, force_older: str | None):
+    same = repo.manifest(run_id)
+    if same is not None and same.get("content_sha256") not in (None, content):
+        raise PublishError(
+            f"run {run_id} was already published with other content; a changed run needs a new model version "
+            "or cut-off. Nothing was changed"
+        )
+    latest = repo.latest_run()
+    if latest is not None and latest["run_id"] != run_id and utc(latest["cutoff"]) > cutoff and not force_older:
+        raise PublishError(
+            f"run {run_id} (cut-off {cutoff}) is older than the published run {latest['run_id']}; publishing it "
+            "would roll the online store back. Pass a reason to force it (recorded). Nothing was changed"
+        )
+
+
+def _interval(run: dict[str, pd.DataFrame]):
+    start = min(pd.Timestamp(df["event_timestamp"].min()) for df in run.values() if len(df))
+    end = max(pd.Timestamp(df["event_timestamp"].max()) for df in run.values() if len(df)) + timedelta(seconds=1)
+    return start.to_pydatetime() - timedelta(seconds=1), end.to_pydatetime()
+
+
+def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: bool):
+    """Apply the repo and load the run's interval into the online store (atomically for SQLite)."""
+    repo.data.mkdir(parents=True, exist_ok=True)
+    start, end = _interval(run)
+    views = [VIEWS[name] for name, df in run.items() if len(df)]
+    definitions = repo.definitions()
+    if repo.profile != "local":
+        store = repo.store()
+        store.apply(definitions)
+        if fail_before_swap:
+            raise PublishError("publish stopped before the online update (test hook)")
+        store.materialize(start, end, feature_views=views)
+        return store
+    live = repo.online_db
+    fd, staging_name = tempfile.mkstemp(prefix=".online_store.", suffix=".staging.db", dir=repo.data)
+    os.close(fd)
+    staging = Path(staging_name)
+    try:
+        if live.exists():
+            with sqlite3.connect(live) as src, sqlite3.connect(staging) as dst:
+                src.backup(dst)  # a consistent copy even while readers are connected
+        store = repo.store(online_path=staging)
+        store.apply(definitions)
+        store.materialize(start, end, feature_views=views)
+        if fail_before_swap:
+            raise PublishError("publish stopped before the online store swap (test hook)")
+        kill_point("publish:before-swap")
+        _swap_tables(staging, live)
+    finally:
+        staging.unlink(missing_ok=True)
+    return repo.store()
+
+
+def _swap_tables(staging: Path, live: Path) -> None:
+    """Make the live database's tables those of ``staging``, in one transaction of the live database."""
+    if not live.exists():
+        shutil.copy2(staging, live)
+        return
+    con = sqlite3.connect(live, timeout=60, isolation_level=None)
+    try:
+        con.execute("ATTACH DATABASE ? AS staging", (str(staging),))
+        con.execute("BEGIN IMMEDIATE")
+        new = dict(con.execute("SELECT name, sql FROM staging.sqlite_master WHERE type = 'table'").fetchall())
+        old = {r[0] for r in con.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
+        for name in old - set(new):
+            con.execute(f'DROP TABLE main."{name}"')
+        for name, sql in new.items():
+            if name not in old:
+                con.execute(sql)
+            else:
+                con.execute(f'DELETE FROM main."{name}"')
+            con.execute(f'INSERT INTO main."{name}" SELECT * FROM staging."{name}"')
+        indexes = con.execute("SELECT name, sql FROM staging.sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        for name, sql in indexes.fetchall():
+            if not con.execute("SELECT 1 FROM main.sqlite_master WHERE name = ?", (name,)).fetchone():
+                con.execute(sql)
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()

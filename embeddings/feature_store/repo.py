@@ -1,0 +1,204 @@
+"""Read-only access to the Feast feature repo (``feature_repo/``): the store, its manifests, lookups."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from embeddings.contract import LISTING_COLUMNS, read_parquet
+from embeddings.errors import InputError, PublishError
+
+REPO = Path(__file__).resolve().parents[2] / "feature_repo"
+PROFILES = {"local": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+TABLES = ("listings", "listing_embeddings", "user_embeddings", "user_preference")
+VIEWS = {
+    "listings": "listing_lst_features",
+    "listing_embeddings": "listing_embedding",
+    "user_embeddings": "user_embedding",
+    "user_preference": "user_rent_sale_preference",
+}
+LISTING_FEATURES = [c.name for c in LISTING_COLUMNS if c.name not in ("item_id", "created_at", "event_timestamp")]
+
+
+@dataclass
+class Repo:
+    path: Path = REPO
+    profile: str = "local"
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path).resolve()  # a relative path would be resolved again by Feast, doubled
+        if self.profile not in PROFILES:
+            raise InputError(f"unknown feature store profile {self.profile!r}; choose from {tuple(PROFILES)}")
+        if not (self.path / PROFILES[self.profile]).is_file():
+            raise InputError(f"{self.path}: not a feature repo (no {PROFILES[self.profile]})")
+
+    @property
+    def data(self) -> Path:
+        return self.path / "data"  # registry, online store (SQLite), offline Parquet, manifests
+
+    @property
+    def yaml(self) -> Path:
+        return self.path / PROFILES[self.profile]
+
+    def config(self, online_path: Path | None = None):
+        from feast.repo_config import load_repo_config
+
+        config = load_repo_config(self.path, self.yaml)
+        if not Path(config.registry.path).is_absolute():  # Feast would resolve it against the working folder
+            config.registry.path = str(self.path / config.registry.path)
+        if config.online_store.type == "sqlite" and not Path(config.online_store.path).is_absolute():
+            config.online_store.path = str(self.path / config.online_store.path)
+        if online_path is not None:
+            config.online_store.path = str(online_path)
+        return config
+
+    def store(self, online_path: Path | None = None):
+        """A FeatureStore for this repo; ``online_path`` points the SQLite online store elsewhere."""
+        from feast import FeatureStore
+
+        config = self.config(online_path)
+        if self.profile == "redis":
+            check_redis(config.online_store.connection_string)
+        return FeatureStore(config=config)
+
+    @property
+    def online_db(self) -> Path:
+        """The SQLite online store of the local profile."""
+        return Path(self.config().online_store.path)
+
+    def definitions(self) -> list:
+        """Entities, sources, views and services defined by the repo's Python files."""
+        from feast.repo_operations import parse_repo
+
+        for py in self.path.glob("*.py"):  # another repo's modules of the same names may be loaded
+            sys.modules.pop(py.stem, None)
+        sys.path.insert(0, str(self.path))
+        try:
+            with contextlib.chdir(self.path):  # Feast names repo modules relative to the working folder
+                contents = parse_repo(self.path)
+        finally:
+            sys.path.remove(str(self.path))
+        return [*contents.entities, *contents.data_sources, *contents.feature_views, *contents.feature_services]
+
+    def manifests(self) -> list[dict]:
+        folder = self.data / "manifests"
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+
+    def manifest(self, run_id: str) -> dict | None:
+        path = self.data / "manifests" / f"{run_id}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def run_file(self, table: str, run_id: str) -> Path:
+        """Where a run's rows of one offline table live (one file per run, never rewritten)."""
+        return self.data / "offline" / table / f"run-{run_id}.parquet"
+
+    def latest_run(self) -> dict | None:
+        """The manifest of the newest published run with embeddings (by cut-off, then publish time)."""
+        runs = [m for m in self.manifests() if m.get("model_version")]
+        return max(runs, key=lambda m: (m["cutoff"], m["published_at"])) if runs else None
+
+    def previous_run(self) -> dict | None:
+        """What the drift checks compare against: the latest published run with embeddings."""
+        last = self.latest_run()
+        if last is None:
+            return None
+        users, scores = (
+            self.run_file("user_embeddings", last["run_id"]),
+            self.run_file("user_preference", last["run_id"]),
+        )
+        return {
+            "run_id": last["run_id"],
+            "events_rows": last.get("events_rows"),
+            "users": read_parquet(users) if users.exists() else None,
+            "scores": read_parquet(scores) if scores.exists() else None,
+        }
+
+
+def _redis_options(connection_string: str) -> tuple[str, str, dict[str, str]]:
+    """host, port and options of Feast's ``host:port,key=value,...`` string (a password may hold commas)."""
+    host_port, _, rest = connection_string.partition(",")
+    host, _, port = host_port.rpartition(":")
+    options: dict[str, str] = {}
+    key = None
+    for part in rest.split(",") if rest else []:
+        name, eq, value = part.partition("=")
+        if eq and name in ("password", "ssl", "db", "username"):
+            key, options[name] = name, value
+        elif key is not None:  # a comma inside the previous value
+            options[key] += "," + part
+    return host, port, options
+
+
+def check_redis(connection_string: str) -> None:
+    """Fail early and clearly when Redis is unreachable or refuses the credentials."""
+    import redis
+
+    host, port, options = _redis_options(connection_string)
+    where = f"Redis at {host or '?'}:{port or '?'}"
+    if not host or not port.isdigit():
+        raise PublishError(f"{where}: set REDIS_HOST and REDIS_PORT (feature_store.redis.yaml reads them)")
+    client = redis.Redis(
+        host=host,
+        port=int(port),
+        password=options.get("password") or None,
+        ssl=options.get("ssl", "false").lower() == "true",
+        socket_connect_timeout=3,
+    )
+    try:
+        client.ping()
+    except redis.exceptions.AuthenticationError as exc:
+        raise PublishError(f"{where}: authentication failed, check REDIS_PASSWORD ({exc})") from exc
+    except redis.exceptions.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise PublishError(f"{where}: authentication failed, check REDIS_PASSWORD ({exc})") from exc
+        raise
+    except redis.exceptions.ConnectionError as exc:
+        raise PublishError(f"{where}: cannot connect ({exc})") from exc
+    finally:
+        client.close()
+
+
+def online_features(repo: Repo, user_ids: list[str], service: str = "user_profile") -> pd.DataFrame:
+    store = repo.store()
+    features = store.get_feature_service(service)
+    return store.get_online_features(features=features, entity_rows=[{"user_id": u} for u in user_ids]).to_df()
+
+
+def historical_features(repo: Repo, entity_df: pd.DataFrame, service: str = "user_profile") -> pd.DataFrame:
+    store = repo.store()
+    return store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(service)).to_df()
+
+
+def listings_from_store(repo: Repo, item_ids, as_of: pd.Timestamp) -> pd.DataFrame:
+    """lst features of ``item_ids`` as the feature store knew them at ``as_of`` (point-in-time), one row per
+    listing in the listings-table shape, for building frozen or hybrid item vectors.
+
+    A listing first published after ``as_of`` (a cold-start listing) gets its earliest published version.
+    """
+    store = repo.store()
+    refs = [f"listing_lst_features:{c}" for c in LISTING_FEATURES]
+    ids = pd.Series(list(item_ids), dtype=object)
+    got = store.get_historical_features(
+        entity_df=pd.DataFrame({"item_id": ids, "event_timestamp": as_of}), features=refs
+    ).to_df()
+    missing = got[got["deal_type"].isna()]["item_id"]
+    if len(missing):
+        first = pd.concat([read_parquet(p) for p in sorted((repo.data / "offline" / "listings").glob("*.parquet"))])
+        first = first[first["item_id"].isin(missing)].sort_values("event_timestamp").drop_duplicates("item_id")
+        got = pd.concat([got[got["deal_type"].notna()], first[["item_id", *LISTING_FEATURES, "event_timestamp"]]])
+    unknown = set(ids) - set(got["item_id"])
+    if unknown:
+        raise PublishError(
+            f"{len(unknown)} listings have no lst features in the feature store, e.g. {sorted(unknown)[:5]}"
+        )
+    got = got.drop_duplicates("item_id").set_index("item_id").loc[list(ids)].reset_index()
+    got["event_timestamp"] = as_of
+    got["created_at"] = as_of
+    for col in ("rooms", "floor", "floors_total"):
+        got[col] = got[col].astype("int64")
+    return got[["item_id", *LISTING_FEATURES, "created_at", "event_timestamp"]]

@@ -1,0 +1,81 @@
+"""Every file the product writes goes through :func:`write_atomic`: a temporary file in the target folder,
+then one rename. A crash or an error leaves the old file (or none), never a partial one.
+
+Also the one place that says how a timestamp becomes UTC (:func:`utc`) and how run content is hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return write_atomic(path, lambda tmp: pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp))
+
+
+def save_torch(obj: dict, path: str | os.PathLike) -> Path:
+    import torch
+
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def utc(value) -> pd.Timestamp:
+    """A timestamp in UTC; a naive one is read as UTC."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def kill_point(name: str) -> None:
+    """Fault injection for crash tests: ``LST_EMBEDDINGS_KILL_AT=name`` ends the process here with SIGKILL."""
+    if os.environ.get("LST_EMBEDDINGS_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

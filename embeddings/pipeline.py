@@ -1,0 +1,546 @@
+"""The weekly job as a library: one function per stage, typed configs in, typed results out.
+
+    raw events + listings -> train -> embed -> classify -> pictures -> checks -> publish
+
+Each stage reads and writes a run folder whose paths :class:`RunLayout` owns. The CLI, ``make demo``
+and schedulers only call these functions. :func:`run_job` runs them all from one :class:`JobConfig`
+(``lst-embeddings run --config week.toml``), skipping every stage whose outputs already exist for the
+same inputs and settings: a rerun after a crash continues where it stopped, a rerun after success does
+nothing.
+
+:func:`publish` is the only public way into the feature store: it runs every check first and raises
+:class:`~embeddings.errors.ChecksFailed` (nothing written) when one fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+
+from embeddings.contract import read_parquet, validate_events, validate_listings
+from embeddings.data import Dataset, load_data
+from embeddings.embed import Embedder, EmbedReport
+from embeddings.errors import ChecksFailed, InputError, NothingToPublish
+from embeddings.feature_store import REPO, Repo
+from embeddings.io import file_digest, utc, write_json, write_parquet
+from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
+from embeddings.preference import PreferenceModel, fit_preference, score_users
+from embeddings.split import Split, leave_last_out, temporal_split
+from embeddings.train import TrainConfig
+
+SPLITS = ("auto", "temporal", "leave-last-out")
+
+
+# ------------------------------------------------------------------------------------------------ layout
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of a run folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    model_dir = property(lambda self: self.root / "model")  # last.pt, best.pt, model.pt, metrics.json
+    model = property(lambda self: self.model_dir / "model.pt")
+    train_metrics = property(lambda self: self.model_dir / "metrics.json")
+    embeddings_dir = property(lambda self: self.root / "embeddings")
+    user_embeddings = property(lambda self: self.embeddings_dir / "user_embeddings.parquet")
+    listing_embeddings = property(lambda self: self.embeddings_dir / "listing_embeddings.parquet")
+    preference_dir = property(lambda self: self.root / "preference")
+    scores = property(lambda self: self.preference_dir / "preference.parquet")
+    classifier = property(lambda self: self.preference_dir / "classifier.cbm")
+    preference_metrics = property(lambda self: self.preference_dir / "preference_metrics.json")
+    pictures_dir = property(lambda self: self.root / "pictures")
+    validation_dir = property(lambda self: self.root / "validation")
+    evaluation = property(lambda self: self.root / "evaluation.json")
+    stages_dir = property(lambda self: self.root / ".stages")
+
+    def stage_file(self, stage: str) -> Path:
+        return self.stages_dir / f"{stage}.json"
+
+
+# ----------------------------------------------------------------------------------------------- configs
+@dataclass
+class DataConfig:
+    path: Path  # folder with listings.parquet + events.parquet, or a `user item` text file
+    split: str = "auto"  # auto: temporal with listings, else leave-last-out
+    cutoff: str | None = None  # temporal split cut-off (UTC); default: midnight before the last event
+    drop_last: int = 0  # leave-last-out: first drop each user's last N items
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.split not in SPLITS:
+            raise InputError(f"split must be one of {SPLITS}, got {self.split!r}")
+
+
+@dataclass
+class FeatureStoreConfig:
+    repo: Path = REPO
+    profile: str = "local"  # local (DuckDB + SQLite) | redis (REDIS_HOST/PORT/PASSWORD/SSL)
+
+    def open(self) -> Repo:
+        return Repo(Path(self.repo), self.profile)
+
+
+@dataclass
+class EmbedConfig:
+    cutoff: str | None = None  # only clicks before this count (default: the model's training cut-off)
+    batch_size: int = 256
+
+
+@dataclass
+class ClassifyConfig:
+    min_history: int = 3  # users with fewer clicks before the cut-off are reported apart
+    seed: int = 0
+
+
+@dataclass
+class PicturesConfig:
+    sample: int = 2000  # points per picture
+    seed: int = 0
+
+
+@dataclass
+class PublishConfig:
+    allow_drift: str | None = None  # a reason: publish despite drift failures (never data/vector/score ones)
+    force_older: str | None = None  # a reason: publish a run older than the latest published one
+
+
+@dataclass
+class JobConfig:
+    """The whole weekly job (``run --config``): see ``examples/week.toml``."""
+
+    out: Path
+    data: DataConfig
+    model: SASRecConfig = field(default_factory=SASRecConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    features_from: str = "table"  # table | feast: lst features for training from listings.parquet or Feast
+    init_from: Path | None = None  # start training from this checkpoint's weights (fine-tuning)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    pictures: PicturesConfig = field(default_factory=PicturesConfig)
+    feature_store: FeatureStoreConfig = field(default_factory=FeatureStoreConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> JobConfig:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InputError(f"{path}: cannot read the job config ({exc})") from exc
+        return cls.from_dict(raw, base=path.parent)
+
+    @classmethod
+    def from_dict(cls, raw: dict, base: Path = Path(".")) -> JobConfig:
+        sections = {
+            "data": DataConfig,
+            "model": SASRecConfig,
+            "train": TrainConfig,
+            "embed": EmbedConfig,
+            "classify": ClassifyConfig,
+            "pictures": PicturesConfig,
+            "feature_store": FeatureStoreConfig,
+            "publish": PublishConfig,
+        }
+        job = dict(raw.get("job", {}))
+        kwargs: dict = {}
+        for name, kind in sections.items():
+            values = dict(raw.get(name, {}))
+            known = {f.name for f in fields(kind)}
+            unknown = set(values) - known
+            if unknown:
+                raise InputError(f"[{name}]: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+            for key in ("path", "repo"):
+                if key in values:
+                    values[key] = base / values[key]
+            try:
+                kwargs[name] = kind(**values)
+            except TypeError as exc:
+                raise InputError(f"[{name}]: {exc}") from exc
+        unknown = set(job) - {"out", "features_from", "init_from"}
+        if unknown or "out" not in job:
+            raise InputError(f"[job]: needs out (the run folder); unknown setting(s) {sorted(unknown)}")
+        init = job.get("init_from")
+        return cls(
+            out=base / job["out"],
+            features_from=job.get("features_from", "table"),
+            init_from=base / init if init else None,
+            **kwargs,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class TrainResult:
+    model: SASRecRecommender
+    path: Path
+    metrics: dict  # test metrics of the split (hr@10, ndcg@10, ...), fit_seconds
+
+
+@dataclass
+class EmbedResult:
+    users: pd.DataFrame
+    items: pd.DataFrame
+    cutoff: pd.Timestamp
+    model_version: str
+    encoder: str
+    report: EmbedReport
+
+
+@dataclass
+class ClassifyResult:
+    scores: pd.DataFrame
+    table: list[dict]
+    n_labelled: int
+    n_train: int
+    classifier: Path
+    classifier_version: str
+
+
+# ------------------------------------------------------------------------------------------------- stages
+def split_data(data: Dataset, cfg: DataConfig) -> Split:
+    protocol = cfg.split
+    if protocol == "auto":
+        protocol = "temporal" if data.has_listings else "leave-last-out"
+    if protocol == "temporal":
+        split = temporal_split(data.events, data.listings, utc(cfg.cutoff) if cfg.cutoff else None)
+    else:
+        split = leave_last_out(data.events, data.listings, drop_last=cfg.drop_last)
+    if len(split.test) == 0:
+        where = f" after the cut-off {split.cutoff}" if split.cutoff is not None else ""
+        raise InputError(f"{cfg.path}: the split leaves no test case (no user clicks a new listing{where})")
+    return split
+
+
+def train(
+    data: Dataset,
+    layout: RunLayout,
+    split: DataConfig,
+    model: SASRecConfig | None = None,
+    train: TrainConfig | None = None,
+    *,
+    features_from: str = "table",
+    feature_store: Repo | None = None,
+    init_from: Path | None = None,
+) -> TrainResult:
+    """Train SASRec on the split, keep checkpoints in ``layout.model_dir`` (resumes), report test metrics."""
+    from embeddings.evaluate import evaluate
+    from embeddings.zoo import make_model
+
+    if layout.model_dir.exists() and not layout.model_dir.is_dir():
+        raise InputError(f"{layout.model_dir}: exists and is not a folder")
+    if features_from not in ("table", "feast"):
+        raise InputError(f"features_from must be 'table' or 'feast', got {features_from!r}")
+    the_split = split_data(data, split)
+    rec = make_model(
+        "sasrec",
+        the_split,
+        data.listings,
+        sasrec=model,
+        train=train,
+        checkpoint_dir=layout.model_dir,
+        feature_store=feature_store if features_from == "feast" else None,
+        init_from=init_from,
+    )
+    began = time.perf_counter()
+    rec.fit(the_split)
+    metrics = {
+        "model": rec.name,
+        "protocol": the_split.protocol,
+        "fit_seconds": time.perf_counter() - began,
+        **evaluate(rec, the_split.test),
+    }
+    rec.save(layout.model, metrics={"test": metrics, "best": rec.best, "history": rec.history})
+    write_json(layout.train_metrics, {"test": metrics, "best": rec.best})
+    return TrainResult(rec, layout.model, metrics)
+
+
+def embed(
+    data: Dataset,
+    layout: RunLayout,
+    model: SASRecRecommender | Path | None = None,
+    cfg: EmbedConfig | None = None,
+) -> EmbedResult:
+    """User embeddings as of the cut-off and listing embeddings, to ``layout.embeddings_dir``.
+
+    ``model``: a loaded model, a checkpoint path, or (default) the run's own ``model/model.pt``; loaded once.
+    """
+    cfg = cfg or EmbedConfig()
+    rec = model if isinstance(model, SASRecRecommender) else SASRecRecommender.load(model or layout.model)
+    if cfg.cutoff:
+        cutoff = utc(cfg.cutoff)
+    elif rec.cutoff:
+        cutoff = utc(rec.cutoff)
+    else:
+        cutoff = data.events["event_timestamp"].max() + pd.Timedelta(microseconds=1)
+    embedder = Embedder(rec, data.listings)
+    users = embedder.embed_users(data.events, cutoff, batch_size=cfg.batch_size)
+    if users.empty:
+        raise InputError(f"{data.source}: no user has a usable click before the cut-off {cutoff}")
+    items = embedder.embed_items(cutoff if data.has_listings else None)
+    write_parquet(users, layout.user_embeddings)
+    write_parquet(items, layout.listing_embeddings)
+    return EmbedResult(users, items, cutoff, embedder.version, embedder.encoder, embedder.report)
+
+
+def classify(
+    data: Dataset, layout: RunLayout, cfg: ClassifyConfig | None = None, labels: pd.DataFrame | None = None
+) -> ClassifyResult:
+    """Fit the rent/sale classifier on the run's user embeddings (labels from after the cut-off), report it
+    against the baselines, save it (``classifier.cbm``) and score every embedded user."""
+    cfg = cfg or ClassifyConfig()
+    if not data.has_listings:
+        raise InputError(f"{data.source}: classify needs a data folder with listings (deal types)")
+    users = read_parquet(layout.user_embeddings)
+    cutoff = utc(users["event_timestamp"].iloc[0])
+    labels = data.labels() if labels is None else labels
+    result = fit_preference(
+        users, data.events, data.listings, cutoff, latent=labels, min_history=cfg.min_history, seed=cfg.seed
+    )
+    result.model.save(layout.classifier)
+    write_parquet(result.scores, layout.scores)
+    write_json(
+        layout.preference_metrics,
+        {"n_labelled": result.n_labelled, "n_train": result.n_train, "rows": result.table},
+    )
+    return ClassifyResult(
+        result.scores, result.table, result.n_labelled, result.n_train, layout.classifier, result.model.version
+    )
+
+
+def score(classifier: Path, user_embeddings: pd.DataFrame, out: Path | None = None) -> pd.DataFrame:
+    """Rent/sale scores of any user embeddings with a saved classifier, without refitting."""
+    scores = score_users(PreferenceModel.load(classifier), user_embeddings)
+    if out is not None:
+        write_parquet(scores, out)
+    return scores
+
+
+def pictures(data: Dataset, layout: RunLayout, cfg: PicturesConfig | None = None) -> list[Path]:
+    """t-SNE PNGs of the run's listing and user embeddings under ``layout.pictures_dir``."""
+    from embeddings.pictures import item_pictures, user_pictures
+
+    cfg = cfg or PicturesConfig()
+    if not data.has_listings:
+        raise InputError(f"{data.source}: pictures need a data folder with listings")
+    out = layout.pictures_dir
+    paths = item_pictures(read_parquet(layout.listing_embeddings), data.listings, out, cfg.sample, cfg.seed)
+    paths += user_pictures(read_parquet(layout.user_embeddings), read_parquet(layout.scores), out, cfg.sample, cfg.seed)
+    return paths
+
+
+@dataclass
+class RunTables:
+    """What a run publishes: user and listing embeddings, rent/sale scores."""
+
+    users: pd.DataFrame
+    items: pd.DataFrame
+    scores: pd.DataFrame
+
+    @classmethod
+    def read(cls, layout: RunLayout) -> RunTables:
+        return cls(
+            read_parquet(layout.user_embeddings), read_parquet(layout.listing_embeddings), read_parquet(layout.scores)
+        )
+
+
+def _raw_inputs(data_dir: Path) -> dict[str, pd.DataFrame]:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(f"{data_dir}: checks and publish need a data folder with listings.parquet and events.parquet")
+    return {
+        "events": read_parquet(data_dir / "events.parquet"),
+        "listings": read_parquet(data_dir / "listings.parquet"),
+    }
+
+
+def validate(data_dir: Path, repo: Repo, run: RunTables | None = None, report_dir: Path | None = None):
+    """Every Great Expectations check of the input data and (with ``run``) of the run's vectors, scores and
+    drift against the latest published run. Returns the report; writes it to ``report_dir`` when given."""
+    from validation.checks import check_run
+
+    raw = _raw_inputs(data_dir)
+    previous = repo.previous_run()
+    report = check_run(
+        raw["events"],
+        raw["listings"],
+        run.users if run else None,
+        run.items if run else None,
+        run.scores if run else None,
+        previous,
+    )
+    report.previous_run_id = previous["run_id"] if previous else None
+    if report_dir is not None:
+        report.write(report_dir)
+    return report
+
+
+def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: PublishConfig | None = None) -> dict:
+    """Check the run and, only if every check passes (drift failures may be overridden with a reason),
+    write it to the feature store. Returns the manifest; raises ``ChecksFailed`` with nothing written."""
+    from embeddings.feature_store._writer import write_run
+
+    cfg = cfg or PublishConfig()
+    layout = run if isinstance(run, RunLayout) else None
+    tables = RunTables.read(run) if layout else run
+    report = validate(data_dir, repo, tables, layout.validation_dir if layout else None)
+    extra: dict = {"checks": len(report.checks)}
+    if report.failures:
+        if not (report.drift_only and cfg.allow_drift):
+            hint = " (drift only: allow_drift with a reason overrides)" if report.drift_only else ""
+            raise ChecksFailed(
+                f"publish refused, {len(report.failures)} failed check(s){hint}; nothing was changed", report
+            )
+        extra["drift_override"] = {
+            "reason": cfg.allow_drift,
+            "failed": [f"{c.expectation} {c.column}: {c.observed}" for c in report.failures],
+        }
+    data = _contract_tables(data_dir)
+    extra["events_rows"] = len(data.events)
+    return write_run(
+        repo,
+        data.listings,
+        tables.users,
+        tables.items,
+        tables.scores,
+        extra_manifest=extra,
+        force_older=cfg.force_older,
+    )
+
+
+def publish_listings(data_dir: Path, repo: Repo) -> dict:
+    """Publish the lst features of new listing versions (checked like a run's input data)."""
+    from embeddings.feature_store._writer import write_run
+
+    report = validate(data_dir, repo)
+    if report.failures:
+        raise ChecksFailed(f"publish refused, {len(report.failures)} failed check(s) of the listings data", report)
+    return write_run(repo, _contract_tables(data_dir).listings)
+
+
+def _contract_tables(data_dir: Path) -> Dataset:
+    raw = _raw_inputs(data_dir)
+    listings = validate_listings(raw["listings"], source=str(Path(data_dir) / "listings.parquet"))
+    events = validate_events(raw["events"], listings, source=str(Path(data_dir) / "events.parquet"))
+    return Dataset(events, listings, Path(data_dir))
+
+
+# ---------------------------------------------------------------------------------------------- the job
+def _fingerprint(stage: str, settings: dict, inputs: list[Path]) -> str:
+    digest = hashlib.sha256(json.dumps([stage, settings], sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(file_digest(path).encode())
+    return digest.hexdigest()
+
+
+def _done(layout: RunLayout, stage: str, fingerprint: str, outputs: list[Path]) -> bool:
+    path = layout.stage_file(stage)
+    if not path.exists() or not all(p.exists() for p in outputs):
+        return False
+    return json.loads(path.read_text()).get("fingerprint") == fingerprint
+
+
+def _stamp(layout: RunLayout, stage: str, fingerprint: str, summary: dict) -> None:
+    write_json(
+        layout.stage_file(stage), {"fingerprint": fingerprint, "finished_at": pd.Timestamp.now(tz="UTC"), **summary}
+    )
+
+
+@dataclass
+class JobResult:
+    layout: RunLayout
+    ran: list[str]  # stages that did work
+    skipped: list[str]  # stages whose outputs were already there for the same inputs and settings
+    manifest: dict | None
+
+
+def run_job(cfg: JobConfig, log=print) -> JobResult:
+    """The whole weekly job. Each stage is skipped when its outputs exist for the same inputs and settings."""
+    layout = RunLayout(cfg.out)
+    repo = cfg.feature_store.open()
+    data = load_data(cfg.data.path)
+    ran, skipped = [], []
+
+    def stage(name: str, settings: dict, inputs: list[Path], outputs: list[Path], work) -> None:
+        fingerprint = _fingerprint(name, settings, inputs)
+        if _done(layout, name, fingerprint, outputs):
+            skipped.append(name)
+            log(f"== {name}: up to date, skipped")
+            return
+        log(f"== {name}")
+        summary = work() or {}
+        _stamp(layout, name, fingerprint, summary)
+        ran.append(name)
+
+    listings_stamp = layout.stage_file("publish-listings")
+    if cfg.features_from == "feast":
+        stage("publish-listings", asdict(cfg.feature_store), data.files, [listings_stamp], lambda: _listings(cfg, repo))
+    train_settings = {
+        "split": asdict(cfg.data) | {"path": None},
+        "model": asdict(cfg.model),
+        "train": asdict(cfg.train),
+        "features_from": cfg.features_from,
+    }
+    init = [cfg.init_from] if cfg.init_from else []
+
+    def do_train():
+        result = train(
+            data, layout, cfg.data, cfg.model, cfg.train,
+            features_from=cfg.features_from, feature_store=repo, init_from=cfg.init_from,
+        )  # fmt: skip
+        log(f"   test HR@10 {result.metrics['hr@10']:.4f}, NDCG@10 {result.metrics['ndcg@10']:.4f}")
+        return {"hr@10": result.metrics["hr@10"], "ndcg@10": result.metrics["ndcg@10"]}
+
+    stage("train", train_settings, data.files + init, [layout.model], do_train)
+
+    def do_embed():
+        result = embed(data, layout, layout.model, cfg.embed)
+        log(f"   {len(result.users):,} users, {len(result.items):,} listings, model {result.model_version}")
+        return {"users": len(result.users), "model_version": result.model_version}
+
+    outputs = [layout.user_embeddings, layout.listing_embeddings]
+    stage("embed", asdict(cfg.embed), data.files + [layout.model], outputs, do_embed)
+
+    def do_classify():
+        result = classify(data, layout, cfg.classify)
+        log(f"   {result.n_labelled:,} labelled users, classifier {result.classifier_version}")
+        return {"classifier_version": result.classifier_version}
+
+    outputs = [layout.scores, layout.classifier, layout.preference_metrics]
+    stage("classify", asdict(cfg.classify), data.files + [layout.user_embeddings], outputs, do_classify)
+    stage(
+        "pictures",
+        asdict(cfg.pictures),
+        [layout.user_embeddings, layout.listing_embeddings, layout.scores],
+        [layout.pictures_dir],
+        lambda: {"pictures": [p.name for p in pictures(data, layout, cfg.pictures)]},
+    )
+    manifest: dict | None = None
+
+    def do_publish():
+        nonlocal manifest
+        manifest = publish(cfg.data.path, repo, layout, cfg.publish)
+        log(f"   published run {manifest['run_id']} ({repo.profile})")
+        return {"run_id": manifest["run_id"]}
+
+    settings = {"repo": str(repo.path), "profile": repo.profile, **asdict(cfg.publish)}
+    inputs = data.files + [layout.user_embeddings, layout.listing_embeddings, layout.scores]
+    stage("publish", settings, inputs, [], do_publish)
+    if manifest is None and layout.stage_file("publish").exists():
+        manifest = repo.manifest(json.loads(layout.stage_file("publish").read_text())["run_id"])
+    return JobResult(layout, ran, skipped, manifest)
+
+
+def _listings(cfg: JobConfig, repo: Repo) -> dict:
+    try:
+        return {"run_id": publish_listings(cfg.data.path, repo)["run_id"]}
+    except NothingToPublish:
+        return {"run_id": None}
