@@ -160,7 +160,7 @@ class JobConfig:
                 raise InputError(f"[{name}]: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
             for key in ("path", "repo"):
                 if key in values:
-                    values[key] = base / values[key]
+                    values[key] = (base / values[key]).resolve()
             try:
                 kwargs[name] = kind(**values)
             except TypeError as exc:
@@ -170,9 +170,9 @@ class JobConfig:
             raise InputError(f"[job]: needs out (the run folder); unknown setting(s) {sorted(unknown)}")
         init = job.get("init_from")
         return cls(
-            out=base / job["out"],
+            out=(base / job["out"]).resolve(),
             features_from=job.get("features_from", "table"),
-            init_from=base / init if init else None,
+            init_from=(base / init).resolve() if init else None,
             **kwargs,
         )
 

@@ -123,6 +123,7 @@ class PreferenceModel:
     def _bytes(self) -> bytes:
         meta = self.booster.get_metadata()
         meta["platt_a"], meta["platt_b"] = repr(self.a), repr(self.b)
+        meta["model_guid"] = meta["train_finish_time"] = ""  # the file is then a function of the model alone
         fd, tmp = tempfile.mkstemp(suffix=".cbm")
         os.close(fd)
         try:

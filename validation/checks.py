@@ -217,6 +217,14 @@ def _psi(old: np.ndarray, new: np.ndarray, bins: int = 10) -> float:
     return float(np.sum((b - a) * np.log(b / a)))
 
 
+def _usable(dim: int):
+    return lambda v: len(v) == dim and bool(np.isfinite(np.asarray(v, dtype=np.float64)).all())
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    return x[np.isfinite(x).all(1)] if x.ndim == 2 else x
+
+
 def drift_table(
     prev_users: pd.DataFrame, users: pd.DataFrame, prev_scores: pd.DataFrame, scores: pd.DataFrame, seed: int = 0
 ) -> tuple[pd.DataFrame, dict]:
@@ -235,7 +243,11 @@ def drift_table(
     shared = prev_users[["user_id", "embedding"]].merge(
         users[["user_id", "embedding"]], on="user_id", suffixes=("_old", "_new")
     )
-    old_all, new_all = _matrix(prev_users), _matrix(users)
+    # drift is measured on usable vectors only: non-finite or odd-sized ones fail the vector suites instead
+    dim = len(prev_users["embedding"].iloc[0])
+    usable = shared["embedding_old"].map(_usable(dim)) & shared["embedding_new"].map(_usable(dim))
+    shared = shared[usable]
+    old_all, new_all = _finite_rows(_matrix(prev_users)), _finite_rows(_matrix(users))
     figures = {
         "same_model_version": same,
         "shared_users": len(shared),

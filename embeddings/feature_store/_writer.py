@@ -253,6 +253,8 @@ def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: boo
         store.materialize(start, end, feature_views=views)
         return store
     live = repo.online_db
+    for stale in repo.data.glob(".online_store.*.staging.db"):  # left by a killed publish; we hold the lock
+        stale.unlink()
     fd, staging_name = tempfile.mkstemp(prefix=".online_store.", suffix=".staging.db", dir=repo.data)
     os.close(fd)
     staging = Path(staging_name)
