@@ -20,8 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_rate, table, write  # noqa: E402
 
-from embeddings.models.sasrec import SASRec, SASRecConfig  # noqa: E402
-from embeddings.train import SASRecRecommender  # noqa: E402
+from embeddings.models.sasrec import SASRec, SASRecConfig, SASRecRecommender  # noqa: E402
 
 
 def main() -> None:
@@ -33,8 +32,9 @@ def main() -> None:
     n_users = 2000 if args.quick else args.users
     L, d, blocks = 200, 64, 2
     torch.manual_seed(0)
-    rec = SASRecRecommender({"max_len": L, "dim": d, "n_blocks": blocks})
-    rec.model = SASRec(SASRecConfig(n_items=args.items, max_len=L, dim=d, n_blocks=blocks)).eval()
+    cfg = SASRecConfig(n_items=args.items, max_len=L, dim=d, n_blocks=blocks)
+    rec = SASRecRecommender(cfg)
+    rec.model = SASRec(cfg).eval()
     rng = np.random.default_rng(0)
     histories = [rng.integers(0, args.items, L) for _ in range(n_users)]
     rows = []

@@ -35,6 +35,7 @@ from common import ML1M, ML1M_DROP_LAST, matmul_rate, table, write  # noqa: E402
 from embeddings.data import load_data  # noqa: E402
 from embeddings.evaluate import evaluate  # noqa: E402
 from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
+from embeddings.models.sasrec import SASRecConfig  # noqa: E402
 from embeddings.split import leave_last_out, temporal_split  # noqa: E402
 from embeddings.synthetic import WeekConfig, generate_week  # noqa: E402
 from embeddings.train import TrainConfig, training_windows  # noqa: E402
@@ -64,7 +65,7 @@ def ml1m(path: str, quick: bool, budget_min: float, drop_last: int) -> dict:
         keep = events["user_id"].drop_duplicates().head(1000)
         events = events[events["user_id"].isin(keep)]
     split = leave_last_out(events, drop_last=drop_last)
-    cfg = {"max_len": 200, "dim": 64, "n_blocks": 2, "n_heads": 1, "dropout": 0.2}
+    cfg = SASRecConfig(max_len=200, dim=64, n_blocks=2, n_heads=1, dropout=0.2)
     train = TrainConfig(
         epochs=4 if quick else 300, patience=10, eval_every=2, time_budget_s=budget_min * 60, windows=WINDOWS
     )
@@ -134,7 +135,8 @@ def week(quick: bool) -> list[dict]:
     train = TrainConfig(epochs=5 if quick else 60, patience=5)
     for encoder, extra in (("id", {}), ("lst-frozen", {}), ("lst-frozen", {"frozen_linear": True}), ("hybrid", {})):
         start = time.perf_counter()
-        m = make_model("sasrec", split, listings, sasrec={"item_encoder": encoder, "max_len": 50, **extra}, train=train)
+        cfg = SASRecConfig(item_encoder=encoder, max_len=50, **extra)
+        m = make_model("sasrec", split, listings, sasrec=cfg, train=train)
         m.fit(split)
         name = m.name + ("+linear" if extra else "")
         rows.append({"model": name, "fit_s": time.perf_counter() - start, **evaluate(m, split.test)})

@@ -1,5 +1,5 @@
 """Expectation suites (GX Core 1.x). Data suites run on the raw Parquet tables; embedding and drift
-suites run on the tables that ``embeddings.checks`` computes (one row per vector, one summary row)."""
+suites run on the tables that ``validation.checks`` computes (one row per vector, one summary row)."""
 
 from __future__ import annotations
 
