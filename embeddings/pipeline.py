@@ -362,12 +362,19 @@ def _raw_inputs(data_dir: Path) -> dict[str, pd.DataFrame]:
     }
 
 
-def validate(data_dir: Path, repo: Repo, run: RunTables | None = None, report_dir: Path | None = None):
+def validate(
+    data_dir: Path,
+    repo: Repo,
+    run: RunTables | None = None,
+    report_dir: Path | None = None,
+    raw: dict[str, pd.DataFrame] | None = None,
+):
     """Every Great Expectations check of the input data and (with ``run``) of the run's vectors, scores and
-    drift against the latest published run. Returns the report; writes it to ``report_dir`` when given."""
+    drift against the latest published run. Returns the report; writes it to ``report_dir`` when given.
+    ``raw``: the data folder's tables when the caller has read them already."""
     from validation.checks import check_run
 
-    raw = _raw_inputs(data_dir)
+    raw = raw if raw is not None else _raw_inputs(data_dir)
     previous = repo.previous_run()
     report = check_run(
         raw["events"],
@@ -391,7 +398,8 @@ def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: Publish
     cfg = cfg or PublishConfig()
     layout = run if isinstance(run, RunLayout) else None
     tables = RunTables.read(run) if layout else run
-    report = validate(data_dir, repo, tables, layout.validation_dir if layout else None)
+    raw = _raw_inputs(data_dir)  # read once: checked as they are, then through the contract
+    report = validate(data_dir, repo, tables, layout.validation_dir if layout else None, raw)
     extra: dict = {"checks": len(report.checks)}
     if report.failures:
         if not (report.drift_only and cfg.allow_drift):
@@ -403,7 +411,7 @@ def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: Publish
             "reason": cfg.allow_drift,
             "failed": [f"{c.expectation} {c.column}: {c.observed}" for c in report.failures],
         }
-    data = _contract_tables(data_dir)
+    data = _contract_tables(data_dir, raw)
     extra["events_rows"] = len(data.events)
     return write_run(
         repo,
@@ -420,14 +428,14 @@ def publish_listings(data_dir: Path, repo: Repo) -> dict:
     """Publish the lst features of new listing versions (checked like a run's input data)."""
     from embeddings.feature_store._writer import write_run
 
-    report = validate(data_dir, repo)
+    raw = _raw_inputs(data_dir)
+    report = validate(data_dir, repo, raw=raw)
     if report.failures:
         raise ChecksFailed(f"publish refused, {len(report.failures)} failed check(s) of the listings data", report)
-    return write_run(repo, _contract_tables(data_dir).listings)
+    return write_run(repo, _contract_tables(data_dir, raw).listings)
 
 
-def _contract_tables(data_dir: Path) -> Dataset:
-    raw = _raw_inputs(data_dir)
+def _contract_tables(data_dir: Path, raw: dict[str, pd.DataFrame]) -> Dataset:
     listings = validate_listings(raw["listings"], source=str(Path(data_dir) / "listings.parquet"))
     events = validate_events(raw["events"], listings, source=str(Path(data_dir) / "events.parquet"))
     return Dataset(events, listings, Path(data_dir))
