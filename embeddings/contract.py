@@ -11,7 +11,7 @@ partial file behind. The same column table drives the Great Expectations suites
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embeddings.errors import InputError
+from validation.thresholds import MAX_FUTURE_SKEW_HOURS
 
 DEAL_TYPES = ("rent", "sale")
 PROPERTY_TYPES = ("flat", "room", "house", "townhouse")
@@ -77,57 +78,146 @@ def _examples(values: pd.Series) -> list:
     return values.drop_duplicates().head(5).tolist()
 
 
-def _coerce_column(df: pd.DataFrame, col: Column, source: str) -> pd.Series:
-    """Return the column converted to its contract type, or raise naming the bad rows."""
-    s = df[col.name]
-    nulls = s.isna()
-    if nulls.any():
-        rows = list(df.index[nulls][:5])
-        raise ContractError(source, col.name, int(nulls.sum()), "null values", [f"row {r}" for r in rows])
+def _as_timestamps(s: pd.Series) -> pd.Series:
+    """UTC timestamps; unparsable values become NaT (naive values are read as UTC)."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        out = s
+    else:
+        out = pd.to_datetime(s.astype(object).where(s.notna(), None), utc=True, errors="coerce", format="ISO8601")
+    out = out.dt.tz_localize("UTC") if out.dt.tz is None else out.dt.tz_convert("UTC")
+    return out.astype("datetime64[us, UTC]")
+
+
+def valid_rows(s: pd.Series, col: Column) -> pd.Series:
+    """True for each value that meets the column's rule (type, not null, not empty, domain, minimum).
+
+    The one definition of a column's rule: the loaders refuse a table with any False, and the Great
+    Expectations suites check the same flags (``validation.checks``), so the two never disagree.
+    """
+    ok = s.notna()
     if col.kind == "string":
-        if not (pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s)):
-            raise ContractError(source, col.name, len(s), f"expected strings, found {s.dtype}", _examples(s))
-        not_str = ~s.map(lambda v: isinstance(v, str))
-        if not_str.any():
-            raise ContractError(source, col.name, int(not_str.sum()), "non-string values", _examples(s[not_str]))
-        empty = s.str.len() == 0
-        if empty.any():
-            raise ContractError(source, col.name, int(empty.sum()), "empty strings")
-        out = s.astype(object)
+        ok &= s.map(lambda v: isinstance(v, str) and len(v) > 0).astype(bool)
     elif col.kind in ("int", "float"):
-        if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
-            raise ContractError(source, col.name, len(s), f"expected numbers, found {s.dtype}", _examples(s))
+        if pd.api.types.is_bool_dtype(s):
+            return pd.Series(False, index=s.index)
+        num = pd.to_numeric(s, errors="coerce").astype("float64")
+        ok &= np.isfinite(num)
         if col.kind == "int":
-            frac = (s.astype("float64") % 1) != 0
-            if frac.any():
-                raise ContractError(source, col.name, int(frac.sum()), "non-integer values", _examples(s[frac]))
-            out = s.astype("int64")
-        else:
-            out = s.astype("float64")
-            bad = ~np.isfinite(out)
-            if bad.any():
-                raise ContractError(source, col.name, int(bad.sum()), "NaN or infinite values", _examples(s[bad]))
-    else:  # timestamp
-        if pd.api.types.is_datetime64_any_dtype(s):
-            out = s
-        else:
-            out = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
-            bad = out.isna()
-            if bad.any():
-                raise ContractError(source, col.name, int(bad.sum()), "unparsable timestamps", _examples(s[bad]))
-        out = out.dt.tz_localize("UTC") if out.dt.tz is None else out.dt.tz_convert("UTC")
-        out = out.astype("datetime64[us, UTC]")
+            ok &= (num % 1) == 0
+        if col.min_value is not None:
+            ok &= ~(num < col.min_value)
+    else:
+        ok &= _as_timestamps(s).notna()
     if col.domain is not None:
-        bad = ~out.isin(col.domain)
-        if bad.any():
-            raise ContractError(
-                source, col.name, int(bad.sum()), f"values outside {list(col.domain)}", _examples(out[bad])
-            )
-    if col.min_value is not None:
-        bad = out < col.min_value
-        if bad.any():
-            raise ContractError(source, col.name, int(bad.sum()), f"values below {col.min_value}", _examples(out[bad]))
+        ok &= s.isin(col.domain)
+    return ok
+
+
+def _coerce_column(df: pd.DataFrame, col: Column, source: str) -> pd.Series:
+    """Return the column converted to its contract type, or raise naming the bad rows and the problem."""
+    s = df[col.name]
+    ok = valid_rows(s, col)
+    if not ok.all():
+        raise ContractError(source, col.name, int((~ok).sum()), _problem(s[~ok], col), _examples(s[~ok].astype(str)))
+    if col.kind == "string":
+        return s.astype(object)
+    if col.kind == "int":
+        return s.astype("int64")
+    if col.kind == "float":
+        return s.astype("float64")
+    return _as_timestamps(s)
+
+
+def _problem(bad: pd.Series, col: Column) -> str:
+    """What is wrong with values that broke ``col``'s rule, in words."""
+    if bad.isna().any():
+        return "null values"
+    if col.kind == "string":
+        return "empty strings" if bad.map(lambda v: isinstance(v, str)).all() else "non-string values"
+    if col.kind in ("int", "float"):
+        num = pd.to_numeric(bad, errors="coerce")
+        if pd.api.types.is_bool_dtype(bad) or num.isna().any():
+            return f"expected numbers, found {bad.dtype}"
+        if not np.isfinite(num.astype(float)).all():
+            return "NaN or infinite values"
+        if col.kind == "int" and ((num % 1) != 0).any():
+            return "non-integer values"
+        if col.min_value is not None and (num < col.min_value).any():
+            return f"values below {col.min_value}"
+    if col.kind == "timestamp" and _as_timestamps(bad).isna().any():
+        return "unparsable timestamps"
+    return f"values outside {list(col.domain or ())}"
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """A rule across columns: ``check(table, listings)`` is True for each row that meets it."""
+
+    name: str  # the flag's column name in the checks' tables
+    column: str  # the column a failure is reported on
+    problem: str
+    check: Callable[[pd.DataFrame, pd.DataFrame | None], pd.Series]
+
+
+def _created_at(listings: pd.DataFrame) -> pd.Series:
+    return _as_timestamps(listings["created_at"]).groupby(listings["item_id"].to_numpy()).min()
+
+
+def _not_future(ts: pd.Series) -> pd.Series:
+    return ts <= pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=MAX_FUTURE_SKEW_HOURS)
+
+
+LISTING_RULES: tuple[RowRule, ...] = (
+    RowRule(
+        "floor_within_building",
+        "floor",
+        "floor above floors_total",
+        lambda t, _: pd.to_numeric(t["floor"], errors="coerce") <= pd.to_numeric(t["floors_total"], errors="coerce"),
+    ),
+    RowRule(
+        "version_after_created",
+        "event_timestamp",
+        "version earlier than created_at",
+        lambda t, _: _as_timestamps(t["event_timestamp"]) >= _as_timestamps(t["created_at"]),
+    ),
+)
+
+EVENT_RULES: tuple[RowRule, ...] = (
+    RowRule(
+        "click_after_listing_created",
+        "event_timestamp",
+        "clicks before the listing's created_at",
+        lambda t, listings: (
+            pd.Series(True, index=t.index)
+            if listings is None
+            else ~(_as_timestamps(t["event_timestamp"]) < t["item_id"].map(_created_at(listings)))
+        ),
+    ),
+    RowRule(
+        "not_in_the_future",
+        "event_timestamp",
+        f"clicks more than {MAX_FUTURE_SKEW_HOURS} h after now (clock skew)",
+        lambda t, _: _not_future(_as_timestamps(t["event_timestamp"])),
+    ),
+)
+
+
+def rule_flags(table: pd.DataFrame, rules: Iterable[RowRule], listings: pd.DataFrame | None = None) -> dict:
+    """``{rule name: per-row bool}`` for the rules whose columns ``table`` (and ``listings``) have."""
+    out = {}
+    for rule in rules:
+        try:
+            out[rule.name] = rule.check(table, listings).fillna(False).astype(bool)
+        except KeyError:  # a missing column is reported by its own expectation
+            continue
     return out
+
+
+def _apply_rules(table: pd.DataFrame, rules, listings, source: str, key: str) -> None:
+    for rule in rules:
+        ok = rule.check(table, listings).fillna(False).astype(bool)
+        if not ok.all():
+            raise ContractError(source, rule.column, int((~ok).sum()), rule.problem, _examples(table.loc[~ok, key]))
 
 
 def validate_frame(df: pd.DataFrame, columns: Iterable[Column], source: str) -> pd.DataFrame:
@@ -146,20 +236,7 @@ def validate_frame(df: pd.DataFrame, columns: Iterable[Column], source: str) -> 
 
 def validate_listings(df: pd.DataFrame, source: str = "listings") -> pd.DataFrame:
     out = validate_frame(df, LISTING_COLUMNS, source)
-    bad = out["floor"] > out["floors_total"]
-    if bad.any():
-        raise ContractError(
-            source, "floor", int(bad.sum()), "floor above floors_total", _examples(out.loc[bad, "item_id"])
-        )
-    bad = out["event_timestamp"] < out["created_at"]
-    if bad.any():
-        raise ContractError(
-            source,
-            "event_timestamp",
-            int(bad.sum()),
-            "version earlier than created_at",
-            _examples(out.loc[bad, "item_id"]),
-        )
+    _apply_rules(out, LISTING_RULES, None, source, "item_id")
     dup = out.duplicated(["item_id", "event_timestamp"])
     if dup.any():
         raise ContractError(
@@ -174,6 +251,8 @@ def validate_listings(df: pd.DataFrame, source: str = "listings") -> pd.DataFram
 
 def validate_events(df: pd.DataFrame, listings: pd.DataFrame | None, source: str = "events") -> pd.DataFrame:
     out = validate_frame(df, EVENT_COLUMNS, source)
+    if out.empty:
+        raise ContractError(source, None, 0, "no events")
     if listings is not None:
         unknown = ~out["item_id"].isin(set(listings["item_id"]))
         if unknown.any():
@@ -184,6 +263,7 @@ def validate_events(df: pd.DataFrame, listings: pd.DataFrame | None, source: str
                 "listings unknown to the listings table",
                 _examples(out.loc[unknown, "item_id"]),
             )
+    _apply_rules(out, EVENT_RULES, listings, source, "user_id")
     # stable sort keeps the file's order for equal timestamps
     return out.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
 

@@ -53,6 +53,7 @@ class RunLayout:
     embeddings_dir = property(lambda self: self.root / "embeddings")
     user_embeddings = property(lambda self: self.embeddings_dir / "user_embeddings.parquet")
     listing_embeddings = property(lambda self: self.embeddings_dir / "listing_embeddings.parquet")
+    reference = property(lambda self: self.embeddings_dir / "reference.json")  # the model's training-time stats
     preference_dir = property(lambda self: self.root / "preference")
     scores = property(lambda self: self.preference_dir / "preference.parquet")
     classifier = property(lambda self: self.preference_dir / "classifier.cbm")
@@ -288,6 +289,7 @@ def embed(
     items = embedder.embed_items(cutoff if data.has_listings else None)
     write_parquet(users, layout.user_embeddings)
     write_parquet(items, layout.listing_embeddings)
+    write_json(layout.reference, rec.reference)
     return EmbedResult(users, items, cutoff, embedder.version, embedder.encoder, embedder.report)
 
 
@@ -344,12 +346,13 @@ class RunTables:
     users: pd.DataFrame
     items: pd.DataFrame
     scores: pd.DataFrame
+    reference: dict | None = None  # the model's user-vector statistics at training time (checked against)
 
     @classmethod
     def read(cls, layout: RunLayout) -> RunTables:
-        return cls(
-            read_parquet(layout.user_embeddings), read_parquet(layout.listing_embeddings), read_parquet(layout.scores)
-        )
+        reference = json.loads(layout.reference.read_text()) if layout.reference.exists() else None
+        users, items = read_parquet(layout.user_embeddings), read_parquet(layout.listing_embeddings)
+        return cls(users, items, read_parquet(layout.scores), reference)
 
 
 def _raw_inputs(data_dir: Path) -> dict[str, pd.DataFrame]:
@@ -383,6 +386,7 @@ def validate(
         run.items if run else None,
         run.scores if run else None,
         previous,
+        run.reference if run else None,
     )
     report.previous_run_id = previous["run_id"] if previous else None
     if report_dir is not None:
@@ -514,7 +518,7 @@ def run_job(cfg: JobConfig, log=print) -> JobResult:
         log(f"   {len(result.users):,} users, {len(result.items):,} listings, model {result.model_version}")
         return {"users": len(result.users), "model_version": result.model_version}
 
-    outputs = [layout.user_embeddings, layout.listing_embeddings]
+    outputs = [layout.user_embeddings, layout.listing_embeddings, layout.reference]
     stage("embed", asdict(cfg.embed), data.files + [layout.model], outputs, do_embed)
 
     def do_classify():

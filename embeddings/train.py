@@ -6,10 +6,12 @@ such windows, grouped by length so little time goes to padding. The loss is comp
 positions only: full softmax cross-entropy over the items that existed during training
 (default), or sampled softmax with ``n_negatives`` shared uniform negatives.
 
-Every epoch's randomness (batch order, dropout) comes from ``seed + epoch``, so an interrupted run
-resumed from ``last.pt`` ends where one that was never interrupted would; resuming checks that the
-settings that shape the run are the checkpoint's. Checkpoints hold only tensors and plain data and
-are read with ``torch.load(weights_only=True)``: loading one cannot execute code.
+Every epoch's randomness (batch order, dropout) comes from ``seed + epoch`` and deterministic
+algorithms are on, so a run repeats bit for bit under its seed (on any thread count, on one machine),
+and an interrupted run resumed from ``last.pt`` ends where one that was never interrupted would;
+resuming checks that the settings that shape the run are the checkpoint's. Checkpoints hold only
+tensors and plain data and are read with ``torch.load(weights_only=True)``: loading one cannot
+execute code.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from embeddings.errors import InputError
 from embeddings.evaluate import evaluate
 from embeddings.io import kill_point, save_torch
 from embeddings.losses import full_softmax_ce, sampled_softmax_ce
-from embeddings.models.sasrec import SASRecRecommender, load_checkpoint, pad_right
+from embeddings.models.sasrec import SASRecRecommender, load_checkpoint, pad_right, vector_stats
 from embeddings.progress import progress
 from embeddings.split import Split
 
 LOSSES = ("softmax", "sampled")
 WINDOWS = ("last", "all")
 # settings that change the trajectory of a run: resuming with other values would not continue it
+REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = ("batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows")
 
 
@@ -221,9 +224,20 @@ class _Loop:
         self.model.load_state_dict(self.best_weights)
         self.model.eval()
         self.rec.best = self.best
+        sample = self.split.valid.histories[:REFERENCE_USERS]
+        self.rec.reference = vector_stats(self.rec.user_vectors(sample).numpy())
         return self.rec
 
 
 def fit(rec: SASRecRecommender, split: Split, resume: bool = True) -> SASRecRecommender:
-    """Train ``rec`` on ``split`` (resuming from ``rec.checkpoint_dir/last.pt`` when there is one)."""
-    return _Loop(rec, split).run(resume)
+    """Train ``rec`` on ``split`` (resuming from ``rec.checkpoint_dir/last.pt`` when there is one).
+
+    Deterministic algorithms are on while it trains: with several threads the embedding gradients are
+    otherwise summed in a varying order, and a seeded run would not repeat bit for bit (measured: no cost).
+    """
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _Loop(rec, split).run(resume)
+    finally:
+        torch.use_deterministic_algorithms(was)

@@ -1,6 +1,13 @@
+import contextlib
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +66,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def feast_serve(repo_path):
+    """A real ``feast serve`` on a free loopback port in ``repo_path``; yields ``ask(users) -> {feature: values}``."""
+    port = free_port()
+    feast = str(Path(sys.executable).with_name("feast"))
+    server = subprocess.Popen(
+        [feast, "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"],
+        cwd=repo_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def ask(users: list[str], wait_s: float = 90) -> dict:
+        body = json.dumps({"feature_service": "user_profile", "entities": {"user_id": users}}).encode()
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/get-online-features",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                reply = json.loads(urllib.request.urlopen(req, timeout=5).read())
+                names = reply["metadata"]["feature_names"]
+                return {name: reply["results"][i]["values"] for i, name in enumerate(names)}
+            except OSError:
+                if server.poll() is not None:
+                    raise AssertionError("feast serve exited") from None
+                if time.time() > deadline:
+                    raise AssertionError("feast serve did not answer") from None
+                time.sleep(0.5)
+
+    try:
+        yield ask
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

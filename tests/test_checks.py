@@ -11,7 +11,7 @@ from embeddings.cli import main
 from embeddings.contract import read_parquet
 from embeddings.embed import Embedder
 from embeddings.feature_store import online_features
-from embeddings.io import write_parquet
+from embeddings.io import write_json, write_parquet
 from embeddings.preference import fit_preference
 from validation.checks import check_run
 
@@ -28,6 +28,7 @@ def clean(tiny_dir, tiny_week, tiny_hybrid_model, tmp_path_factory):
     run = root / "run"
     write_parquet(users, run / "embeddings" / "user_embeddings.parquet")
     write_parquet(embedder.embed_items(CUTOFF), run / "embeddings" / "listing_embeddings.parquet")
+    write_json(run / "embeddings" / "reference.json", embedder.model.reference)
     write_parquet(fit_preference(users, events, listings, CUTOFF).scores, run / "preference" / "preference.parquet")
     return run, tiny_dir
 

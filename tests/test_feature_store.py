@@ -1,25 +1,24 @@
 """The Feast side for real: feast apply, DuckDB offline store, SQLite and Redis online stores, feast serve."""
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port
+from conftest import feast_serve, free_port
 
 from embeddings import pipeline
 from embeddings.embed import Embedder
 from embeddings.errors import PublishError
 from embeddings.feature_store import Repo, historical_features, listings_from_store, online_features
-from embeddings.feature_store._writer import write_run
+from embeddings.feature_store._writer import publish_lock, write_run
+from embeddings.feature_store.repo import redis_client
 from embeddings.models.sasrec import SASRecConfig
 from embeddings.preference import fit_preference
 from embeddings.split import temporal_split
@@ -129,37 +128,11 @@ def test_failed_publish_leaves_the_online_store_on_the_previous_run(repo, runs, 
 
 def test_feast_serve_answers_get_online_features(repo, runs, publish):
     publish(repo, *runs[DAY5])
-    port = free_port()
-    server = subprocess.Popen(
-        [FEAST, "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"],
-        cwd=repo.path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with feast_serve(repo.path) as ask:
         users = list(runs[DAY5][1]["user_id"][:3])
-        body = json.dumps({"feature_service": "user_profile", "entities": {"user_id": users}}).encode()
-        deadline, reply = time.time() + 90, None
-        while time.time() < deadline and reply is None:
-            try:
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/get-online-features",
-                    data=body,
-                    headers={"Content-Type": "application/json"},
-                )
-                reply = json.loads(urllib.request.urlopen(req, timeout=5).read())
-            except OSError:
-                if server.poll() is not None:
-                    raise AssertionError("feast serve exited") from None
-                time.sleep(0.5)
-        assert reply is not None, "feast serve did not answer"
-        names = reply["metadata"]["feature_names"]
-        p_rent = reply["results"][names.index("p_rent")]["values"]
+        p_rent = ask(users)["p_rent"]
         expected = runs[DAY5][3].set_index("user_id").loc[users, "p_rent"].to_numpy()
         np.testing.assert_allclose(p_rent, expected, rtol=1e-6)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 @pytest.fixture()
@@ -225,6 +198,17 @@ def test_redis_publish_and_lookup(repo, runs, redis_server, monkeypatch, publish
     monkeypatch.setenv("REDIS_PASSWORD", "wrong-password")
     with pytest.raises(PublishError, match="authentication failed, check REDIS_PASSWORD"):
         online_features(Repo(repo.path, "redis"), users)
+
+    monkeypatch.setenv("REDIS_PASSWORD", password)  # a publisher elsewhere holds the repo's lock in Redis
+    held = redis_client(redis_repo.config().online_store.connection_string).lock(
+        f"lst_embeddings:publish:{redis_repo.config().project}", timeout=60
+    )
+    assert held.acquire(blocking=False)
+    try:
+        with pytest.raises(PublishError, match="another publish has held the lock"), publish_lock(redis_repo, wait_s=1):
+            raise AssertionError("took a lock that another publisher holds")
+    finally:
+        held.release()
 
 
 def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week, tiny_dir):

@@ -13,9 +13,21 @@ EVENT_COLUMNS = [c.name for c in contract.EVENT_COLUMNS]
 LISTING_COLUMNS = [c.name for c in contract.LISTING_COLUMNS]
 
 
+def _contract_rules(columns, rules) -> list:
+    """The contract's column and row rules, checked on the flags ``validation.checks`` computes from them."""
+    e = [
+        gxe.ExpectColumnValuesToBeInSet(column=f"valid_{c.name}", value_set=[True], meta={"check": "contract"})
+        for c in columns
+    ]
+    return e + [
+        gxe.ExpectColumnValuesToBeInSet(column=r.name, value_set=[True], meta={"check": r.problem}) for r in rules
+    ]
+
+
 def events_suite(listing_ids: list[str], previous_rows: int | None) -> gx.ExpectationSuite:
     e = [gxe.ExpectColumnToExist(column=c) for c in EVENT_COLUMNS]
     e += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in EVENT_COLUMNS]
+    e += _contract_rules(contract.EVENT_COLUMNS, contract.EVENT_RULES)
     e += [
         gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=["view", "favorite", "contact"]),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=EVENT_COLUMNS),
@@ -39,6 +51,7 @@ def events_suite(listing_ids: list[str], previous_rows: int | None) -> gx.Expect
 def listings_suite() -> gx.ExpectationSuite:
     e = [gxe.ExpectColumnToExist(column=c) for c in LISTING_COLUMNS]
     e += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in LISTING_COLUMNS]
+    e += _contract_rules(contract.LISTING_COLUMNS, contract.LISTING_RULES)
     e += [
         gxe.ExpectColumnValuesToBeInSet(column="deal_type", value_set=["rent", "sale"]),
         gxe.ExpectColumnValuesToBeInSet(column="property_type", value_set=["flat", "room", "house", "townhouse"]),
@@ -118,3 +131,28 @@ def drift_warning_suite() -> gx.ExpectationSuite:
             gxe.ExpectColumnValuesToBeBetween(column="psi_p_rent", max_value=t.PSI_WARN),
         ],
     )
+
+
+def run_suite(columns: list[str]) -> gx.ExpectationSuite:
+    """The one-row consistency table of a run (``validation.checks.run_table``); never overridable."""
+    every = {
+        "model_versions": gxe.ExpectColumnValuesToBeBetween(column="model_versions", min_value=1, max_value=1),
+        "listing_model_versions_match": gxe.ExpectColumnValuesToBeInSet(
+            column="listing_model_versions_match", value_set=[True]
+        ),
+        "classifier_versions": gxe.ExpectColumnValuesToBeBetween(
+            column="classifier_versions", min_value=1, max_value=1
+        ),
+        "users_with_a_score": gxe.ExpectColumnValuesToBeBetween(column="users_with_a_score", min_value=1.0),
+        "scores_with_a_user": gxe.ExpectColumnValuesToBeBetween(column="scores_with_a_user", min_value=1.0),
+        "norm_ratio_to_training": gxe.ExpectColumnValuesToBeBetween(
+            column="norm_ratio_to_training", min_value=t.NORM_RATIO_RANGE[0], max_value=t.NORM_RATIO_RANGE[1]
+        ),
+        "spread_ratio_to_training": gxe.ExpectColumnValuesToBeBetween(
+            column="spread_ratio_to_training", min_value=t.NORM_RATIO_RANGE[0], max_value=t.NORM_RATIO_RANGE[1]
+        ),
+        "history_alignment": gxe.ExpectColumnValuesToBeBetween(
+            column="history_alignment", min_value=t.MIN_HISTORY_ALIGNMENT
+        ),
+    }
+    return gx.ExpectationSuite(name="run", expectations=[every[c] for c in columns if c in every])

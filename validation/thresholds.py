@@ -30,6 +30,9 @@ MAX_NEAR_DUPLICATE_SHARE = 0.5  # share of distinct vectors with a near twin: ab
 MIN_DISTINCT_SHARE = 0.5  # distinct vectors / vectors (identical click histories share one vector)
 MAX_MEAN_PAIRWISE_COSINE = 0.9  # collapse: everything points the same way
 MIN_USER_COVERAGE = 0.95  # users with a click before the cut-off that got an embedding
+NORM_RATIO_RANGE = (0.5, 2.0)  # median norm and spread of a run's user vectors / the model's at training time
+MIN_HISTORY_ALIGNMENT = 0.6  # users whose vector prefers their own last listing to another's (shuffled ids: 0.5)
+MIN_USERS_FOR_ALIGNMENT_CHECK = 20
 
 # drift against the last published run
 PSI_WARN, PSI_FAIL = 0.1, 0.25  # p_rent distribution

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -24,7 +25,6 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,12 +33,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from embeddings.errors import InputError, NothingToPublish, PublishError
-from embeddings.feature_store.repo import LISTING_FEATURES, VIEWS, Repo
+from embeddings.feature_store.repo import LISTING_FEATURES, VIEWS, Repo, redis_client
 from embeddings.io import kill_point, utc, write_atomic, write_json
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 CONTENT_KEY = b"lst_embeddings.content_sha256"
-LOCK_WAIT_S = 600.0
+LOCK_WAIT_S = 600.0  # how long a publisher waits for another one to finish
+REDIS_LOCK_TTL_S = 3600  # a crashed publisher's Redis lock expires after this
 
 
 def run_id_for(cutoff: pd.Timestamp, model_version: str) -> str:
@@ -53,9 +54,15 @@ def _inside(folder: Path, path: Path) -> Path:
     return path
 
 
-@contextmanager
-def publish_lock(repo: Repo, wait_s: float = LOCK_WAIT_S):
-    """One publisher per repo at a time: the next one waits up to ``wait_s``, then fails (never half-runs)."""
+@contextlib.contextmanager
+def publish_lock(repo: Repo, wait_s: float | None = None):
+    """One publisher per repo at a time: the next one waits up to ``wait_s``, then fails (never half-runs).
+
+    A file lock in the repo's data folder (publishers on one machine or one shared folder), and with the
+    Redis profile also a lock in Redis itself (publishers anywhere that reach the same Redis).
+    """
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+    busy = f"{repo.path}: another publish has held the lock for over {wait_s:.0f} s; nothing was changed"
     repo.data.mkdir(parents=True, exist_ok=True)
     with open(repo.data / "publish.lock", "a+") as handle:
         deadline = time.monotonic() + wait_s
@@ -65,14 +72,29 @@ def publish_lock(repo: Repo, wait_s: float = LOCK_WAIT_S):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise PublishError(
-                        f"{repo.path}: another publish has held the lock for over {wait_s:.0f} s; nothing was changed"
-                    ) from None
+                    raise PublishError(busy) from None
                 time.sleep(0.2)
         try:
-            yield
+            with _redis_lock(repo, max(deadline - time.monotonic(), 0.1), busy):
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _redis_lock(repo: Repo, wait_s: float, busy: str):
+    if repo.profile != "redis":
+        yield
+        return
+    client = redis_client(repo.config().online_store.connection_string)
+    lock = client.lock(f"lst_embeddings:publish:{repo.config().project}", timeout=REDIS_LOCK_TTL_S)
+    if not lock.acquire(blocking=True, blocking_timeout=wait_s):
+        raise PublishError(busy)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # expired after REDIS_LOCK_TTL_S: nothing left to give back
+            lock.release()
 
 
 def content_hash(tables: dict[str, pd.DataFrame | None]) -> str:

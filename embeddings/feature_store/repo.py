@@ -134,21 +134,31 @@ def _redis_options(connection_string: str) -> tuple[str, str, dict[str, str]]:
     return host, port, options
 
 
-def check_redis(connection_string: str) -> None:
-    """Fail early and clearly when Redis is unreachable or refuses the credentials."""
+def redis_client(connection_string: str):
+    """A client for the Redis in Feast's connection string."""
     import redis
 
     host, port, options = _redis_options(connection_string)
-    where = f"Redis at {host or '?'}:{port or '?'}"
     if not host or not port.isdigit():
-        raise PublishError(f"{where}: set REDIS_HOST and REDIS_PORT (feature_store.redis.yaml reads them)")
-    client = redis.Redis(
+        raise PublishError(
+            f"Redis at {host or '?'}:{port or '?'}: set REDIS_HOST and REDIS_PORT (feature_store.redis.yaml reads them)"
+        )
+    return redis.Redis(
         host=host,
         port=int(port),
         password=options.get("password") or None,
         ssl=options.get("ssl", "false").lower() == "true",
         socket_connect_timeout=3,
     )
+
+
+def check_redis(connection_string: str) -> None:
+    """Fail early and clearly when Redis is unreachable or refuses the credentials."""
+    import redis
+
+    host, port, _ = _redis_options(connection_string)
+    where = f"Redis at {host or '?'}:{port or '?'}"
+    client = redis_client(connection_string)
     try:
         client.ping()
     except redis.exceptions.AuthenticationError as exc:

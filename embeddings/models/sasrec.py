@@ -261,6 +261,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise InputError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from exc
 
 
+def vector_stats(vectors: np.ndarray) -> dict:
+    """Median norm and median per-component spread of user vectors. Stored in the checkpoint for the
+    validation users at the end of training, so a run can be checked against it with no earlier run."""
+    x = np.asarray(vectors, dtype=np.float64)
+    x = x[np.isfinite(x).all(1)] if len(x) else x
+    if len(x) < 2:
+        return {}
+    return {"norm_median": float(np.median(np.linalg.norm(x, axis=1))), "spread": float(np.median(x.std(0)))}
+
+
 def content_version(state: dict) -> str:
     """A hash of what defines the embedding space: weights, model config, item vocabulary.
 
@@ -305,6 +315,7 @@ class SASRecRecommender:
         self.best: dict = {}
         self.metrics: dict = {}
         self.init_state: dict | None = None  # {"model": state_dict, "item_ids": [...]} to start fitting from
+        self.reference: dict = {}  # vector_stats of the validation users' vectors when training ended
         self.name = f"sasrec[{self.config.item_encoder}]"
 
     # ----------------------------------------------------------------- building
@@ -392,6 +403,7 @@ class SASRecRecommender:
             "model": {k: v.clone() for k, v in self.model.state_dict().items()},
             "feature_stats": self.feature_stats,
             "cutoff": self.cutoff,
+            "reference": self.reference,
             "metrics": metrics or {},
         }
 
@@ -423,6 +435,7 @@ class SASRecRecommender:
         self.item_ids = np.array(state["item_ids"], dtype=object)
         self._scorable = state["scorable"].numpy()
         self.metrics = state["metrics"]
+        self.reference = state.get("reference") or {}
         self.init_state = {"model": state["model"], "item_ids": state["item_ids"]}  # fit() fine-tunes from here
         return self
 
