@@ -415,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     except LstError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except PermissionError as exc:
-        print(f"error: no permission to write {exc.filename}", file=sys.stderr)
+    except OSError as exc:  # no permission, a file where a folder should be, a full disk: nothing half-written
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 3
 
 

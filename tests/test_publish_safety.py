@@ -284,6 +284,11 @@ def test_user_mistakes_in_publish_and_train_are_one_line(run, tiny_week, tiny_di
     taken.write_text("x")
     assert main(["train", "--data", str(tiny_dir), "--out", str(taken), "--epochs", "1"]) == 2
     assert taken.read_text() == "x"
+    model = tmp_path / "model.pt"
+    SASRecRecommender(SASRecConfig(max_len=20, dim=16), TrainConfig(epochs=1, batch_size=32, bf16=False)).fit(
+        pl.split_data(load_data(tiny_dir), pl.DataConfig(tiny_dir))
+    ).save(model)
+    assert main(["embed", "--model", str(model), "--data", str(tiny_dir), "--out", str(taken / "sub")]) == 3
     layout = pl.RunLayout(tmp_path / "run")
     write_parquet(run.users, layout.user_embeddings)
     write_parquet(run.items, layout.listing_embeddings)
@@ -291,7 +296,7 @@ def test_user_mistakes_in_publish_and_train_are_one_line(run, tiny_week, tiny_di
     bad = tiny_week_dir(tmp_path, listings, _break_events(events, listings, "unparsable timestamp"))
     assert main(["publish", "--run", str(layout.root), "--data", str(bad), "--repo", str(feature_repo.path)]) == 4
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("error: ") == 3
+    assert "Traceback" not in err and err.count("error: ") == 4 and "Not a directory" in err
     assert _offline(feature_repo) == {}
 
 
