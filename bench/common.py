@@ -12,9 +12,6 @@ import torch
 
 RESULTS = Path(os.environ.get("LST_BENCH_RESULTS", Path(__file__).parent / "results"))  # --quick runs: results/quick
 ML1M = Path(os.environ.get("ML1M", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m.txt"))
-# our ML-1M copy lacks each user's second-last item of the published file (bench/README.md): the headline
-# protocol drops each user's last item first, so the test item follows its history as in the papers
-ML1M_DROP_LAST = 1
 
 
 def machine() -> dict:

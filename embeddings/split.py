@@ -109,7 +109,7 @@ def leave_last_out(
     """Last item of each user is the test target, the second-last validates, the rest trains.
 
     ``drop_last`` first removes each user's final items, for files whose last item does not
-    follow the one before it (our copy of the ML-1M file lacks every user's second-last item of
+    follow the one before it (an earlier copy of our ML-1M file lacked every user's second-last item of
     the published file, so its last item is two steps ahead of the history: ``bench/README.md``).
     """
     if drop_last < 0:

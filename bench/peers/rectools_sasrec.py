@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="1,000 users, 2 epochs")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--budget-min", type=float, default=10.0, help="training time budget (evaluation not counted)")
-    p.add_argument("--drop-last", type=int, default=1)
+    p.add_argument("--drop-last", type=int, default=0, help="first drop each user's last N items")
     p.add_argument("--ml1m", default=str(ML1M))
     args = p.parse_args()
     if not Path(args.ml1m).exists():
