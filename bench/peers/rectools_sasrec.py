@@ -3,9 +3,9 @@
     python bench/peers/rectools_sasrec.py [--quick] [--epochs N] [--budget-min M] [--drop-last K] [--ml1m PATH]
 
 Run with any Python: it builds bench/peers/.venv-rectools (setup_rectools.sh) when missing and
-re-runs itself there. Same split as ours (``--drop-last 1``, the default, first removes each user's
-last item as our benchmark does, see bench/README.md; then train = all but each user's last two
-items, test target = the last item, the history given to the model = all but the last), same
+re-runs itself there. Same split as ours (leave-last-out on the papers' file: train = all but each
+user's last two items, test target = the last item, the history given to the model = all but the
+last; ``--drop-last K`` first removes each user's last K items), same
 dimension (64), blocks (2), heads (1), dropout (0.2), max length (200), batch (128), learning rate
 (2e-3), softmax loss. One ``fit`` (one optimiser, as RecTools trains) runs until ``--epochs`` or
 the training-time budget; a Lightning callback times each epoch and keeps a copy of the weights.
