@@ -28,6 +28,7 @@ SCRIPTS = [
     "embed_throughput",
     "feature_store",
     "peers/rectools_sasrec",
+    "probes",
 ]
 
 
@@ -160,6 +161,22 @@ def summary(folder: Path = RESULTS) -> str:
                 f"{'p50 ' + _f(floor, 3) + ' ms (' + FLOOR[r['path']] + ')' if floor else 'not measured'} | "
                 f"{_f(r.get('p50_over_floor'), 1)}x | {peer_note} |"
             )
+    probes = _load("probes", folder)
+    if probes:
+        lines.append(
+            f"\n**User vectors as features** (`bench/probes.py`: labels from after the cut-off; ROC-AUC of "
+            f"cross-validated logistic regression, recall@K of the listings clicked after it; profile horizon "
+            f"{probes['horizon']} clicks)\n"
+        )
+        lines.append("| data | probe | metric | intent | profile | mean of items | best baseline | ours - baseline |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for result in probes["results"]:
+            for r in result["rows"]:
+                lines.append(
+                    f"| {result['data']} | {r['probe']} | {r['metric']} | {_f(r.get('intent'), 3)} | "
+                    f"{_f(r.get('profile'), 3)} | {_f(r.get('mean_of_items'), 3)} | "
+                    f"{r['best_baseline']} {_f(r[r['best_baseline']], 3)} | {r['margin']:+.3f} |"
+                )
     return "\n".join(lines) + "\n"
 
 

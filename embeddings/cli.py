@@ -16,6 +16,7 @@ from embeddings.contract import read_parquet
 from embeddings.data import load_data
 from embeddings.errors import ChecksFailed, InputError, LstError
 from embeddings.feature_store import PROFILES, REPO, Repo
+from embeddings.io import utc, write_json
 from embeddings.models.sasrec import ITEM_ENCODERS, SASRecConfig
 from embeddings.train import LOSSES, WINDOWS, TrainConfig
 
@@ -151,6 +152,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from embeddings import distributed
+
+    if args.workers > 1 and not distributed.launched():
+        return distributed.launch(args.workers, _without_workers(sys.argv[1:]))
     layout = _ModelFolder(Path(args.out))
     result = pl.train(
         load_data(args.data),
@@ -162,9 +167,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         feature_store=_repo(args) if args.features_from == "feast" else None,
         init_from=Path(args.init_from) if args.init_from else None,
     )
+    if not distributed.is_main():
+        return 0
     _print_table([result.metrics], _metric_keys(result.metrics))
     print(f"model     {result.path}")
     return 0
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out
 
 
 class _ModelFolder(pl.RunLayout):
@@ -183,7 +202,32 @@ def cmd_embed(args: argparse.Namespace) -> int:
         f"(no row), {r.unknown_clicks_skipped:,} clicks on unknown listings skipped"
     )
     print(f"listings  {len(result.items):,} ({(result.items['source'] == 'lst-features').sum():,} from lst features)")
-    print(f"wrote     {layout.user_embeddings}, {layout.listing_embeddings}")
+    profiles = f", {layout.user_profiles}" if result.profiles is not None else ""
+    print(f"wrote     {layout.user_embeddings}{profiles}, {layout.listing_embeddings}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    data = load_data(args.data)
+    settings = pl.ProbeSettings(args.horizon_days, args.folds, args.max_users, args.seed)
+    if args.run:
+        result = pl.probe(data, pl.RunLayout(Path(args.run)), settings)
+        report, note = result.report, f"preferred user vector: {result.preferred}"
+        out = pl.RunLayout(Path(args.run)).probe_report
+    else:
+        if not args.embeddings:
+            raise InputError("probe needs --run or --embeddings")
+        tables = {Path(p).stem: read_parquet(p) for p in args.embeddings}
+        items = read_parquet(args.listing_embeddings) if args.listing_embeddings else None
+        report = pl.probe_tables(data, tables, items, utc(args.cutoff) if args.cutoff else None, settings)
+        note, out = "", Path(args.out) if args.out else None
+        if out:
+            write_json(out, report.to_dict())
+    print(report.table())
+    if note:
+        print(note)
+    if out:
+        print(f"wrote {out}")
     return 0
 
 
@@ -214,7 +258,7 @@ def cmd_embed_users(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     layout = pl.RunLayout(Path(args.run))
     if args.model:
-        scores = pl.score(Path(args.model), read_parquet(layout.user_embeddings), layout.scores)
+        scores = pl.score(Path(args.model), read_parquet(layout.preferred_users()), layout.scores)
         print(f"scored {len(scores):,} users with {scores['classifier_version'].iloc[0]} -> {layout.scores}")
         return 0
     if not args.data:
@@ -348,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for last.pt, best.pt, model.pt, metrics.json")
     p.add_argument("--features-from", choices=("table", "feast"), default="table", help="where lst features come from")
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning on new clicks)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="training processes (torchrun + DistributedDataParallel, gloo on CPU)"
+    )
     _add_repo_options(p)
     _add_model_options(p)
     p.set_defaults(func=cmd_train)
@@ -367,6 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutoff", help="only clicks before this count (default: all)")
     p.add_argument("--out", required=True, help="output parquet")
     p.set_defaults(func=cmd_embed_users)
+
+    p = sub.add_parser("probe", help="user vectors as features: retrieval and linear probes against baselines")
+    p.add_argument("--run", help="run folder: probe its intent and profile vectors (probe/ out)")
+    p.add_argument("--embeddings", nargs="+", help="or any user embedding Parquet files (user_id, embedding)")
+    p.add_argument("--listing-embeddings", help="listing vectors (item_id, embedding) for the retrieval probe")
+    p.add_argument("--data", required=True, help="data folder: clicks after the cut-off give the labels")
+    p.add_argument("--cutoff", help="labels from clicks at or after this (default: the embeddings' event_timestamp)")
+    p.add_argument("--horizon-days", type=float, help="only clicks this many days after the cut-off count")
+    p.add_argument("--folds", type=int, default=pl.ProbeSettings.folds)
+    p.add_argument("--max-users", type=int, default=pl.ProbeSettings.max_users)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="with --embeddings: write the probe table as JSON here")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("classify", help="rent/sale preference: fit CatBoost on a run's embeddings, or score with one")
     p.add_argument("--run", required=True, help="run folder (embeddings/ in, preference/ out)")

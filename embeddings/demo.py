@@ -18,6 +18,8 @@ from embeddings.synthetic import WeekConfig, write_week
 from embeddings.train import TrainConfig
 from embeddings.zoo import make_model
 
+PROFILE_HORIZON = 16  # the profile head scores any of the next 16 clicks (about a user's week in the demo)
+
 
 def run(out: Path, users: int, listings: int, seed: int, repo: Repo) -> None:
     began = time.perf_counter()
@@ -40,7 +42,7 @@ def run(out: Path, users: int, listings: int, seed: int, repo: Repo) -> None:
         data,
         layout,
         split_cfg,
-        SASRecConfig(item_encoder="hybrid", max_len=50),
+        SASRecConfig(item_encoder="hybrid", max_len=50, profile_horizon=PROFILE_HORIZON),
         TrainConfig(epochs=30, patience=4, seed=seed),
         features_from="feast",
         feature_store=repo,
@@ -58,7 +60,14 @@ def run(out: Path, users: int, listings: int, seed: int, repo: Repo) -> None:
 
     print("== user and listing embeddings as of the training cut-off", flush=True)
     embedded = pl.embed(data, layout, trained.model)
-    print(f"   {len(embedded.users):,} users, {len(embedded.items):,} listings, model {embedded.model_version}")
+    print(f"   {len(embedded.users):,} users (intent and profile vectors), {len(embedded.items):,} listings, "
+          f"model {embedded.model_version}")  # fmt: skip
+
+    print("== user vectors as features: probes against what a consuming team could build alone", flush=True)
+    probed = pl.probe(data, layout)
+    for line in probed.report.table().splitlines():
+        print(f"   {line}")
+    print(f"   the classifier and the pictures take the {probed.preferred} vector")
 
     print("== rent/sale preference: CatBoost on embeddings against the baselines", flush=True)
     classified = pl.classify(data, layout)
@@ -78,7 +87,8 @@ def run(out: Path, users: int, listings: int, seed: int, repo: Repo) -> None:
     print("== one user's online features", flush=True)
     user = str(embedded.users["user_id"].iloc[0])
     record = online_features(repo, [user]).iloc[0].to_dict()
-    record["embedding"] = [round(float(x), 4) for x in record["embedding"][:4]] + ["..."]
+    for name in ("embedding", "profile_embedding"):
+        record[name] = [round(float(x), 4) for x in record[name][:4]] + ["..."]
     print(f"   {record}")
     print(f"\ndemo finished in {time.perf_counter() - began:.0f} s; outputs under {out}/")
 

@@ -1,8 +1,9 @@
 """User and listing embeddings as of a cut-off, from a trained SASRec checkpoint.
 
 A user's embedding is the transformer's state after their last ``max_len`` clicks strictly
-before the cut-off: the same computation for users the model was trained on and for users it
-never saw, so a new user gets a vector from their click sequence without retraining.
+before the cut-off (``intent``; with a profile head also ``profile``, see ``models/sasrec.py``):
+the same computation for users the model was trained on and for users it never saw, so a new
+user gets a vector from their click sequence without retraining.
 
 Listings in a sequence that the model's catalogue does not hold are encoded from their lst
 features when the item encoder allows it (``lst-frozen``, ``hybrid``) and a listings table is
@@ -26,6 +27,8 @@ from embeddings.features import listing_features
 from embeddings.io import utc
 from embeddings.models.sasrec import SASRecRecommender, content_version, load_checkpoint
 from embeddings.split import build_sequences
+
+PROFILE_SUFFIX = "-profile"  # model_version of profile vectors: the checkpoint's, plus this
 
 
 def model_version(path: str | os.PathLike) -> str:
@@ -102,26 +105,43 @@ class Embedder:
         frame = frame[frame["history"].map(lambda h: isinstance(h, np.ndarray) and len(h) > 0)]
         self.report.users = len(frame)
         self.report.users_without_history = all_users - len(frame)
-        vectors = self.model.user_vectors(list(frame["history"]), batch_size, table, show_progress=progress)
-        return pd.DataFrame(
+        states = self.model.user_states(list(frame["history"]), batch_size, table, show_progress=progress)
+        out = pd.DataFrame(
             {
                 "user_id": frame["user_id"].to_numpy(object),
-                "embedding": list(vectors.numpy().astype(np.float32)),
+                "embedding": list(states["intent"].numpy().astype(np.float32)),
                 "n_events": frame["n_events"].to_numpy(np.int64),
                 "last_event_at": frame["last_event_at"].to_numpy(),
                 "model_version": self.version,
                 "event_timestamp": cutoff,
             }
         )
+        if "profile" in states:
+            out.insert(2, "profile_embedding", list(states["profile"].numpy().astype(np.float32)))
+        return out
 
-    def embed_sequence(self, item_ids: list[str]) -> np.ndarray:
-        """The embedding of one (possibly new) user from their click sequence, oldest first."""
+    @staticmethod
+    def split_heads(users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """``embed_users``' frame as the intent table and (when the model has a profile head) the profile
+        table: same users and columns, the profile vector as ``embedding``, ``model_version`` + ``-profile``."""
+        if "profile_embedding" not in users:
+            return users, None
+        intent = users.drop(columns="profile_embedding")
+        profile = intent.assign(
+            embedding=users["profile_embedding"].to_numpy(), model_version=users["model_version"] + PROFILE_SUFFIX
+        )
+        return intent, profile
+
+    def embed_sequence(self, item_ids: list[str], head: str = "intent") -> np.ndarray:
+        """The ``intent`` (or ``profile``) vector of one (possibly new) user from their clicks, oldest first."""
+        if head not in self.model.heads:
+            raise InputError(f"this model has no {head!r} vector; it gives {self.model.heads}")
         t = pd.Timestamp("2000-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(item_ids)), unit="s")
         events = pd.DataFrame({"user_id": "_", "item_id": list(item_ids), "event_timestamp": t, "event_type": "view"})
         out = self.embed_users(events, progress=False) if len(item_ids) else pd.DataFrame()
         if out.empty:
             raise InputError("no usable click in the sequence: this user has no embedding yet")
-        return out["embedding"].iloc[0]
+        return out["embedding" if head == "intent" else "profile_embedding"].iloc[0]
 
     def embed_items(self, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
         """Every listing the model can give a vector: trained catalogue items, plus (lst modes, with a

@@ -4,7 +4,10 @@
 the gradient worked out in the forward pass (softmax minus one-hot), so the (positions x items)
 logit matrix never exists whole and is read only twice. On a 2-core CPU this is most of an
 epoch's cost; doing it this way roughly halves it. ``sampled_softmax_ce`` uses shared uniform
-negatives, for catalogues too large for the full softmax.
+negatives, for catalogues too large for the full softmax. ``logq_softmax_ce`` uses the batch's own
+targets plus uniform draws as candidates and subtracts from each candidate's logit the log of how
+often the sampling is expected to propose it (the logQ correction of Yi et al., RecSys 2019: in-batch
+candidates are drawn by popularity, and without it popular items are pushed down too hard).
 """
 
 from __future__ import annotations
@@ -74,3 +77,28 @@ def sampled_softmax_ce(
     neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([pos, neg], dim=1).float()
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
+
+
+def logq_softmax_ce(
+    hidden: torch.Tensor,
+    vectors: torch.Tensor,
+    targets: torch.Tensor,
+    extra: torch.Tensor,
+    log_expected: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy over the candidate set {batch targets} U {``extra`` items}, each candidate's logit minus
+    ``log_expected[item]``: the log of the expected number of times the sampling proposes it (see
+    :func:`expected_log_counts`). Each item is a candidate once, so no accidental hit needs masking."""
+    candidates, where = torch.unique(torch.cat([targets, extra]), return_inverse=True)
+    logits = hidden @ vectors[candidates].T - log_expected[candidates].to(hidden.dtype)
+    return F.cross_entropy(logits.float(), where[: len(targets)])
+
+
+def expected_log_counts(
+    popularity: torch.Tensor, positions: int, n_uniform: int, available: torch.Tensor
+) -> torch.Tensor:
+    """log E[times item i is a candidate] when a batch holds ``positions`` targets drawn by ``popularity``
+    (counts over the training targets) and ``n_uniform`` draws uniform over the ``available`` items."""
+    p = popularity.double() / popularity.sum().clamp_min(1)
+    uniform = available.double() / available.sum().clamp_min(1)
+    return torch.log(positions * p + n_uniform * uniform + 1e-12).float()

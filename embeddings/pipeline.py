@@ -1,6 +1,6 @@
 """The weekly job as a library: one function per stage, typed configs in, typed results out.
 
-    raw events + listings -> train -> embed -> classify -> pictures -> checks -> publish
+    raw events + listings -> train -> embed -> probe -> classify -> pictures -> checks -> publish
 
 Each stage reads and writes a run folder whose paths :class:`RunLayout` owns. The CLI, ``make demo``
 and schedulers only call these functions. :func:`run_job` runs them all from one :class:`JobConfig`
@@ -23,14 +23,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from embeddings import distributed
 from embeddings.contract import read_parquet, validate_events, validate_listings
 from embeddings.data import Dataset, load_data
 from embeddings.embed import Embedder, EmbedReport
 from embeddings.errors import ChecksFailed, InputError, NothingToPublish
 from embeddings.feature_store import REPO, Repo
-from embeddings.io import file_digest, utc, write_json, write_parquet
+from embeddings.io import file_digest, utc, write_json, write_parquet, write_text
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
 from embeddings.preference import PreferenceModel, fit_preference, score_users
+from embeddings.probe import ProbeReport
 from embeddings.split import Split, leave_last_out, temporal_split
 from embeddings.train import TrainConfig
 
@@ -52,12 +54,15 @@ class RunLayout:
     train_metrics = property(lambda self: self.model_dir / "metrics.json")
     embeddings_dir = property(lambda self: self.root / "embeddings")
     user_embeddings = property(lambda self: self.embeddings_dir / "user_embeddings.parquet")
+    user_profiles = property(lambda self: self.embeddings_dir / "user_profiles.parquet")  # profile head's vectors
     listing_embeddings = property(lambda self: self.embeddings_dir / "listing_embeddings.parquet")
     reference = property(lambda self: self.embeddings_dir / "reference.json")  # the model's training-time stats
     preference_dir = property(lambda self: self.root / "preference")
     scores = property(lambda self: self.preference_dir / "preference.parquet")
     classifier = property(lambda self: self.preference_dir / "classifier.cbm")
     preference_metrics = property(lambda self: self.preference_dir / "preference_metrics.json")
+    probe_dir = property(lambda self: self.root / "probe")
+    probe_report = property(lambda self: self.probe_dir / "probe.json")  # the probe table, and which vector wins
     pictures_dir = property(lambda self: self.root / "pictures")
     validation_dir = property(lambda self: self.root / "validation")
     evaluation = property(lambda self: self.root / "evaluation.json")
@@ -65,6 +70,12 @@ class RunLayout:
 
     def stage_file(self, stage: str) -> Path:
         return self.stages_dir / f"{stage}.json"
+
+    def preferred_users(self) -> Path:
+        """The user vectors the classifier and the pictures take: the profile table when the probes say it is
+        the better feature (``probe/probe.json``), else the intent table."""
+        report = json.loads(self.probe_report.read_text()) if self.probe_report.exists() else {}
+        return self.user_profiles if report.get("preferred") == "profile" else self.user_embeddings
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -103,6 +114,14 @@ class ClassifyConfig:
 
 
 @dataclass
+class ProbeSettings:
+    horizon_days: float | None = None  # labels from clicks this many days after the cut-off (default: all after)
+    folds: int = 5
+    max_users: int = 20_000  # users sampled for the linear probes
+    seed: int = 0
+
+
+@dataclass
 class PicturesConfig:
     sample: int = 2000  # points per picture
     seed: int = 0
@@ -125,6 +144,7 @@ class JobConfig:
     features_from: str = "table"  # table | feast: lst features for training from listings.parquet or Feast
     init_from: Path | None = None  # start training from this checkpoint's weights (fine-tuning)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     pictures: PicturesConfig = field(default_factory=PicturesConfig)
     feature_store: FeatureStoreConfig = field(default_factory=FeatureStoreConfig)
@@ -146,6 +166,7 @@ class JobConfig:
             "model": SASRecConfig,
             "train": TrainConfig,
             "embed": EmbedConfig,
+            "probe": ProbeSettings,
             "classify": ClassifyConfig,
             "pictures": PicturesConfig,
             "feature_store": FeatureStoreConfig,
@@ -189,6 +210,7 @@ class TrainResult:
 @dataclass
 class EmbedResult:
     users: pd.DataFrame
+    profiles: pd.DataFrame | None  # the profile head's vectors (same users), when the model has one
     items: pd.DataFrame
     cutoff: pd.Timestamp
     model_version: str
@@ -253,6 +275,8 @@ def train(
     )
     began = time.perf_counter()
     rec.fit(the_split)
+    if not distributed.is_main():  # torchrun: rank 0 evaluates and writes the model
+        return TrainResult(rec, layout.model, {})
     metrics = {
         "model": rec.name,
         "protocol": the_split.protocol,
@@ -287,10 +311,66 @@ def embed(
     if users.empty:
         raise InputError(f"{data.source}: no user has a usable click before the cut-off {cutoff}")
     items = embedder.embed_items(cutoff if data.has_listings else None)
+    users, profiles = Embedder.split_heads(users)
     write_parquet(users, layout.user_embeddings)
+    if profiles is not None:
+        write_parquet(profiles, layout.user_profiles)
+    else:
+        layout.user_profiles.unlink(missing_ok=True)  # an earlier model's profiles do not belong to this one
     write_parquet(items, layout.listing_embeddings)
     write_json(layout.reference, rec.reference)
-    return EmbedResult(users, items, cutoff, embedder.version, embedder.encoder, embedder.report)
+    return EmbedResult(users, profiles, items, cutoff, embedder.version, embedder.encoder, embedder.report)
+
+
+@dataclass
+class ProbeResult:
+    report: ProbeReport
+    preferred: str  # intent | profile: the vector the classifier and the pictures take
+    cutoff: pd.Timestamp
+
+
+def probe_tables(
+    data: Dataset,
+    users: dict[str, pd.DataFrame],
+    items: pd.DataFrame | None = None,
+    cutoff: pd.Timestamp | None = None,
+    cfg: ProbeSettings | None = None,
+) -> ProbeReport:
+    """Probe any user vector tables (name -> frame with ``user_id``, ``embedding``) as features of what users do
+    after ``cutoff`` (default: the tables' ``event_timestamp``), with the listing vectors ``items`` for the
+    retrieval probe. Raises when there is no click after the cut-off."""
+    from embeddings.probe import ProbeConfig, run_probes, week_probe_data
+
+    cfg = cfg or ProbeSettings()
+    if not data.has_listings:
+        raise InputError(f"{data.source}: probes need a data folder with listings (labels)")
+    first = next(iter(users.values()))
+    cutoff = utc(cutoff if cutoff is not None else first["event_timestamp"].iloc[0])
+    horizon = pd.Timedelta(days=cfg.horizon_days) if cfg.horizon_days else None
+    pdata = week_probe_data(data.events, data.listings, cutoff, horizon)
+    vectors = {name: pdata.align(frame) for name, frame in users.items()}
+    item_vectors = pdata.align_items(items) if items is not None else None
+    return run_probes(pdata, vectors, item_vectors, ProbeConfig(cfg.folds, cfg.max_users, seed=cfg.seed))
+
+
+def probe(data: Dataset, layout: RunLayout, cfg: ProbeSettings | None = None) -> ProbeResult:
+    """Probe the run's user vectors as features (labels from after the embeddings' cut-off) against the
+    baselines a consuming team could build; writes ``probe/probe.json`` (with the vector the classifier and the
+    pictures take) and ``probe/probe.md``. With no click after the cut-off it records why and prefers intent."""
+    users = read_parquet(layout.user_embeddings)
+    cutoff = utc(users["event_timestamp"].iloc[0])
+    if not (data.events["event_timestamp"] >= cutoff).any():
+        reason = f"no click after the embeddings' cut-off {cutoff}: no labels to probe with"
+        write_json(layout.probe_report, {"cutoff": cutoff, "preferred": "intent", "skipped": reason, "rows": []})
+        return ProbeResult(ProbeReport([], [], []), "intent", cutoff)
+    tables = {"intent": users}
+    if layout.user_profiles.exists():
+        tables["profile"] = read_parquet(layout.user_profiles)
+    report = probe_tables(data, tables, read_parquet(layout.listing_embeddings), cutoff, cfg)
+    preferred = report.preferred(tuple(tables))
+    write_json(layout.probe_report, {"cutoff": cutoff, "preferred": preferred, **report.to_dict()})
+    write_text(layout.probe_dir / "probe.md", report.table() + "\n")
+    return ProbeResult(report, preferred, cutoff)
 
 
 def classify(
@@ -301,7 +381,8 @@ def classify(
     cfg = cfg or ClassifyConfig()
     if not data.has_listings:
         raise InputError(f"{data.source}: classify needs a data folder with listings (deal types)")
-    users = read_parquet(layout.user_embeddings)
+    source = layout.preferred_users()
+    users = read_parquet(source)
     cutoff = utc(users["event_timestamp"].iloc[0])
     labels = data.labels() if labels is None else labels
     result = fit_preference(
@@ -311,7 +392,12 @@ def classify(
     write_parquet(result.scores, layout.scores)
     write_json(
         layout.preference_metrics,
-        {"n_labelled": result.n_labelled, "n_train": result.n_train, "rows": result.table},
+        {
+            "n_labelled": result.n_labelled,
+            "n_train": result.n_train,
+            "user_vectors": source.name,
+            "rows": result.table,
+        },
     )
     return ClassifyResult(
         result.scores, result.table, result.n_labelled, result.n_train, layout.classifier, result.model.version
@@ -335,24 +421,30 @@ def pictures(data: Dataset, layout: RunLayout, cfg: PicturesConfig | None = None
         raise InputError(f"{data.source}: pictures need a data folder with listings")
     out = layout.pictures_dir
     paths = item_pictures(read_parquet(layout.listing_embeddings), data.listings, out, cfg.sample, cfg.seed)
-    paths += user_pictures(read_parquet(layout.user_embeddings), read_parquet(layout.scores), out, cfg.sample, cfg.seed)
+    paths += user_pictures(
+        read_parquet(layout.preferred_users()), read_parquet(layout.scores), out, cfg.sample, cfg.seed
+    )
     return paths
 
 
 @dataclass
 class RunTables:
-    """What a run publishes: user and listing embeddings, rent/sale scores."""
+    """What a run publishes: user (intent, and profile) and listing embeddings, rent/sale scores."""
 
     users: pd.DataFrame
     items: pd.DataFrame
     scores: pd.DataFrame
     reference: dict | None = None  # the model's user-vector statistics at training time (checked against)
+    profiles: pd.DataFrame | None = None  # the profile head's user vectors
+    probes: dict | None = None  # the run's probe report (``probe/probe.json``), shown in the checks' report
 
     @classmethod
     def read(cls, layout: RunLayout) -> RunTables:
         reference = json.loads(layout.reference.read_text()) if layout.reference.exists() else None
         users, items = read_parquet(layout.user_embeddings), read_parquet(layout.listing_embeddings)
-        return cls(users, items, read_parquet(layout.scores), reference)
+        profiles = read_parquet(layout.user_profiles) if layout.user_profiles.exists() else None
+        probes = json.loads(layout.probe_report.read_text()) if layout.probe_report.exists() else None
+        return cls(users, items, read_parquet(layout.scores), reference, profiles, probes)
 
 
 def _raw_inputs(data_dir: Path) -> dict[str, pd.DataFrame]:
@@ -387,6 +479,8 @@ def validate(
         run.scores if run else None,
         previous,
         run.reference if run else None,
+        profiles=run.profiles if run else None,
+        probes=run.probes if run else None,
     )
     report.previous_run_id = previous["run_id"] if previous else None
     if report_dir is not None:
@@ -423,6 +517,7 @@ def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: Publish
         tables.users,
         tables.items,
         tables.scores,
+        user_profiles=tables.profiles,
         extra_manifest=extra,
         force_older=cfg.force_older,
     )
@@ -521,17 +616,26 @@ def run_job(cfg: JobConfig, log=print) -> JobResult:
     outputs = [layout.user_embeddings, layout.listing_embeddings, layout.reference]
     stage("embed", asdict(cfg.embed), data.files + [layout.model], outputs, do_embed)
 
+    def do_probe():
+        result = probe(data, layout, cfg.probe)
+        log(f"   preferred user vector: {result.preferred}")
+        return {"preferred": result.preferred}
+
+    vectors = [p for p in (layout.user_embeddings, layout.user_profiles, layout.listing_embeddings) if p.exists()]
+    stage("probe", asdict(cfg.probe), data.files + vectors, [layout.probe_report], do_probe)
+
     def do_classify():
         result = classify(data, layout, cfg.classify)
         log(f"   {result.n_labelled:,} labelled users, classifier {result.classifier_version}")
         return {"classifier_version": result.classifier_version}
 
     outputs = [layout.scores, layout.classifier, layout.preference_metrics]
-    stage("classify", asdict(cfg.classify), data.files + [layout.user_embeddings], outputs, do_classify)
+    users_in = [layout.preferred_users(), layout.probe_report]
+    stage("classify", asdict(cfg.classify), data.files + users_in, outputs, do_classify)
     stage(
         "pictures",
         asdict(cfg.pictures),
-        [layout.user_embeddings, layout.listing_embeddings, layout.scores],
+        [*users_in, layout.listing_embeddings, layout.scores],
         [layout.pictures_dir],
         lambda: {"pictures": [p.name for p in pictures(data, layout, cfg.pictures)]},
     )
@@ -544,7 +648,7 @@ def run_job(cfg: JobConfig, log=print) -> JobResult:
         return {"run_id": manifest["run_id"]}
 
     settings = {"repo": str(repo.path), "profile": repo.profile, **asdict(cfg.publish)}
-    inputs = data.files + [layout.user_embeddings, layout.listing_embeddings, layout.scores]
+    inputs = data.files + [*vectors, layout.scores]
     stage("publish", settings, inputs, [], do_publish)
     if manifest is None and layout.stage_file("publish").exists():
         manifest = repo.manifest(json.loads(layout.stage_file("publish").read_text())["run_id"])

@@ -6,10 +6,18 @@ such windows, grouped by length so little time goes to padding. The loss is comp
 positions only: full softmax cross-entropy over the items that existed during training
 (default), or sampled softmax with ``n_negatives`` shared uniform negatives.
 
+With a profile head (``profile_horizon > 0``) every position also has a profile target: one of the
+user's next ``profile_horizon`` clicks in the window, drawn uniformly each time (an unbiased sample
+of the dense all-action loss, at the cost of one more softmax), weighted by ``profile_weight``.
+
 Every epoch's randomness (batch order, dropout) comes from ``seed + epoch`` and deterministic
 algorithms are on, so a run repeats bit for bit under its seed (on any thread count, on one machine),
 and an interrupted run resumed from ``last.pt`` ends where one that was never interrupted would;
-resuming checks that the settings that shape the run are the checkpoint's. Checkpoints hold only
+resuming checks that the settings that shape the run are the checkpoint's. Under ``torchrun`` (see
+``embeddings.distributed``) the model and its loss are wrapped in DistributedDataParallel, each rank
+takes its rows of every global batch and weighs its loss by its share of the batch's positions, so
+the averaged gradient is the one-process gradient; rank 0 decides early stopping and writes the
+checkpoints, and every rank resumes from the same ``last.pt``. Checkpoints hold only
 tensors and plain data and are read with ``torch.load(weights_only=True)``: loading one cannot
 execute code.
 """
@@ -24,19 +32,22 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from embeddings import distributed as dist
 from embeddings.errors import InputError
 from embeddings.evaluate import evaluate
 from embeddings.io import kill_point, save_torch
-from embeddings.losses import full_softmax_ce, sampled_softmax_ce
+from embeddings.losses import expected_log_counts, full_softmax_ce, logq_softmax_ce, sampled_softmax_ce
 from embeddings.models.sasrec import SASRecRecommender, load_checkpoint, pad_right, vector_stats
 from embeddings.progress import progress
 from embeddings.split import Split
 
-LOSSES = ("softmax", "sampled")
+LOSSES = ("softmax", "sampled", "logq")
 WINDOWS = ("last", "all")
 # settings that change the trajectory of a run: resuming with other values would not continue it
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
-RESUME_MUST_MATCH = ("batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows")
+RESUME_MUST_MATCH = (
+    "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
+)  # fmt: skip
 
 
 def _fast_bf16() -> bool:
@@ -51,14 +62,15 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.0
-    loss: str = "softmax"  # softmax (full, over the catalogue) | sampled (shared uniform negatives)
-    n_negatives: int = 256  # negatives per batch for loss=sampled
+    loss: str = "softmax"  # softmax (full) | sampled (shared uniform negatives) | logq (in-batch + uniform, logQ)
+    n_negatives: int = 256  # uniform negatives per batch for loss=sampled and loss=logq
     patience: int = 10  # evaluations without a better validation NDCG@10 before stopping
     eval_every: int = 1
     seed: int = 0
     bf16: bool = field(default_factory=_fast_bf16)  # bfloat16 autocast for the matmuls (default: where fast)
     time_budget_s: float | None = None  # stop training after this many seconds
     windows: str = "last"  # last: each user's last max_len clicks (SASRec); all: the whole history in windows
+    profile_weight: float = 1.0  # weight of the profile head's loss (models with profile_horizon > 0)
 
     def __post_init__(self) -> None:
         if self.windows not in WINDOWS:
@@ -83,6 +95,17 @@ def training_windows(train: Sequence[np.ndarray], max_len: int, every: bool) -> 
     return out
 
 
+def future_targets(targets: torch.Tensor, horizon: int, generator: torch.Generator) -> torch.Tensor:
+    """For each position of right-padded ``targets`` (batch, time), one of the targets at that position
+    or the next ``horizon - 1`` ones (0 where the position is padding), drawn uniformly."""
+    length = (targets > 0).sum(1, keepdim=True)
+    t = torch.arange(targets.shape[1])
+    ahead = (length - t).clamp(min=1, max=horizon)  # real targets from t on, within the horizon
+    offset = (torch.rand(targets.shape, generator=generator) * ahead).long().clamp_max(ahead - 1)
+    pick = (t + offset).clamp_max(targets.shape[1] - 1)
+    return torch.where(targets > 0, targets.gather(1, pick), torch.zeros_like(targets))
+
+
 def _batches(windows: Sequence[np.ndarray], max_len: int, batch_size: int, rng: np.random.Generator):
     """(inputs, targets) token batches: windows shuffled, then grouped by length within chunks."""
     order = rng.permutation(len(windows))
@@ -97,6 +120,19 @@ def _batches(windows: Sequence[np.ndarray], max_len: int, batch_size: int, rng: 
         yield pad_right([w[:-1] for w in chosen], max_len), pad_right([w[1:] for w in chosen], max_len)
 
 
+class _Step(torch.nn.Module):
+    """The model and its loss as one module: what DistributedDataParallel wraps."""
+
+    def __init__(self, loop: _Loop):
+        super().__init__()
+        self.model = loop.model
+        self.loss_of = loop.loss
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, rng: torch.Generator):
+        vectors = self.model.items()
+        return self.loss_of(self.model(inputs, vectors), targets, vectors, rng)
+
+
 class _Loop:
     """One fit of a :class:`SASRecRecommender` on a split: state of the optimiser, early stopping, checkpoints."""
 
@@ -107,6 +143,9 @@ class _Loop:
         available = torch.from_numpy(split.available)
         self.unavailable = None if bool(available.all()) else ~available
         self.available_idx = torch.from_numpy(np.flatnonzero(split.available))
+        self.popularity = torch.from_numpy(
+            np.bincount(np.concatenate([s[1:] for s in split.train] + [np.zeros(0, np.int64)]), minlength=split.n_items)
+        )  # how often each item is a training target: the in-batch sampling distribution of loss=logq
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98)
@@ -114,10 +153,16 @@ class _Loop:
         self.best: dict = {"epoch": -1, "ndcg@10": -1.0}
         self.best_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.waited, self.start_epoch = 0, 0
-        self.folder = rec.checkpoint_dir
+        self.folder = rec.checkpoint_dir if dist.is_main() else None  # only rank 0 writes
+        self.resume_from = rec.checkpoint_dir
+        self.step = _Step(self)
+        if dist.world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step = DistributedDataParallel(self.step)
 
     def resume(self) -> None:
-        last = self.folder / "last.pt" if self.folder else None
+        last = self.resume_from / "last.pt" if self.resume_from else None
         if last is None or not last.exists():
             return
         state = load_checkpoint(last)
@@ -134,20 +179,39 @@ class _Loop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch = state["epoch"] + 1
         self.best, self.waited, self.rec.history = state["best"], state["waited"], state["history"]
-        best_path = self.folder / "best.pt"
+        best_path = self.resume_from / "best.pt"
         if best_path.exists():
             self.best_weights = load_checkpoint(best_path)["model"]
 
-    def loss(self, hidden: torch.Tensor, targets: torch.Tensor, vectors: torch.Tensor, rng: torch.Generator):
+    def loss(self, states: torch.Tensor, targets: torch.Tensor, vectors: torch.Tensor, rng: torch.Generator):
         real = targets > 0
-        h, y = hidden[real], targets[real] - 1
         items = vectors[1:]
         if self.tc.loss == "softmax":
-            loss = full_softmax_ce(h, items, y, self.unavailable, low_precision=self.tc.bf16)
+
+            def ce(h, y):
+                return full_softmax_ce(h, items, y, self.unavailable, low_precision=self.tc.bf16)
+
+        elif self.tc.loss == "logq":
+            log_expected = expected_log_counts(
+                self.popularity, int(real.sum()), self.tc.n_negatives, torch.from_numpy(self.split.available)
+            )
+
+            def ce(h, y):
+                pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng)
+                return logq_softmax_ce(h, items, y, self.available_idx[pick], log_expected)
+
         else:
-            pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng)
-            loss = sampled_softmax_ce(h, items, y, self.available_idx[pick])
-        return loss, len(y)
+
+            def ce(h, y):
+                pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng)
+                return sampled_softmax_ce(h, items, y, self.available_idx[pick])
+
+        loss = ce(states[real], targets[real] - 1)
+        horizon = self.model.cfg.profile_horizon
+        if horizon:
+            future = future_targets(targets, horizon, rng)
+            loss = loss + self.tc.profile_weight * ce(self.model.profile_of(states[real]), future[real] - 1)
+        return loss, int(real.sum())
 
     def epoch(self, epoch: int) -> dict:
         tc, cfg = self.tc, self.model.cfg
@@ -159,13 +223,22 @@ class _Loop:
         n_batches = math.ceil(len(windows) / tc.batch_size)
         total_loss, total_pos, t0 = 0.0, 0, time.perf_counter()
         bar = progress(_batches(windows, cfg.max_len, tc.batch_size, rng), total=n_batches, desc=f"epoch {epoch + 1}")
+        rank, world = dist.rank(), dist.world_size()
         for inputs, targets in bar:
+            idle = rank >= len(inputs)  # a batch with fewer rows than ranks: this one takes part with weight 0
+            if world > 1:  # this rank's rows of the global batch
+                mine = slice(0, 1) if idle else slice(rank, None, world)
+                inputs, targets = inputs[mine], targets[mine]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
-                vectors = self.model.items()
-                hidden = self.model(inputs, vectors)
-                loss, n_pos = self.loss(hidden, targets, vectors, torch_rng)
+                loss, n_pos = self.step(inputs, targets, torch_rng)
+            if world > 1:
+                n_pos = 0 if idle else n_pos
+                (n_all,) = dist.all_sum(n_pos)
+                weighted = loss * (world * n_pos / n_all)  # DDP averages: this makes it the one-process mean
+            else:
+                weighted = loss
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            weighted.backward()
             self.optimizer.step()
             total_loss += loss.item() * n_pos
             total_pos += n_pos
@@ -174,12 +247,20 @@ class _Loop:
                 pos_s=f"{total_pos / (time.perf_counter() - t0):.0f}",
                 refresh=False,  # the bar redraws on its own interval, with the batch count up to date
             )
+        total_loss, total_pos = dist.all_sum(total_loss, total_pos)
+        total_pos = int(total_pos)
         seconds = time.perf_counter() - t0
-        return {"epoch": epoch, "loss": total_loss / max(total_pos, 1), "positions": total_pos, "seconds": seconds}
+        return {
+            "epoch": epoch,
+            "loss": total_loss / max(total_pos, 1),
+            "positions": total_pos,  # over all processes
+            "processes": world,
+            "seconds": seconds,
+        }
 
     def validate(self, epoch: int, stats: dict) -> None:
         self.model.eval()
-        metrics = evaluate(self.rec, self.split.valid)
+        metrics = dist.from_main(evaluate(self.rec, self.split.valid) if dist.is_main() else None)
         stats.update({f"valid_{k}": v for k, v in metrics.items() if k.startswith(("hr", "ndcg"))})
         if metrics["ndcg@10"] > self.best["ndcg@10"]:
             self.best, self.waited = {"epoch": epoch, "ndcg@10": metrics["ndcg@10"]}, 0
@@ -212,7 +293,7 @@ class _Loop:
         for epoch in range(self.start_epoch, tc.epochs):
             if self.waited >= tc.patience:
                 break
-            if tc.time_budget_s is not None and time.perf_counter() - began > tc.time_budget_s:
+            if dist.from_main(tc.time_budget_s is not None and time.perf_counter() - began > tc.time_budget_s):
                 break
             stats = self.epoch(epoch)
             if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
@@ -224,8 +305,10 @@ class _Loop:
         self.model.load_state_dict(self.best_weights)
         self.model.eval()
         self.rec.best = self.best
-        sample = self.split.valid.histories[:REFERENCE_USERS]
-        self.rec.reference = vector_stats(self.rec.user_vectors(sample).numpy())
+        states = self.rec.user_states(self.split.valid.histories[:REFERENCE_USERS])
+        self.rec.reference = vector_stats(states["intent"].numpy())
+        if "profile" in states:
+            self.rec.reference["profile"] = vector_stats(states["profile"].numpy())
         return self.rec
 
 
@@ -235,6 +318,7 @@ def fit(rec: SASRecRecommender, split: Split, resume: bool = True) -> SASRecReco
     Deterministic algorithms are on while it trains: with several threads the embedding gradients are
     otherwise summed in a varying order, and a seeded run would not repeat bit for bit (measured: no cost).
     """
+    dist.setup()
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:

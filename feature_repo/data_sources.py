@@ -40,6 +40,15 @@ user_embedding_source = FileSource(
     description="SASRec user states after the clicks before the run's cut-off (event_timestamp).",
 )
 
+user_profile_source = FileSource(
+    name="user_profile_source",
+    path=_runs("user_profiles"),
+    file_format=ParquetFormat(),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="published_at",
+    description="SASRec profile-head vectors (trained on the user's next clicks over a horizon) as of the cut-off.",
+)
+
 user_preference_source = FileSource(
     name="user_preference_source",
     path=_runs("user_preference"),

@@ -1,10 +1,16 @@
 from feast import FeatureService
-from feature_views import listing_embedding, listing_lst_features, user_embedding, user_rent_sale_preference
+from feature_views import (
+    listing_embedding,
+    listing_lst_features,
+    user_embedding,
+    user_profile_embedding,
+    user_rent_sale_preference,
+)
 
 user_profile = FeatureService(
     name="user_profile",
-    features=[user_embedding, user_rent_sale_preference],
-    description="What a consumer usually needs about a user: embedding plus rent/sale preference.",
+    features=[user_embedding, user_profile_embedding, user_rent_sale_preference],
+    description="What a consumer usually needs about a user: intent and profile embeddings, rent/sale preference.",
     owner="recsys-embeddings@lst.example",
     tags={"team": "recsys"},
 )

@@ -3,7 +3,13 @@ stays served until the next weekly run plus a day of slack, and never silently f
 
 from datetime import timedelta
 
-from data_sources import listing_embedding_source, listing_lst_source, user_embedding_source, user_preference_source
+from data_sources import (
+    listing_embedding_source,
+    listing_lst_source,
+    user_embedding_source,
+    user_preference_source,
+    user_profile_source,
+)
 from entities import listing, user
 from feast import FeatureView, Field
 from feast.types import Array, Float32, Float64, Int64, String
@@ -55,16 +61,37 @@ user_embedding = FeatureView(
     entities=[user],
     ttl=WEEKLY,
     schema=[
-        Field(name="embedding", dtype=Array(Float32), description="SASRec state after the user's clicks"),
+        Field(name="embedding", dtype=Array(Float32), description="SASRec state after the user's clicks (intent)"),
         Field(name="n_events", dtype=Int64, description="clicks before the cut-off"),
         Field(name="last_event_at", dtype=Int64, description="last click before the cut-off, Unix seconds (UTC)"),
         Field(name="model_version", dtype=String, description="a new version means a new space: retrain consumers"),
     ],
     source=user_embedding_source,
     online=True,
-    description="User embedding as of the run's cut-off, from the user's last clicks.",
+    description=(
+        "Intent: the user's state as of the run's cut-off, trained to score the next click. "
+        "Take it for what the user wants now (next-listing retrieval, session ranking)."
+    ),
     owner=OWNER,
-    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly"},
+    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", "head": "intent"},
+)
+
+user_profile_embedding = FeatureView(
+    name="user_profile_embedding",
+    entities=[user],
+    ttl=WEEKLY,
+    schema=[
+        Field(name="profile_embedding", dtype=Array(Float32), description="profile head over the state"),
+        Field(name="profile_model_version", dtype=String, description="checkpoint version + '-profile'"),
+    ],
+    source=user_profile_source,
+    online=True,
+    description=(
+        "Profile: the same clicks through a head trained to score any of the user's next clicks over a horizon "
+        "(dense all-action objective). Take it as a feature of who the user is (deal type, budget, rooms, city)."
+    ),
+    owner=OWNER,
+    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", "head": "profile"},
 )
 
 user_rent_sale_preference = FeatureView(

@@ -199,3 +199,28 @@ def test_new_model_version_reports_alignment_instead_of_failing(clean, tiny_week
     assert report.figures["procrustes_residual"] < 0.05  # a pure rotation aligns back
     assert report.figures["knn_overlap@10"] > 0.95
     assert "retrain" in report.figures["version_change"]
+
+
+def test_profile_vectors_are_checked_and_their_drift_stops_a_publish(clean, tiny_week):
+    """The profile table gets the vector, run and drift suites of its own: a rotated profile space under the
+    same version fails drift even when the intent vectors are unchanged; NaN profiles fail the vector suite."""
+    run, _ = clean
+    listings, events, _ = tiny_week
+    users = read_parquet(_users(run))
+    scores = read_parquet(run / "preference" / "preference.parquet")
+    profiles = users.assign(model_version=users["model_version"] + "-profile")
+    previous = {"users": users, "scores": scores, "profiles": profiles}
+
+    same = check_run(events, listings, users, None, scores, previous, profiles=profiles)
+    assert not same.failures
+    assert {"user_profile_vectors", "user_profile_collapse", "profile_run", "profile_drift"} <= {
+        c.suite for c in same.checks
+    }
+
+    drifted = check_run(events, listings, users, None, scores, previous, profiles=_rotate(profiles))
+    assert drifted.failures and {c.suite for c in drifted.failures} == {"profile_drift"}
+    assert drifted.drift_only  # overridable with a reason, like the intent drift
+
+    broken = profiles.assign(embedding=[np.full(16, np.nan, np.float32)] * len(profiles))
+    report = check_run(events, listings, users, None, scores, None, profiles=broken)
+    assert "user_profile_vectors" in {c.suite for c in report.failures} and not report.drift_only

@@ -1,3 +1,4 @@
+import math
 import pickle
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from embeddings.errors import InputError
 from embeddings.evaluate import evaluate
 from embeddings.features import listing_features
-from embeddings.losses import full_softmax_ce
+from embeddings.losses import expected_log_counts, full_softmax_ce, logq_softmax_ce
 from embeddings.models.base import Popularity
 from embeddings.models.lightfm_model import LightFMConfig
 from embeddings.models.sasrec import SASRec, SASRecConfig, SASRecRecommender, load_checkpoint
@@ -71,7 +72,7 @@ def test_fused_softmax_matches_cross_entropy(low_precision):
     assert torch.all(e.grad[[3, 5]] == 0)  # masked items get no gradient
 
 
-@pytest.mark.parametrize("loss", ["softmax", "sampled"])
+@pytest.mark.parametrize("loss", ["softmax", "sampled", "logq"])
 def test_loss_falls_on_a_tiny_set(split, loss):
     cfg = TrainConfig(epochs=6, batch_size=32, lr=5e-3, loss=loss, n_negatives=32, patience=100, bf16=False)
     model = SASRecRecommender(SASRecConfig(max_len=20, dim=32), cfg).fit(split)
@@ -164,3 +165,24 @@ def test_training_windows_cover_each_target_once():
     targets = np.concatenate([w[1:] for w in every])
     assert sorted(targets.tolist()) == list(range(1, 23))  # every item after the first, exactly once
     assert all(len(w) <= 6 for w in every)
+
+
+def test_logq_correction_by_hand():
+    """Candidates {0, 2} (the target, and a uniform draw that repeats it); each logit minus log E[count]."""
+    hidden = torch.tensor([[1.0, 0.0]])
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    log_expected = torch.tensor([2.0, 1.0, 4.0]).log()
+    loss = logq_softmax_ce(hidden, vectors, torch.tensor([0]), torch.tensor([2, 0]), log_expected)
+    e = math.e
+    assert loss.item() == pytest.approx(-math.log((e / 2) / (e / 2 + e**2 / 4)), rel=1e-6)
+    # without the correction the popular candidate 2 would win by more: the correction lowers the loss here
+    plain = logq_softmax_ce(hidden, vectors, torch.tensor([0]), torch.tensor([2, 0]), torch.zeros(3))
+    assert plain.item() == pytest.approx(-math.log(e / (e + e**2)), rel=1e-6)
+
+
+def test_expected_counts_of_in_batch_and_uniform_sampling():
+    popularity = torch.tensor([3, 1, 0, 0])
+    available = torch.tensor([True, True, True, False])
+    got = expected_log_counts(popularity, positions=4, n_uniform=2, available=available).exp()
+    want = torch.tensor([3 + 2 / 3, 1 + 2 / 3, 2 / 3, 0.0])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)

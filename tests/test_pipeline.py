@@ -20,7 +20,7 @@ from embeddings.models.sasrec import SASRecConfig
 from embeddings.train import TrainConfig
 
 CUTOFF = "2026-11-06"  # mid-week: enough users labelled after it in a tiny week
-TINY_MODEL = SASRecConfig(item_encoder="hybrid", max_len=20, dim=16)
+TINY_MODEL = SASRecConfig(item_encoder="hybrid", max_len=20, dim=16, profile_horizon=4)
 TINY_TRAIN = TrainConfig(epochs=3, batch_size=32, bf16=False)
 
 
@@ -32,9 +32,11 @@ def job(tiny_dir, tmp_path_factory):
     split = pl.DataConfig(tiny_dir, cutoff=CUTOFF)
     trained = pl.train(data, layout, split, TINY_MODEL, TINY_TRAIN)
     embedded = pl.embed(data, layout, trained.model)
+    probed = pl.probe(data, layout, pl.ProbeSettings(folds=3))
     classified = pl.classify(data, layout)
     pics = pl.pictures(data, layout, pl.PicturesConfig(sample=150))
-    return data, layout, {"train": trained, "embed": embedded, "classify": classified, "pictures": pics}
+    done = {"train": trained, "embed": embedded, "probe": probed, "classify": classified, "pictures": pics}
+    return data, layout, done
 
 
 def _online(repo, users):
@@ -49,10 +51,30 @@ def test_whole_job_through_the_python_api_then_a_user_read_back(job, tiny_dir, f
     manifest = pl.publish(tiny_dir, feature_repo, layout)
     assert manifest["model_version"] == done["embed"].model_version
     assert manifest["classifier_version"] == done["classify"].classifier_version
-    user = done["embed"].users.iloc[3]
+    assert manifest["profile_model_version"] == done["embed"].model_version + "-profile"
+    user, profile = done["embed"].users.iloc[3], done["embed"].profiles.iloc[3]
+    assert profile["user_id"] == user["user_id"]
     got = _online(feature_repo, [user["user_id"]])
     np.testing.assert_allclose(got.loc[user["user_id"], "embedding"], user["embedding"], rtol=1e-6)
+    np.testing.assert_allclose(got.loc[user["user_id"], "profile_embedding"], profile["embedding"], rtol=1e-6)
+    assert got.loc[user["user_id"], "profile_model_version"] == manifest["profile_model_version"]
     assert (layout.validation_dir / "report.html").exists()
+    checks = json.loads((layout.validation_dir / "checks.json").read_text())
+    assert {"user_profile_vectors", "profile_run"} <= {c["suite"] for c in checks["checks"]}
+    assert checks["figures"]["probe_preferred_user_vector"] == done["probe"].preferred
+
+
+def test_probe_stage_picks_the_vector_the_classifier_and_pictures_take(job):
+    _, layout, done = job
+    report = json.loads(layout.probe_report.read_text())
+    assert report["preferred"] == done["probe"].preferred in ("intent", "profile")
+    assert {"intent", "profile", "mean_of_items"} <= set(report["ours"])
+    assert {r["probe"] for r in report["rows"]} >= {"future listings", "rent_sale"}
+    for row in report["rows"]:
+        assert row["margin"] == pytest.approx(row[row["best_ours"]] - row[row["best_baseline"]])
+    used = json.loads(layout.preference_metrics.read_text())["user_vectors"]
+    assert used == layout.preferred_users().name
+    assert used == ("user_profiles.parquet" if report["preferred"] == "profile" else "user_embeddings.parquet")
 
 
 def test_library_publish_refuses_nan_embeddings_and_changes_nothing(job, tiny_dir, feature_repo, tmp_path):
@@ -90,6 +112,7 @@ def test_saved_classifier_scores_like_the_run_that_trained_it(job, tmp_path):
     _, layout, done = job
     run = pl.RunLayout(tmp_path / "new-run")
     shutil.copytree(layout.embeddings_dir, run.embeddings_dir)
+    shutil.copytree(layout.probe_dir, run.probe_dir)  # which vector the classifier takes
     assert main(["classify", "--run", str(run.root), "--model", str(layout.classifier)]) == 0
     again = read_parquet(run.scores)
     pd.testing.assert_frame_equal(again, done["classify"].scores.reset_index(drop=True), check_exact=True)

@@ -240,19 +240,27 @@ def _finite_rows(x: np.ndarray) -> np.ndarray:
 
 
 def drift_table(
-    prev_users: pd.DataFrame, users: pd.DataFrame, prev_scores: pd.DataFrame, scores: pd.DataFrame, seed: int = 0
+    prev_users: pd.DataFrame,
+    users: pd.DataFrame,
+    prev_scores: pd.DataFrame | None,
+    scores: pd.DataFrame | None,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, dict]:
+    """One row of drift figures against the last published run: of the scores (when both are given) and of
+    the user vectors."""
     rng = np.random.default_rng(seed)
-    row: dict = {
-        "psi_p_rent": _psi(prev_scores["p_rent"].to_numpy(float), scores["p_rent"].to_numpy(float)),
-        "rent_share_delta": abs(float((scores["p_rent"] >= 0.5).mean()) - float((prev_scores["p_rent"] >= 0.5).mean())),
-    }
-    both = prev_scores[["user_id", "predicted_deal_type"]].merge(
-        scores[["user_id", "predicted_deal_type"]], on="user_id", suffixes=("_old", "_new")
-    )
-    row["flipped_share"] = (
-        float((both["predicted_deal_type_old"] != both["predicted_deal_type_new"]).mean()) if len(both) else 0.0
-    )
+    row: dict = {}
+    if prev_scores is not None and scores is not None:
+        row["psi_p_rent"] = _psi(prev_scores["p_rent"].to_numpy(float), scores["p_rent"].to_numpy(float))
+        row["rent_share_delta"] = abs(
+            float((scores["p_rent"] >= 0.5).mean()) - float((prev_scores["p_rent"] >= 0.5).mean())
+        )
+        both = prev_scores[["user_id", "predicted_deal_type"]].merge(
+            scores[["user_id", "predicted_deal_type"]], on="user_id", suffixes=("_old", "_new")
+        )
+        row["flipped_share"] = (
+            float((both["predicted_deal_type_old"] != both["predicted_deal_type_new"]).mean()) if len(both) else 0.0
+        )
     same = str(prev_users["model_version"].iloc[0]) == str(users["model_version"].iloc[0])
     shared = prev_users[["user_id", "embedding"]].merge(
         users[["user_id", "embedding"]], on="user_id", suffixes=("_old", "_new")
@@ -353,6 +361,11 @@ def _history_alignment(events, users, items, x, finite, seed) -> float:
     return float(np.mean((u * own).sum(1) > (u * other).sum(1)))
 
 
+def _no_version(items: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Listing vectors without their model version (profile vectors carry their own: nothing to match)."""
+    return None if items is None else items.drop(columns="model_version", errors="ignore")
+
+
 # ------------------------------------------------------------------------------------------------- the run
 def check_run(
     events: pd.DataFrame,
@@ -362,30 +375,34 @@ def check_run(
     scores: pd.DataFrame | None = None,
     previous: dict | None = None,
     reference: dict | None = None,
+    *,
+    profiles: pd.DataFrame | None = None,
+    probes: dict | None = None,
 ) -> Report:
-    """Every check of a run. ``previous``: {"events_rows", "users", "scores"} of the last published run;
-    ``reference``: the model's user-vector statistics at training time (``vector_stats``)."""
+    """Every check of a run. ``previous``: {"events_rows", "users", "profiles", "scores"} of the last published
+    run; ``reference``: the model's user-vector statistics at training time (``vector_stats``, with the profile
+    head's under ``"profile"``); ``profiles``: the profile head's vectors (checked like the intent ones, drift
+    included); ``probes``: the run's probe report, shown among the figures."""
     v = Validator()
     ids = sorted(set(listings["item_id"].astype(str))) if "item_id" in listings else []
     v.run("listings", listings_table(listings), suites.listings_suite(), "data")
     v.run(
         "events", events_table(events, listings), suites.events_suite(ids, (previous or {}).get("events_rows")), "data"
     )
-    if users is not None:
-        dim = int(pd.Series([len(e) for e in users["embedding"]]).mode().iloc[0])
-        v.run("user_vectors", vectors_table(users, "user_id"), suites.vectors_suite("user_vectors", dim), "vectors")
-        expected = (
-            events.loc[
-                pd.to_datetime(events["event_timestamp"], utc=True, errors="coerce", format="ISO8601")
-                < users["event_timestamp"].iloc[0],
-                "user_id",
-            ].nunique()
-            if "event_timestamp" in events and "user_id" in events
-            else None
-        )
-        table = collapse_table(users, expected)
-        v.report.figures.update({f"users_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
-        v.run("user_collapse", table, suites.collapse_suite("user_collapse", True), "vectors")
+    expected = None
+    if users is not None and "event_timestamp" in events and "user_id" in events:
+        ts = pd.to_datetime(events["event_timestamp"], utc=True, errors="coerce", format="ISO8601")
+        expected = events.loc[ts < users["event_timestamp"].iloc[0], "user_id"].nunique()
+    user_tables = {"user": users, "user_profile": profiles}
+    for prefix, frame in user_tables.items():
+        if frame is None:
+            continue
+        dim = int(pd.Series([len(e) for e in frame["embedding"]]).mode().iloc[0])
+        name = f"{prefix}_vectors"
+        v.run(name, vectors_table(frame, "user_id"), suites.vectors_suite(name, dim), "vectors")
+        table = collapse_table(frame, expected)
+        v.report.figures.update({f"{prefix}s_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
+        v.run(f"{prefix}_collapse", table, suites.collapse_suite(f"{prefix}_collapse", True), "vectors")
     if items is not None:
         dim = int(pd.Series([len(e) for e in items["embedding"]]).mode().iloc[0])
         v.run(
@@ -404,10 +421,32 @@ def check_run(
             v.report.checks.append(
                 Check("run", "training-time reference", "norm_ratio_to_training", False, "none given", "warning")
             )
+    if profiles is not None:
+        if users is not None and set(profiles["user_id"]) != set(users["user_id"]):
+            v.report.checks.append(
+                Check("run", "profile and intent vectors for the same users", "user_id", False, "differ", "run")
+            )
+        table = run_table(events, profiles, _no_version(items), None, (reference or {}).get("profile"))
+        v.report.figures.update({f"profile_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
+        v.run("profile_run", table, suites.run_suite(list(table.columns), "profile_run"), "run")
     if previous and users is not None and scores is not None and previous.get("users") is not None:
         table, figures = drift_table(previous["users"], users, previous["scores"], scores)
         v.report.figures.update({k: (round(x, 4) if isinstance(x, float) else x) for k, x in figures.items()})
         v.report.figures.update({k: round(float(x), 4) for k, x in table.iloc[0].items()})
-        v.run("drift", table, suites.drift_suite(bool(figures["same_model_version"])), "drift")
+        v.run("drift", table, suites.drift_suite(bool(figures["same_model_version"]), list(table.columns)), "drift")
         v.run("drift_warnings", table, suites.drift_warning_suite(), "warning")
+    if previous and profiles is not None and previous.get("profiles") is not None:
+        table, figures = drift_table(previous["profiles"], profiles, None, None)
+        v.report.figures.update(
+            {f"profile_{k}": (round(x, 4) if isinstance(x, float) else x) for k, x in figures.items()}
+        )
+        v.report.figures.update({f"profile_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
+        same = bool(figures["same_model_version"])
+        v.run("profile_drift", table, suites.drift_suite(same, list(table.columns), "profile_drift"), "drift")
+    for row in (probes or {}).get("rows", []):
+        for name in (probes or {}).get("ours", []) + (probes or {}).get("baselines", []):
+            if row.get(name) is not None:
+                v.report.figures[f"probe_{row['probe']}_{row['metric']}_{name}"] = round(float(row[name]), 4)
+    if probes and probes.get("preferred"):
+        v.report.figures["probe_preferred_user_vector"] = probes["preferred"]
     return v.report

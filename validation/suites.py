@@ -105,8 +105,9 @@ def scores_suite() -> gx.ExpectationSuite:
     )
 
 
-def drift_suite(same_model_version: bool) -> gx.ExpectationSuite:
-    """The one-row drift table against the last published run; failures here can be overridden."""
+def drift_suite(same_model_version: bool, columns: list[str] | None = None, name: str = "drift") -> gx.ExpectationSuite:
+    """The one-row drift table against the last published run; failures here can be overridden.
+    ``columns``: those the table has (a profile table has no score columns)."""
     e = [
         gxe.ExpectColumnValuesToBeBetween(column="psi_p_rent", max_value=t.PSI_FAIL),
         gxe.ExpectColumnValuesToBeBetween(column="rent_share_delta", max_value=t.MAX_RENT_SHARE_DELTA),
@@ -121,7 +122,9 @@ def drift_suite(same_model_version: bool) -> gx.ExpectationSuite:
             gxe.ExpectColumnValuesToBeBetween(column="mean_shift", max_value=t.MAX_MEAN_SHIFT),
             gxe.ExpectColumnValuesToBeBetween(column="shared_user_median_cosine", min_value=t.MIN_SHARED_USER_COSINE),
         ]
-    return gx.ExpectationSuite(name="drift", expectations=e)
+    if columns is not None:
+        e = [x for x in e if x.column in columns]
+    return gx.ExpectationSuite(name=name, expectations=e)
 
 
 def drift_warning_suite() -> gx.ExpectationSuite:
@@ -133,7 +136,7 @@ def drift_warning_suite() -> gx.ExpectationSuite:
     )
 
 
-def run_suite(columns: list[str]) -> gx.ExpectationSuite:
+def run_suite(columns: list[str], name: str = "run") -> gx.ExpectationSuite:
     """The one-row consistency table of a run (``validation.checks.run_table``); never overridable."""
     every = {
         "model_versions": gxe.ExpectColumnValuesToBeBetween(column="model_versions", min_value=1, max_value=1),
@@ -155,4 +158,4 @@ def run_suite(columns: list[str]) -> gx.ExpectationSuite:
             column="history_alignment", min_value=t.MIN_HISTORY_ALIGNMENT
         ),
     }
-    return gx.ExpectationSuite(name="run", expectations=[every[c] for c in columns if c in every])
+    return gx.ExpectationSuite(name=name, expectations=[every[c] for c in columns if c in every])

@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from embeddings.errors import InputError, NothingToPublish, PublishError
-from embeddings.feature_store.repo import LISTING_FEATURES, VIEWS, Repo, redis_client
+from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, VIEWS, Repo, redis_client
 from embeddings.io import kill_point, utc, write_atomic, write_json
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -134,10 +134,12 @@ def _offline_table(name: str, df: pd.DataFrame, published_at: pd.Timestamp) -> p
     df = df.copy()
     if name == "listings":
         df = df[["item_id", *LISTING_FEATURES, "event_timestamp"]]
-    if name in ("listing_embeddings", "user_embeddings"):
+    if name in ("listing_embeddings", "user_embeddings", "user_profiles"):
         df["embedding"] = df["embedding"].map(lambda v: [float(x) for x in v])
     if name == "user_embeddings":  # Unix seconds: Feast's online types carry no time zone
         df["last_event_at"] = df["last_event_at"].astype("datetime64[us, UTC]").astype("int64") // 1_000_000
+    if name == "user_profiles":  # names of their own, so a service with both views has no clashing features
+        df = df[["user_id", "embedding", "model_version", "event_timestamp"]].rename(columns=PROFILE_COLUMNS)
     df["published_at"] = published_at
     return df
 
@@ -165,6 +167,7 @@ def write_run(
     extra_manifest: dict | None = None,
     force_older: str | None = None,
     fail_before_swap: bool = False,
+    user_profiles: pd.DataFrame | None = None,
 ) -> dict:
     """Write one run (or, with only ``listings``, new lst feature versions); returns the manifest.
 
@@ -181,16 +184,20 @@ def write_run(
             extra_manifest,
             force_older,
             fail_before_swap,
+            user_profiles,
         )
 
 
-def _write_run(repo, listings, user_embeddings, listing_embeddings, preference, extra, force_older, fail_before_swap):
+def _write_run(
+    repo, listings, user_embeddings, listing_embeddings, preference, extra, force_older, fail_before_swap, profiles
+):
     began = time.perf_counter()
     published_at = pd.Timestamp.now(tz="UTC").floor("s")
     tables = {
         "listings": listings,
         "listing_embeddings": listing_embeddings,
         "user_embeddings": user_embeddings,
+        "user_profiles": profiles,
         "user_preference": preference,
     }
     if user_embeddings is not None:
@@ -226,6 +233,7 @@ def _write_run(repo, listings, user_embeddings, listing_embeddings, preference, 
         "run_id": run_id,
         "cutoff": cutoff.isoformat(),
         "model_version": model_version,
+        "profile_model_version": str(profiles["model_version"].iloc[0]) if profiles is not None else None,
         "classifier_version": str(preference["classifier_version"].iloc[0]) if preference is not None else None,
         "content_sha256": content,
         "rows": {name: len(df) for name, df in run.items()},

@@ -15,13 +15,16 @@ from embeddings.errors import InputError, PublishError
 
 REPO = Path(__file__).resolve().parents[2] / "feature_repo"
 PROFILES = {"local": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
-TABLES = ("listings", "listing_embeddings", "user_embeddings", "user_preference")
+TABLES = ("listings", "listing_embeddings", "user_embeddings", "user_profiles", "user_preference")
 VIEWS = {
     "listings": "listing_lst_features",
     "listing_embeddings": "listing_embedding",
     "user_embeddings": "user_embedding",
+    "user_profiles": "user_profile_embedding",
     "user_preference": "user_rent_sale_preference",
 }
+# the profile table's columns in the offline store and in Feast (the run folder's file says embedding, model_version)
+PROFILE_COLUMNS = {"embedding": "profile_embedding", "model_version": "profile_model_version"}
 LISTING_FEATURES = [c.name for c in LISTING_COLUMNS if c.name not in ("item_id", "created_at", "event_timestamp")]
 
 
@@ -107,16 +110,18 @@ class Repo:
         last = self.latest_run()
         if last is None:
             return None
-        users, scores = (
-            self.run_file("user_embeddings", last["run_id"]),
-            self.run_file("user_preference", last["run_id"]),
-        )
-        return {
-            "run_id": last["run_id"],
-            "events_rows": last.get("events_rows"),
-            "users": read_parquet(users) if users.exists() else None,
-            "scores": read_parquet(scores) if scores.exists() else None,
+        files = {
+            key: self.run_file(table, last["run_id"])
+            for key, table in (
+                ("users", "user_embeddings"),
+                ("profiles", "user_profiles"),
+                ("scores", "user_preference"),
+            )
         }
+        tables = {key: read_parquet(path) if path.exists() else None for key, path in files.items()}
+        if tables["profiles"] is not None:
+            tables["profiles"] = tables["profiles"].rename(columns={v: k for k, v in PROFILE_COLUMNS.items()})
+        return {"run_id": last["run_id"], "events_rows": last.get("events_rows"), **tables}
 
 
 def _redis_options(connection_string: str) -> tuple[str, str, dict[str, str]]:
@@ -180,8 +185,19 @@ def online_features(repo: Repo, user_ids: list[str], service: str = "user_profil
 
 
 def historical_features(repo: Repo, entity_df: pd.DataFrame, service: str = "user_profile") -> pd.DataFrame:
+    """Point-in-time rows of the service's features for ``entity_df``. Views that nothing was ever published to
+    (e.g. profile vectors before the first run of a model with a profile head) are left out, not an error."""
     store = repo.store()
-    return store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(service)).to_df()
+    published = {VIEWS[t] for t in TABLES if any((repo.data / "offline" / t).glob("*.parquet"))}
+    refs = [
+        f"{p.name_to_use()}:{f.name}"
+        for p in store.get_feature_service(service).feature_view_projections
+        if p.name in published
+        for f in p.features
+    ]
+    if not refs:
+        raise InputError(f"{repo.path}: nothing published yet for feature service {service!r}")
+    return store.get_historical_features(entity_df=entity_df, features=refs).to_df()
 
 
 def listings_from_store(repo: Repo, item_ids, as_of: pd.Timestamp) -> pd.DataFrame:

@@ -18,6 +18,12 @@ Item encoders, one class each (adding one means adding a class to ``ITEM_ENCODER
   trainable ``dim x dim`` map over them.
 * ``hybrid``: a trainable id vector (starting at zero) plus a learned projection of the lst
   features, so a listing nobody clicked still has a vector from its features.
+
+Two user vectors come out of one pass: ``intent``, the final state, trained to score the next click
+(what the user wants now); and, with ``profile_horizon > 0``, ``profile``, a linear head over the
+same state trained to score any of the user's next ``profile_horizon`` clicks (PinnerFormer's dense
+all-action objective: who the user is over the coming days). Both score items by dot product with
+the same item vectors.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class SASRecConfig:
     ffn_mult: int = 1  # hidden width of the position-wise MLP, in multiples of dim (SASRec: 1)
     item_encoder: str = "id"  # id | lst-frozen | hybrid: where item vectors come from
     frozen_linear: bool = False  # lst-frozen: one shared trainable dim x dim map over the frozen vectors
+    profile_horizon: int = 0  # >0: a profile head trained on any of the next N clicks (0: intent vector only)
     n_items: int = 0  # catalogue size (from the data)
     n_features: int = 0  # width of the lst feature matrix (from the data; lst-frozen, hybrid)
 
@@ -67,6 +74,8 @@ class SASRecConfig:
             raise InputError(f"item_encoder must be one of {tuple(ITEM_ENCODERS)}, got {self.item_encoder!r}")
         if self.dim % self.n_heads:
             raise InputError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.profile_horizon < 0:
+            raise InputError(f"profile_horizon must be >= 0, got {self.profile_horizon}")
 
     @property
     def encoder(self) -> type[ItemEncoder]:
@@ -214,6 +223,10 @@ class SASRec(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.ln_f = nn.LayerNorm(cfg.dim)
+        self.profile = nn.Linear(cfg.dim, cfg.dim) if cfg.profile_horizon else None
+        if self.profile is not None:  # starts as the intent vector
+            nn.init.eye_(self.profile.weight)
+            nn.init.zeros_(self.profile.bias)
 
     def forward(self, tokens: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state (batch, time, dim) after each position of right-padded ``tokens``."""
@@ -228,6 +241,12 @@ class SASRec(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)
+
+    def profile_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Profile vectors from hidden states (the model must have a profile head)."""
+        if self.profile is None:
+            raise InputError("this model has no profile head (trained with profile_horizon = 0)")
+        return self.profile(hidden)
 
     def logits(self, hidden: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every catalogue item (without the padding token) for each hidden state."""
@@ -357,22 +376,32 @@ class SASRecRecommender:
         """Vectors for listings outside the catalogue from their lst features (this model's normalisation)."""
         return self.encoder.encode(torch.from_numpy(features))
 
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The user vectors this model gives: ``intent``, and ``profile`` when it has a profile head."""
+        return ("intent", "profile") if self.model.profile is not None else ("intent",)
+
     @torch.no_grad()
-    def user_vectors(
+    def user_states(
         self,
         histories: Sequence[np.ndarray],
         batch_size: int = 1024,
         item_vectors: torch.Tensor | None = None,
         show_progress: bool = False,
-    ) -> torch.Tensor:
-        """The transformer's state after each history's last item (zeros for an empty history).
+        heads: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Each head's vector (default: all of :attr:`heads`) after each history's last item (zeros for an
+        empty history), from one pass.
 
         ``item_vectors`` replaces the catalogue's table (row 0 padding), e.g. extended with listings
         encoded from their lst features; histories then index into it (row = index + 1).
         """
         self.model.eval()
         vectors = self.model.items() if item_vectors is None else item_vectors
-        out = torch.zeros(len(histories), self.model.cfg.dim)
+        heads = self.heads if heads is None else tuple(heads)
+        if unknown := set(heads) - set(self.heads):
+            raise InputError(f"this model has no {sorted(unknown)} head; it has {self.heads}")
+        out = {head: torch.zeros(len(histories), self.model.cfg.dim) for head in heads}
         starts = range(0, len(histories), batch_size)
         if show_progress:
             starts = progress(starts, desc="user embeddings", unit="batch")
@@ -382,8 +411,23 @@ class SASRecRecommender:
             last = (tokens > 0).sum(1) - 1
             hidden = self.model(tokens, vectors)
             rows = hidden[torch.arange(len(part)), last.clamp_min(0)]
-            out[start : start + len(part)] = torch.where((last >= 0)[:, None], rows, torch.zeros_like(rows))
+            has = (last >= 0)[:, None]
+            if "intent" in out:
+                out["intent"][start : start + len(part)] = torch.where(has, rows, torch.zeros_like(rows))
+            if "profile" in out:
+                prof = self.model.profile_of(rows)
+                out["profile"][start : start + len(part)] = torch.where(has, prof, torch.zeros_like(prof))
         return out
+
+    def user_vectors(
+        self,
+        histories: Sequence[np.ndarray],
+        batch_size: int = 1024,
+        item_vectors: torch.Tensor | None = None,
+        show_progress: bool = False,
+    ) -> torch.Tensor:
+        """The intent vector (the transformer's state after the last item) of each history."""
+        return self.user_states(histories, batch_size, item_vectors, show_progress, heads=("intent",))["intent"]
 
     @torch.no_grad()
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
