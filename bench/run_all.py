@@ -29,6 +29,7 @@ SCRIPTS = [
     "feature_store",
     "peers/rectools_sasrec",
     "probes",
+    "losses",
 ]
 
 
@@ -176,6 +177,24 @@ def summary(folder: Path = RESULTS) -> str:
                     f"| {result['data']} | {r['probe']} | {r['metric']} | {_f(r.get('intent'), 3)} | "
                     f"{_f(r.get('profile'), 3)} | {_f(r.get('mean_of_items'), 3)} | "
                     f"{r['best_baseline']} {_f(r[r['best_baseline']], 3)} | {r['margin']:+.3f} |"
+                )
+    losses = _load("losses", folder)
+    if losses:
+        lines.append("\n**Losses for large catalogues** (`bench/losses.py`; one training step, 128 x 50 positions)\n")
+        lines.append("| items | loss | s per million positions | speed-up over full softmax | peak RSS |")
+        lines.append("|---|---|---|---|---|")
+        for r in losses["speed"]:
+            lines.append(
+                f"| {r['items']:,} | {r['loss']} | {_f(r['s_per_million_positions'], 1)} | "
+                f"{_f(r['speedup_over_full'], 1)}x | {r['peak_rss_mb']:,.0f} MB |"
+            )
+        if losses["quality"]:
+            lines.append("\n| data | loss | HR@10 | NDCG@10 | HR@10 / full softmax | epochs in the budget |")
+            lines.append("|---|---|---|---|---|---|")
+            for r in losses["quality"]:
+                lines.append(
+                    f"| {r['data']} | {r['loss']} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | "
+                    f"{_f(r['hr@10_vs_full'], 3)} | {r['epochs']} |"
                 )
     return "\n".join(lines) + "\n"
 

@@ -71,8 +71,8 @@ class ProbeData:
             raise InputError("probe data: histories, futures and labels must have one entry per user")
         self.baselines.setdefault("bag_of_listings", bag_of_items(self.histories, len(self.item_ids)))
         if self.popularity is None:
-            self.popularity = np.bincount(np.concatenate([*self.histories, np.zeros(0, np.int64)]),
-                                          minlength=len(self.item_ids))  # fmt: skip
+            clicked = np.concatenate([*self.histories, np.zeros(0, np.int64)])
+            self.popularity = np.bincount(clicked, minlength=len(self.item_ids))
 
     def align(self, frame: pd.DataFrame, column: str = "embedding") -> np.ndarray:
         """(users, d) vectors of ``frame`` (user_id, column) in this population's order; NaN rows where missing."""
@@ -111,12 +111,12 @@ def mean_of_items(histories: Sequence[np.ndarray], item_vectors: np.ndarray) -> 
     return out
 
 
-def _bands(values: pd.Series, n: int = 3) -> pd.Series:
-    """Quantile bands ``low`` / ``mid`` / ``high`` of the non-missing values."""
+def _bands(values: pd.Series) -> pd.Series:
+    """Tercile bands ``low`` / ``mid`` / ``high`` of the non-missing values (None where missing)."""
     ok = values.dropna()
-    if ok.nunique() < n:
+    if ok.nunique() < 3:
         return pd.Series(None, index=values.index, dtype=object)
-    cut = pd.qcut(ok.rank(method="first"), n, labels=["low", "mid", "high"][:n] if n == 3 else None)
+    cut = pd.qcut(ok.rank(method="first"), 3, labels=["low", "mid", "high"])
     return cut.astype(object).reindex(values.index)
 
 
@@ -182,7 +182,6 @@ def week_probe_data(
             [rent[h].mean(), np.median(pct[h]), np.median(rooms[h]), math.log1p(len(h)),
              rent[last], pct[last], rooms[last], *(c / len(h)), *last_city]
         )  # fmt: skip
-    popularity = np.bincount(np.concatenate([*histories, np.zeros(0, np.int64)]), minlength=len(item_ids))
     return ProbeData(
         users.astype(object),
         item_ids,
@@ -190,7 +189,6 @@ def week_probe_data(
         futures,
         {k: v.to_numpy(object) for k, v in labels.items()},
         {"history_aggregates": np.asarray(rows, dtype=np.float64)},
-        popularity,
     )
 
 

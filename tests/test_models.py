@@ -78,6 +78,7 @@ def test_loss_falls_on_a_tiny_set(split, loss):
     model = SASRecRecommender(SASRecConfig(max_len=20, dim=32), cfg).fit(split)
     losses = [h["loss"] for h in model.history]
     assert losses[-1] < 0.9 * losses[0]
+    assert {h["loss_function"] for h in model.history} == {loss}
 
 
 def test_frozen_vectors_are_bit_identical_after_training(split, features):
@@ -186,3 +187,11 @@ def test_expected_counts_of_in_batch_and_uniform_sampling():
     got = expected_log_counts(popularity, positions=4, n_uniform=2, available=available).exp()
     want = torch.tensor([3 + 2 / 3, 1 + 2 / 3, 2 / 3, 0.0])
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_auto_loss_is_full_softmax_on_small_catalogues_and_logq_on_large_ones():
+    from embeddings.train import AUTO_FULL_SOFTMAX_MAX_ITEMS, resolve_loss
+
+    assert resolve_loss("auto", AUTO_FULL_SOFTMAX_MAX_ITEMS) == "softmax"
+    assert resolve_loss("auto", AUTO_FULL_SOFTMAX_MAX_ITEMS + 1) == "logq"
+    assert resolve_loss("sampled", 10**6) == "sampled"

@@ -229,3 +229,17 @@ def test_run_config_after_sigkill_in_training_and_in_publishing_ends_like_an_uni
     assert again.returncode == 0, again.stderr
     assert "ran nothing" in again.stdout
     assert json.loads(layout.stage_file("publish").read_text())["run_id"] == resumed.manifest["run_id"]
+
+
+def test_probe_cli_on_any_embedding_file(job, tiny_dir, tmp_path, capsys):
+    _, layout, _ = job
+    out = tmp_path / "probe.json"
+    argv = ["probe", "--embeddings", str(layout.user_embeddings), str(layout.user_profiles)]
+    argv += ["--listing-embeddings", str(layout.listing_embeddings), "--data", str(tiny_dir), "--folds", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["ours"][:2] == ["user_embeddings", "user_profiles"]
+    assert "| rent_sale | roc_auc |" in capsys.readouterr().out
+    late = pd.Timestamp("2030-01-01", tz="UTC").isoformat()  # nothing after it: a clear error, exit 2
+    assert main([*argv, "--cutoff", late]) == 2
+    assert "no click after the cut-off" in capsys.readouterr().err
