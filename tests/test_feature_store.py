@@ -211,6 +211,73 @@ def test_redis_publish_and_lookup(repo, runs, redis_server, monkeypatch, publish
         held.release()
 
 
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "redis-cluster.sh"
+
+
+def _free_block(n: int = 3) -> int:
+    """A first port with ``n`` free ports after it, and their cluster bus ports (+10000) free too."""
+    for _ in range(50):
+        first = free_port()
+        if first + n + 10000 > 65535:
+            continue
+        wanted = [first + i for i in range(n)] + [first + 10000 + i for i in range(n)]
+        try:
+            for port in wanted:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise AssertionError("no block of free ports")
+
+
+@pytest.fixture()
+def redis_cluster(tmp_path):
+    """The Redis Cluster .ci/run started (REDIS_CLUSTER_NODES, REDIS_CLUSTER_PASSWORD), else three masters of our
+    own through scripts/redis-cluster.sh: (nodes, password)."""
+    if os.environ.get("REDIS_CLUSTER_NODES") and os.environ.get("REDIS_CLUSTER_PASSWORD"):
+        yield os.environ["REDIS_CLUSTER_NODES"], os.environ["REDIS_CLUSTER_PASSWORD"]
+        return
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: .ci/run installs it")
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    first, password = _free_block(), "cluster-s3cret"
+    env = {**os.environ, "REDIS_CLUSTER_PASSWORD": password}
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start", str(first), str(tmp_path / "cluster")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    nodes = started.stdout.strip().split("=", 1)[1]
+    try:
+        yield nodes, password
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(first), str(tmp_path / "cluster")], timeout=60)
+
+
+def test_redis_cluster_publish_and_lookup(repo, runs, redis_cluster, monkeypatch, publish):
+    nodes, password = redis_cluster
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", nodes)
+    monkeypatch.setenv("REDIS_CLUSTER_PASSWORD", password)
+    cluster_repo = Repo(repo.path, "redis-cluster")
+    publish(cluster_repo, *runs[DAY5])
+    users = list(runs[DAY5][1]["user_id"][:5])
+    got = _online(cluster_repo, users)
+    want = runs[DAY5][1].set_index("user_id")
+    for u in users:
+        np.testing.assert_allclose(got.loc[u, "embedding"], want.loc[u, "embedding"], rtol=1e-6)
+    client = cluster_repo.redis()
+    masters = [n for n in client.get_nodes() if n.server_type == "primary"]
+    assert len(masters) == 3
+    keys_per_master = [client.dbsize(target_nodes=n) for n in masters]  # the rows are spread over the masters
+    assert min(keys_per_master) > 0, keys_per_master
+
+    monkeypatch.setenv("REDIS_CLUSTER_PASSWORD", "wrong-password")
+    with pytest.raises(PublishError, match="Redis Cluster at .*authentication failed, check REDIS_CLUSTER_PASSWORD"):
+        online_features(Repo(repo.path, "redis-cluster"), users)
+
+
 def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week, tiny_dir):
     from embeddings.features import listing_features
 

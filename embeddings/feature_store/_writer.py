@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from embeddings.errors import InputError, NothingToPublish, PublishError
-from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, VIEWS, Repo, redis_client
+from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_PROFILES, VIEWS, Repo
 from embeddings.io import kill_point, utc, write_atomic, write_json
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -83,10 +83,10 @@ def publish_lock(repo: Repo, wait_s: float | None = None):
 
 @contextlib.contextmanager
 def _redis_lock(repo: Repo, wait_s: float, busy: str):
-    if repo.profile != "redis":
+    if repo.profile not in REDIS_PROFILES:
         yield
         return
-    client = redis_client(repo.config().online_store.connection_string)
+    client = repo.redis()
     lock = client.lock(f"lst_embeddings:publish:{repo.config().project}", timeout=REDIS_LOCK_TTL_S)
     if not lock.acquire(blocking=True, blocking_timeout=wait_s):
         raise PublishError(busy)

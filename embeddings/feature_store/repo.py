@@ -14,7 +14,12 @@ from embeddings.contract import LISTING_COLUMNS, read_parquet
 from embeddings.errors import InputError, PublishError
 
 REPO = Path(__file__).resolve().parents[2] / "feature_repo"
-PROFILES = {"local": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+PROFILES = {
+    "local": "feature_store.yaml",
+    "redis": "feature_store.redis.yaml",
+    "redis-cluster": "feature_store.redis_cluster.yaml",
+}
+REDIS_PROFILES = ("redis", "redis-cluster")
 TABLES = ("listings", "listing_embeddings", "user_embeddings", "user_profiles", "user_preference")
 VIEWS = {
     "listings": "listing_lst_features",
@@ -65,9 +70,13 @@ class Repo:
         from feast import FeatureStore
 
         config = self.config(online_path)
-        if self.profile == "redis":
-            check_redis(config.online_store.connection_string)
+        if self.profile in REDIS_PROFILES:
+            check_redis(config.online_store.connection_string, cluster=self.profile == "redis-cluster")
         return FeatureStore(config=config)
+
+    def redis(self):
+        """A Redis (or Redis Cluster) client of this profile's online store."""
+        return redis_client(self.config().online_store.connection_string, cluster=self.profile == "redis-cluster")
 
     @property
     def online_db(self) -> Path:
@@ -139,43 +148,55 @@ def _redis_options(connection_string: str) -> tuple[str, str, dict[str, str]]:
     return host, port, options
 
 
-def redis_client(connection_string: str):
-    """A client for the Redis in Feast's connection string."""
+def _redis_nodes(connection_string: str) -> list[tuple[str, str]]:
+    """The ``host:port`` entries of Feast's connection string (a cluster lists several)."""
+    nodes = []
+    for part in connection_string.split(","):
+        if "=" in part:
+            break
+        host, _, port = part.strip().rpartition(":")
+        nodes.append((host, port))
+    return nodes
+
+
+def redis_client(connection_string: str, cluster: bool = False):
+    """A client for the Redis (``cluster``: the Redis Cluster) in Feast's connection string."""
     import redis
+    from redis.cluster import ClusterNode, RedisCluster
 
     host, port, options = _redis_options(connection_string)
-    if not host or not port.isdigit():
-        raise PublishError(
-            f"Redis at {host or '?'}:{port or '?'}: set REDIS_HOST and REDIS_PORT (feature_store.redis.yaml reads them)"
-        )
-    return redis.Redis(
-        host=host,
-        port=int(port),
-        password=options.get("password") or None,
-        ssl=options.get("ssl", "false").lower() == "true",
-        socket_connect_timeout=3,
-    )
+    variable = "REDIS_CLUSTER_NODES" if cluster else "REDIS_HOST and REDIS_PORT"
+    nodes = _redis_nodes(connection_string)
+    if not nodes or not all(h and p.isdigit() for h, p in nodes):
+        raise PublishError(f"Redis at {host or '?'}:{port or '?'}: set {variable} (the profile's yaml reads them)")
+    password = options.get("password") or None
+    ssl = options.get("ssl", "false").lower() == "true"
+    if cluster:
+        startup = [ClusterNode(h, int(p)) for h, p in nodes]
+        return RedisCluster(startup_nodes=startup, password=password, ssl=ssl, socket_connect_timeout=3)
+    return redis.Redis(host=host, port=int(port), password=password, ssl=ssl, socket_connect_timeout=3)
 
 
-def check_redis(connection_string: str) -> None:
+def check_redis(connection_string: str, cluster: bool = False) -> None:
     """Fail early and clearly when Redis is unreachable or refuses the credentials."""
     import redis
 
-    host, port, _ = _redis_options(connection_string)
-    where = f"Redis at {host or '?'}:{port or '?'}"
-    client = redis_client(connection_string)
+    nodes = _redis_nodes(connection_string)
+    where = ("Redis Cluster at " if cluster else "Redis at ") + ",".join(f"{h or '?'}:{p or '?'}" for h, p in nodes)
+    hint = "check REDIS_CLUSTER_PASSWORD" if cluster else "check REDIS_PASSWORD"
     try:
+        client = redis_client(connection_string, cluster)
         client.ping()
+        client.close()
     except redis.exceptions.AuthenticationError as exc:
-        raise PublishError(f"{where}: authentication failed, check REDIS_PASSWORD ({exc})") from exc
-    except redis.exceptions.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise PublishError(f"{where}: authentication failed, check REDIS_PASSWORD ({exc})") from exc
-        raise
+        raise PublishError(f"{where}: authentication failed, {hint} ({exc})") from exc
+    except (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
+        text = str(exc)
+        if any(s in text for s in ("NOAUTH", "WRONGPASS", "password", "Authentication")):
+            raise PublishError(f"{where}: authentication failed, {hint} ({text.splitlines()[0]})") from exc
+        raise PublishError(f"{where}: {text.splitlines()[0]}") from exc
     except redis.exceptions.ConnectionError as exc:
         raise PublishError(f"{where}: cannot connect ({exc})") from exc
-    finally:
-        client.close()
 
 
 def online_features(repo: Repo, user_ids: list[str], service: str = "user_profile") -> pd.DataFrame:
