@@ -87,7 +87,7 @@ def _data_config(args: argparse.Namespace) -> pl.DataConfig:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from embeddings.synthetic import WeekConfig, write_week
 
-    paths = write_week(WeekConfig(args.users, args.listings, args.days, args.seed), args.out)
+    paths = write_week(WeekConfig(args.users, args.listings, args.days, args.seed), args.out, args.partition_by_day)
     for name, path in paths.items():
         print(f"{name:9s} {path}")
     return 0
@@ -375,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--partition-by-day", action="store_true", help="events.parquet as a folder of day= partitions")
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("check-data", help="load a data folder or file through the data contract")

@@ -269,11 +269,19 @@ def validate_events(df: pd.DataFrame, listings: pd.DataFrame | None, source: str
 
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    """One Parquet file, or a folder of them read as one table (hive partitions such as ``day=2026-11-02/``, as
+    Spark writes them; the partition key columns are dropped: they repeat what the rows say)."""
     path = Path(path)
     if not path.exists():
         raise ContractError(str(path), None, 0, "file not found")
     try:
-        return pq.read_table(path).to_pandas()
+        if not path.is_dir():
+            return pq.read_table(path).to_pandas()
+        if not any(path.rglob("*.parquet")):
+            raise ContractError(str(path), None, 0, "a folder without Parquet files")
+        table = pq.read_table(path, partitioning="hive")
+        keys = {d.name.split("=", 1)[0] for d in path.rglob("*=*") if d.is_dir()}
+        return table.drop_columns(sorted(keys & set(table.column_names))).to_pandas()
     except (pa.ArrowException, OSError) as exc:
         raise ContractError(str(path), None, 0, f"not a readable Parquet file: {exc}") from exc
 

@@ -51,6 +51,30 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return write_atomic(path, lambda tmp: pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp))
 
 
+def write_parquet_partitioned(df: pd.DataFrame, path: str | os.PathLike, by: str) -> Path:
+    """``df`` as a folder of hive partitions (``path/by=value/part-0.parquet``), as Spark writes one. Written
+    into a temporary folder beside ``path`` and renamed onto it, so a reader never sees half of it."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        for value, part in df.groupby(by, sort=True):
+            write_parquet(part.drop(columns=by), tmp / f"{by}={value}" / "part-0.parquet")
+        old = path.with_name(f".{path.name}.old") if path.exists() else None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
 def save_torch(obj: dict, path: str | os.PathLike) -> Path:
     import torch
 
@@ -74,8 +98,14 @@ def kill_point(name: str) -> None:
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, or of a folder's files (their relative paths and contents, in path order)."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
     return digest.hexdigest()

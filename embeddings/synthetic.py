@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from embeddings.contract import validate_events, validate_listings
-from embeddings.io import write_parquet
+from embeddings.io import write_parquet, write_parquet_partitioned
 
 WEEK_START = pd.Timestamp("2026-11-02T00:00:00Z")  # a Monday; fixed so the data is a function of the seed
 
@@ -299,11 +299,17 @@ def generate_week(cfg: WeekConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     return listings, events, labels
 
 
-def write_week(cfg: WeekConfig, out_dir: str | Path) -> dict[str, Path]:
+def write_week(cfg: WeekConfig, out_dir: str | Path, partition_by_day: bool = False) -> dict[str, Path]:
+    """Write the week; ``partition_by_day`` writes ``events.parquet`` as a folder of ``day=YYYY-MM-DD`` partitions."""
     listings, events, labels = generate_week(cfg)
     out_dir = Path(out_dir)
+    if partition_by_day:
+        by_day = events.assign(day=events["event_timestamp"].dt.strftime("%Y-%m-%d"))
+        written = write_parquet_partitioned(by_day, out_dir / "events.parquet", "day")
+    else:
+        written = write_parquet(events, out_dir / "events.parquet")
     return {
         "listings": write_parquet(listings, out_dir / "listings.parquet"),
-        "events": write_parquet(events, out_dir / "events.parquet"),
+        "events": written,
         "labels": write_parquet(labels, out_dir / "labels.parquet"),
     }

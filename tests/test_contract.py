@@ -83,3 +83,35 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - any failure will do, what matters is what is left
         write_parquet(bad, tmp_path / "x.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_day_partitioned_events_folder_reads_as_one_table(tmp_path, tiny_dir, capsys):
+    """events.parquet as a folder of day= partitions (as demo-data --partition-by-day and Spark write it)."""
+    from conftest import TINY
+
+    from embeddings.data import load_data
+    from embeddings.io import file_digest
+    from embeddings.synthetic import write_week
+
+    write_week(TINY, tmp_path / "parts", partition_by_day=True)
+    folder = tmp_path / "parts" / "events.parquet"
+    assert folder.is_dir() and len(list(folder.glob("day=*/part-0.parquet"))) == TINY.days
+    whole, parts = load_data(tiny_dir), load_data(tmp_path / "parts")
+    key = ["user_id", "event_timestamp", "item_id", "event_type"]
+    pd.testing.assert_frame_equal(
+        parts.events.sort_values(key).reset_index(drop=True)[list(whole.events.columns)],
+        whole.events.sort_values(key).reset_index(drop=True),
+    )
+    before = file_digest(folder)  # a stage fingerprint sees a folder's contents
+    write_parquet(
+        pd.read_parquet(next(folder.glob("day=*/part-0.parquet"))).head(3), next(folder.glob("day=*/part-0.parquet"))
+    )
+    assert file_digest(folder) != before
+
+    bad = next(folder.glob("day=*/part-0.parquet"))  # a broken partition is named by its folder, exit 2
+    frame = pd.read_parquet(bad)
+    frame.loc[frame.index[:2], "user_id"] = None
+    write_parquet(frame, bad)
+    assert main(["check-data", "--data", str(tmp_path / "parts")]) == 2
+    err = capsys.readouterr().err
+    assert "events.parquet" in err and "user_id" in err
