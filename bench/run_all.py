@@ -30,7 +30,10 @@ SCRIPTS = [
     "peers/rectools_sasrec",
     "probes",
     "losses",
+    "peers/rectools_sasrec:video",
+    "video",
 ]
+ARGS = {"peers/rectools_sasrec:video": ["--data", "video", "--max-len", "50", "--budget-min", "8"]}
 
 
 def _load(name: str, folder: Path = RESULTS) -> dict | None:
@@ -90,6 +93,12 @@ def summary(folder: Path = RESULTS) -> str:
                 f"| {data} | RecTools SASRec (peer, same split), {peer['epochs']} epochs | "
                 f"{_f(peer['hr@10'])} | {_f(peer['ndcg@10'])} | - | - |"
             )
+    video = _load("video", folder)
+    for r in video["rows"] if video else []:
+        ratio = r["hr@10"] / video["rows"][1]["hr@10"] if video["rows"][1]["hr@10"] else None
+        lines.append(
+            f"| Video (leave-last-out) | {r['model']} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | - | {_f(ratio, 2)}x |"
+        )
     check = _load("ml1m_file_check", folder)
     if check:
         same = "the papers' file" if check["lines"] == check["papers_file"]["lines"] else "NOT the papers' file"
@@ -219,7 +228,10 @@ def main() -> None:
     timings = {}
     if not args.table_only:
         for name in args.only or SCRIPTS:
-            cmd = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if args.quick else [])
+            script = name.split(":")[0]
+            cmd = [sys.executable, str(HERE / f"{script}.py"), *ARGS.get(name, [])] + (
+                ["--quick"] if args.quick else []
+            )
             print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
             start = time.perf_counter()
             rc = subprocess.run(cmd, env=env).returncode

@@ -1,6 +1,7 @@
-"""Peer run: RecTools' SASRec on ML-1M, our leave-last-out split, our settings, in its own venv.
+"""Peer run: RecTools' SASRec on ML-1M (or Video), our leave-last-out split, our settings, in its own venv.
 
     python bench/peers/rectools_sasrec.py [--quick] [--epochs N] [--budget-min M] [--drop-last K] [--ml1m PATH]
+                                          [--data video --max-len 50]
 
 Run with any Python: it builds bench/peers/.venv-rectools (setup_rectools.sh) when missing and
 re-runs itself there. Same split as ours (leave-last-out on the papers' file: train = all but each
@@ -11,7 +12,8 @@ dimension (64), blocks (2), heads (1), dropout (0.2), max length (200), batch (1
 the training-time budget; a Lightning callback times each epoch and keeps a copy of the weights.
 Afterwards each copy is loaded back and scored on the test items (HR@10 / NDCG@10, full ranking,
 seen items filtered, computed here), so the curve of quality against training time can be set
-against ours with no evaluation time counted. Writes bench/results/rectools_sasrec.json.
+against ours with no evaluation time counted. Writes bench/results/rectools_sasrec.json (ML-1M) or
+rectools_sasrec_video.json (``--data video``: ``video.txt`` beside ML-1M, short sequences, ``--max-len 50``).
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ def main() -> None:
     p.add_argument("--budget-min", type=float, default=10.0, help="training time budget (evaluation not counted)")
     p.add_argument("--drop-last", type=int, default=0, help="first drop each user's last N items")
     p.add_argument("--ml1m", default=str(ML1M))
+    p.add_argument("--data", choices=("ml1m", "video"), default="ml1m")
+    p.add_argument("--max-len", type=int, default=200)
     args = p.parse_args()
-    if not Path(args.ml1m).exists():
-        print(f"{args.ml1m} not found: RecTools peer skipped (give --ml1m PATH or set ML1M)")
+    path = Path(args.ml1m) if args.data == "ml1m" else Path(args.ml1m).with_name("video.txt")
+    if not path.exists():
+        print(f"{path} not found: RecTools peer skipped (give --ml1m PATH or set ML1M)")
         return
 
     import numpy as np
@@ -59,7 +64,7 @@ def main() -> None:
     from rectools.models import SASRecModel
 
     torch.set_num_threads(os.cpu_count() or 2)
-    raw = pd.read_csv(args.ml1m, sep=r"\s+", header=None, names=["user", "item"])
+    raw = pd.read_csv(path, sep=r"\s+", header=None, names=["user", "item"])
     if args.quick:
         raw = raw[raw["user"].isin(raw["user"].drop_duplicates().head(1000))]
     epochs = 2 if args.quick else args.epochs
@@ -80,7 +85,10 @@ def main() -> None:
     target = raw[raw["pos"] == raw["n"] - 1].set_index("user")["item"]
 
     def test_metrics() -> tuple[float, float]:
-        reco = model.recommend(users=target.index.to_numpy(), dataset=history, k=10, filter_viewed=True)
+        # users RecTools cannot score (Video: a history of one distinct item) stay in the denominator as misses
+        reco = model.recommend(
+            users=target.index.to_numpy(), dataset=history, k=10, filter_viewed=True, on_unsupported_targets="ignore"
+        )
         reco = reco.merge(target.rename("target"), left_on=Columns.User, right_index=True)
         hits = reco[reco[Columns.Item] == reco["target"]]
         ranks = hits.set_index(Columns.User)[Columns.Rank].reindex(target.index)  # 1-based, NaN = miss
@@ -120,7 +128,7 @@ def main() -> None:
         n_blocks=2,
         n_heads=1,
         dropout_rate=0.2,
-        session_max_len=200,
+        session_max_len=args.max_len,
         epochs=epochs,
         lr=2e-3,
         batch_size=128,
@@ -141,6 +149,7 @@ def main() -> None:
     best = max(curve, key=lambda c: c["test_ndcg@10"])
     out = {
         "peer": "RecTools SASRecModel",
+        "data": args.data,
         "rectools": __import__("rectools").__version__,
         "torch": torch.__version__,
         "users": int(len(target)),
@@ -154,12 +163,13 @@ def main() -> None:
         "best_ndcg@10": best["test_ndcg@10"],
         "curve": curve,
         "quick": args.quick,
-        "settings": "n_factors 64, n_blocks 2, n_heads 1, dropout 0.2, session_max_len 200, batch 128, "
+        "settings": f"n_factors 64, n_blocks 2, n_heads 1, dropout 0.2, session_max_len {args.max_len}, batch 128, "
         "softmax, lr 2e-3",
     }
     print(json.dumps({k: v for k, v in out.items() if k != "curve"}, indent=2))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "rectools_sasrec.json").write_text(json.dumps(out, indent=2))
+    name = "rectools_sasrec" if args.data == "ml1m" else f"rectools_sasrec_{args.data}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

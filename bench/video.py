@@ -1,0 +1,87 @@
+"""Short sequences: SASRec on Amazon Video Games (``video.txt``) against LightFM, popularity and the RecTools peer.
+
+    python bench/video.py [--quick] [--video PATH] [--budget-min 8]
+
+Leave-last-out on the authors' file (31,013 users, 23,715 items, 9.3 clicks a user), full ranking, seen items
+excluded: the regime closest to a week of listing clicks. Ours with the ``train`` defaults (``loss=auto`` picks
+logQ-corrected sampled softmax for this catalogue) and ``max_len`` 50, for the same training-time budget as the
+peer (``python bench/peers/rectools_sasrec.py --data video --max-len 50 --budget-min 8``, its own venv).
+Cost per real position is set against ML-1M's from ``sasrec_ml1m.json``. Writes bench/results/video.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import ML1M, RESULTS, table, write  # noqa: E402
+
+from embeddings.data import load_data  # noqa: E402
+from embeddings.evaluate import evaluate  # noqa: E402
+from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
+from embeddings.models.sasrec import SASRecConfig  # noqa: E402
+from embeddings.split import leave_last_out  # noqa: E402
+from embeddings.train import TrainConfig  # noqa: E402
+from embeddings.zoo import make_model  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="5,000 users, 1 minute")
+    p.add_argument("--video", default=str(ML1M.with_name("video.txt")))
+    p.add_argument("--budget-min", type=float, default=8.0)
+    args = p.parse_args()
+    if not Path(args.video).exists():
+        print(f"{args.video} not found: skipped")
+        return
+    events = load_data(args.video).events
+    if args.quick:
+        events = events[events["user_id"].isin(events["user_id"].drop_duplicates().head(5000))]
+    split = leave_last_out(events)
+    budget = 60.0 if args.quick else args.budget_min * 60
+    rows = []
+    for name in ("popular", "lightfm"):
+        model = make_model(name, split, None, lightfm=LightFMConfig(epochs=30)).fit(split)
+        rows.append({"model": model.name, **evaluate(model, split.test)})
+    train = TrainConfig(time_budget_s=budget, patience=10)
+    began = time.perf_counter()
+    rec = make_model("sasrec", split, None, sasrec=SASRecConfig(max_len=50), train=train).fit(split)
+    fit_s = time.perf_counter() - began
+    epochs = rec.history
+    per_position = sum(h["seconds"] for h in epochs) / sum(h["positions"] for h in epochs)
+    rows.append(
+        {
+            "model": f"ours: {rec.name}, {epochs[-1]['loss_function']}, {len(epochs)} epochs",
+            **evaluate(rec, split.test),
+            "fit_s": fit_s,
+            "s_per_million_positions": per_position * 1e6,
+        }
+    )
+    peer_path = RESULTS / "rectools_sasrec_video.json"
+    peer = json.loads(peer_path.read_text()) if peer_path.exists() else None
+    if peer:
+        rows.append({"model": f"RecTools SASRec (peer), {peer['epochs']} epochs", "hr@10": peer["hr@10"],
+                     "ndcg@10": peer["ndcg@10"], "fit_s": peer["fit_s"]})  # fmt: skip
+    ours, lightfm = rows[2], rows[1]
+    ratios = {
+        "hr@10_over_lightfm": ours["hr@10"] / max(lightfm["hr@10"], 1e-12),
+        "ndcg@10_over_lightfm": ours["ndcg@10"] / max(lightfm["ndcg@10"], 1e-12),
+        "hr@10_over_rectools": ours["hr@10"] / peer["hr@10"] if peer else None,
+        "ndcg@10_over_rectools": ours["ndcg@10"] / peer["ndcg@10"] if peer else None,
+    }
+    ml = (json.loads((RESULTS / "sasrec_ml1m.json").read_text()).get("ml1m") or {}) if (
+        RESULTS / "sasrec_ml1m.json").exists() else {}  # fmt: skip
+    if ml.get("positions_per_epoch"):
+        ml_per_position = ml["epoch_s_median"] / ml["positions_per_epoch"]
+        ratios["cost_per_position_over_ml1m"] = per_position / ml_per_position
+    print(table(rows, ["model", "hr@10", "ndcg@10", "fit_s", "s_per_million_positions"]))
+    print(json.dumps(ratios, indent=2))
+    print(f"\nwrote {write('video', {'rows': rows, **ratios, 'budget_s': budget, 'quick': args.quick})}")
+
+
+if __name__ == "__main__":
+    main()
