@@ -316,23 +316,23 @@ def run_probes(
     """Every probe for each of our ``vectors`` ((n, d) in ``data``'s user order, NaN rows = no vector) and
     each baseline. ``item_vectors`` (catalogue x d, NaN rows = no vector) enable the retrieval probe."""
     cfg = cfg or ProbeConfig()
-    ours = list(vectors)
     if item_vectors is not None:
         vectors = {**vectors, "mean_of_items": mean_of_items(data.histories, np.nan_to_num(item_vectors))}
-        ours = list(vectors)
+    ours = list(vectors)
     baselines = list(data.baselines)
     rows: list[dict] = []
     have = np.all([np.isfinite(v).all(1) for v in vectors.values()], axis=0)  # every vector of ours exists
 
     if item_vectors is not None:
-        items = np.where(np.isfinite(item_vectors).all(1, keepdims=True), item_vectors, np.nan)
+        item_matrix = np.nan_to_num(item_vectors, nan=0.0).T  # once, not per batch of users
+        no_vector = ~np.isfinite(item_vectors).all(1)
         retrieval = {}
         for name in ours:
             x = vectors[name]
 
             def scores_of(rows_, x=x):
-                s = x[rows_] @ np.nan_to_num(items, nan=0.0).T
-                s[:, ~np.isfinite(items).all(1)] = -np.inf
+                s = x[rows_] @ item_matrix
+                s[:, no_vector] = -np.inf
                 s[~have[rows_]] = -np.inf
                 return s
 
@@ -351,8 +351,7 @@ def run_probes(
 
     rng = np.random.default_rng(cfg.seed)
     for label, y in data.labels.items():
-        mask = np.array([v is not None and not (isinstance(v, float) and np.isnan(v)) for v in y]) & have
-        idx = np.flatnonzero(mask)
+        idx = np.flatnonzero(~pd.isna(y) & have)
         if len(idx) > cfg.max_users:
             idx = np.sort(rng.choice(idx, cfg.max_users, replace=False))
         yy = y[idx].astype(str)

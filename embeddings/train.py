@@ -152,13 +152,13 @@ class _Loop:
         self.rec, self.split, self.tc = rec, split, rec.train_config
         torch.manual_seed(self.tc.seed)
         self.model = rec.build(split)
-        available = torch.from_numpy(split.available)
-        self.unavailable = None if bool(available.all()) else ~available
+        self.available = torch.from_numpy(split.available)
+        self.unavailable = None if bool(self.available.all()) else ~self.available
         self.available_idx = torch.from_numpy(np.flatnonzero(split.available))
         self.loss_kind = resolve_loss(self.tc.loss, split.n_items)
-        self.popularity = torch.from_numpy(
-            np.bincount(np.concatenate([s[1:] for s in split.train] + [np.zeros(0, np.int64)]), minlength=split.n_items)
-        )  # how often each item is a training target: the in-batch sampling distribution of loss=logq
+        if self.loss_kind == "logq":  # how often each item is a training target: logq's in-batch sampling
+            targets = np.concatenate([s[1:] for s in split.train] + [np.zeros(0, np.int64)])
+            self.popularity = torch.from_numpy(np.bincount(targets, minlength=split.n_items))
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98)
@@ -205,9 +205,7 @@ class _Loop:
                 return full_softmax_ce(h, items, y, self.unavailable, low_precision=self.tc.bf16)
 
         elif self.loss_kind == "logq":
-            log_expected = expected_log_counts(
-                self.popularity, int(real.sum()), self.tc.n_negatives, torch.from_numpy(self.split.available)
-            )
+            log_expected = expected_log_counts(self.popularity, int(real.sum()), self.tc.n_negatives, self.available)
 
             def ce(h, y):
                 pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng)

@@ -178,6 +178,17 @@ def redis_server(tmp_path):
     proc.wait(timeout=10)
 
 
+def _publish_and_read_back(repo, runs, publish) -> list:
+    """Publish DAY5 into ``repo``; five users' online embeddings are the published ones. Returns those users."""
+    publish(repo, *runs[DAY5])
+    users = list(runs[DAY5][1]["user_id"][:5])
+    got = _online(repo, users)
+    want = runs[DAY5][1].set_index("user_id")
+    for u in users:
+        np.testing.assert_allclose(got.loc[u, "embedding"], want.loc[u, "embedding"], rtol=1e-6)
+    return users
+
+
 def test_redis_publish_and_lookup(repo, runs, redis_server, monkeypatch, publish):
     port, password = redis_server
     for k, v in {
@@ -188,12 +199,7 @@ def test_redis_publish_and_lookup(repo, runs, redis_server, monkeypatch, publish
     }.items():
         monkeypatch.setenv(k, v)
     redis_repo = Repo(repo.path, "redis")
-    publish(redis_repo, *runs[DAY5])
-    users = list(runs[DAY5][1]["user_id"][:5])
-    got = _online(redis_repo, users)
-    want = runs[DAY5][1].set_index("user_id")
-    for u in users:
-        np.testing.assert_allclose(got.loc[u, "embedding"], want.loc[u, "embedding"], rtol=1e-6)
+    users = _publish_and_read_back(redis_repo, runs, publish)
 
     monkeypatch.setenv("REDIS_PASSWORD", "wrong-password")
     with pytest.raises(PublishError, match="authentication failed, check REDIS_PASSWORD"):
@@ -261,12 +267,7 @@ def test_redis_cluster_publish_and_lookup(repo, runs, redis_cluster, monkeypatch
     monkeypatch.setenv("REDIS_CLUSTER_NODES", nodes)
     monkeypatch.setenv("REDIS_CLUSTER_PASSWORD", password)
     cluster_repo = Repo(repo.path, "redis-cluster")
-    publish(cluster_repo, *runs[DAY5])
-    users = list(runs[DAY5][1]["user_id"][:5])
-    got = _online(cluster_repo, users)
-    want = runs[DAY5][1].set_index("user_id")
-    for u in users:
-        np.testing.assert_allclose(got.loc[u, "embedding"], want.loc[u, "embedding"], rtol=1e-6)
+    users = _publish_and_read_back(cluster_repo, runs, publish)
     client = cluster_repo.redis()
     masters = [n for n in client.get_nodes() if n.server_type == "primary"]
     assert len(masters) == 3

@@ -133,30 +133,29 @@ class Repo:
         return {"run_id": last["run_id"], "events_rows": last.get("events_rows"), **tables}
 
 
-def _redis_options(connection_string: str) -> tuple[str, str, dict[str, str]]:
-    """host, port and options of Feast's ``host:port,key=value,...`` string (a password may hold commas)."""
-    host_port, _, rest = connection_string.partition(",")
-    host, _, port = host_port.rpartition(":")
+def _redis_parts(connection_string: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The ``host:port`` nodes (a cluster lists several) and the options of Feast's
+    ``host:port[,host:port...],key=value,...`` string; a password may hold commas."""
+    nodes: list[tuple[str, str]] = []
     options: dict[str, str] = {}
     key = None
-    for part in rest.split(",") if rest else []:
+    for part in connection_string.split(","):
         name, eq, value = part.partition("=")
         if eq and name in ("password", "ssl", "db", "username"):
             key, options[name] = name, value
         elif key is not None:  # a comma inside the previous value
             options[key] += "," + part
+        elif not eq:
+            host, _, port = part.strip().rpartition(":")
+            nodes.append((host, port))
+    return nodes, options
+
+
+def _redis_options(connection_string: str) -> tuple[str, str, dict[str, str]]:
+    """host and port of the first node, and the options of Feast's connection string."""
+    nodes, options = _redis_parts(connection_string)
+    host, port = nodes[0] if nodes else ("", "")
     return host, port, options
-
-
-def _redis_nodes(connection_string: str) -> list[tuple[str, str]]:
-    """The ``host:port`` entries of Feast's connection string (a cluster lists several)."""
-    nodes = []
-    for part in connection_string.split(","):
-        if "=" in part:
-            break
-        host, _, port = part.strip().rpartition(":")
-        nodes.append((host, port))
-    return nodes
 
 
 def redis_client(connection_string: str, cluster: bool = False):
@@ -164,16 +163,17 @@ def redis_client(connection_string: str, cluster: bool = False):
     import redis
     from redis.cluster import ClusterNode, RedisCluster
 
-    host, port, options = _redis_options(connection_string)
-    variable = "REDIS_CLUSTER_NODES" if cluster else "REDIS_HOST and REDIS_PORT"
-    nodes = _redis_nodes(connection_string)
+    nodes, options = _redis_parts(connection_string)
     if not nodes or not all(h and p.isdigit() for h, p in nodes):
-        raise PublishError(f"Redis at {host or '?'}:{port or '?'}: set {variable} (the profile's yaml reads them)")
+        variable = "REDIS_CLUSTER_NODES" if cluster else "REDIS_HOST and REDIS_PORT"
+        where = ",".join(f"{h or '?'}:{p or '?'}" for h, p in nodes) or "?:?"
+        raise PublishError(f"Redis at {where}: set {variable} (the profile's yaml reads them)")
     password = options.get("password") or None
     ssl = options.get("ssl", "false").lower() == "true"
     if cluster:
         startup = [ClusterNode(h, int(p)) for h, p in nodes]
         return RedisCluster(startup_nodes=startup, password=password, ssl=ssl, socket_connect_timeout=3)
+    host, port = nodes[0]
     return redis.Redis(host=host, port=int(port), password=password, ssl=ssl, socket_connect_timeout=3)
 
 
@@ -181,7 +181,7 @@ def check_redis(connection_string: str, cluster: bool = False) -> None:
     """Fail early and clearly when Redis is unreachable or refuses the credentials."""
     import redis
 
-    nodes = _redis_nodes(connection_string)
+    nodes, _ = _redis_parts(connection_string)
     where = ("Redis Cluster at " if cluster else "Redis at ") + ",".join(f"{h or '?'}:{p or '?'}" for h, p in nodes)
     hint = "check REDIS_CLUSTER_PASSWORD" if cluster else "check REDIS_PASSWORD"
     try:
