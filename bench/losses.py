@@ -54,7 +54,8 @@ def _step_speed(n_items: int, loss: str, steps: int, out: mp.Queue) -> None:
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
-        loss_value, n = loop.step(inputs, targets, g)
+        n = int((targets > 0).sum())
+        loss_value = loop.step(inputs, targets, n, g)
         loop.optimizer.zero_grad(set_to_none=True)
         loss_value.backward()
         loop.optimizer.step()

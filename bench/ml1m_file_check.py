@@ -58,7 +58,7 @@ def main() -> None:
     data = path.read_bytes()
     events = load_user_item_text(path)
     items = catalogue(events, None)
-    _, seqs, _ = build_sequences(events, items)  # item indices in file order, as the benchmarks read them
+    _, seqs = build_sequences(events, items)  # item indices in file order, as the benchmarks read them
     n_items = len(items)
     out = {
         "file": str(path),

@@ -47,7 +47,7 @@ PUBLISHED = {"SASRec, full CE (paper)": (0.3152, 0.1821), "RecTools SASRec": (0.
 
 def window_lengths(split, every: bool) -> np.ndarray:
     """Target positions of each training window, as ``train.training_windows`` cuts them (max_len 200)."""
-    return np.array([len(w) - 1 for w in training_windows(split.train, 200, every)])
+    return training_windows(split.train, 200, every).lengths - 1
 
 
 def epoch_flops(lengths: np.ndarray, n_items: int, dim: int, blocks: int) -> float:

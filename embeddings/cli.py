@@ -57,6 +57,11 @@ def _from_args(cls, args: argparse.Namespace, **extra):
     return cls(**{k: v for k, v in vars(args).items() if k in names and k not in NOT_OPTIONS}, **extra)
 
 
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    epochs = args.epochs or TrainConfig.epochs
+    return _from_args(TrainConfig, args, epochs=epochs, seed=args.seed, bf16=False if args.fp32 else None)
+
+
 def _print_table(rows: list[dict], keys: list[str]) -> None:
     cols = ["model"] + keys
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
@@ -87,7 +92,8 @@ def _data_config(args: argparse.Namespace) -> pl.DataConfig:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from embeddings.synthetic import WeekConfig, write_week
 
-    paths = write_week(WeekConfig(args.users, args.listings, args.days, args.seed), args.out, args.partition_by_day)
+    cfg = WeekConfig(args.users, args.listings, args.days, args.seed)
+    paths = write_week(cfg, args.out, args.partition_by_day, workers=args.workers)
     for name, path in paths.items():
         print(f"{name:9s} {path}")
     return 0
@@ -128,7 +134,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 raise InputError(f"{args.checkpoint}: its item vocabulary does not match the data's catalogue")
             fit_s = None
         else:
-            epochs = args.epochs or TrainConfig.epochs
             lightfm = LightFMConfig(factors=args.factors, epochs=args.epochs or LightFMConfig.epochs, seed=args.seed)
             model = make_model(
                 name,
@@ -136,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 data.listings,
                 lightfm=lightfm,
                 sasrec=_from_args(SASRecConfig, args),
-                train=_from_args(TrainConfig, args, epochs=epochs, seed=args.seed, bf16=not args.fp32),
+                train=_train_config(args),
             )
             began = time.perf_counter()
             model.fit(split)
@@ -162,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         layout,
         _data_config(args),
         _from_args(SASRecConfig, args),
-        _from_args(TrainConfig, args, epochs=args.epochs or TrainConfig.epochs, seed=args.seed, bf16=not args.fp32),
+        _train_config(args),
         features_from=args.features_from,
         feature_store=_repo(args) if args.features_from == "feast" else None,
         init_from=Path(args.init_from) if args.init_from else None,
@@ -376,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--partition-by-day", action="store_true", help="events.parquet as a folder of day= partitions")
+    p.add_argument("--workers", type=int, default=1, help="processes generating blocks of users (same files)")
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("check-data", help="load a data folder or file through the data contract")

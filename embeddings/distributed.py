@@ -23,9 +23,17 @@ def launched() -> bool:
 
 
 def setup(device: str = "cpu") -> None:
-    """Join the process group torchrun describes (no-op for a single process or when joined already)."""
+    """Join the process group torchrun describes (no-op for a single process or when joined already); on GPUs
+    each process takes the GPU of its ``LOCAL_RANK``."""
     if launched() and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        gpu = device.startswith("cuda")
+        if gpu:
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl" if gpu else "gloo")
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def rank() -> int:
@@ -44,7 +52,8 @@ def all_sum(*values: float) -> list[float]:
     """Sums of ``values`` over all ranks (the values themselves with one process)."""
     if world_size() == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=on)  # NCCL reduces GPU tensors only
     dist.all_reduce(t)
     return t.tolist()
 

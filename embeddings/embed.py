@@ -87,10 +87,10 @@ class Embedder:
         before = events[events["event_timestamp"] < cutoff]
         index, table = self._item_table(before, cutoff)
         stats = before.groupby("user_id").agg(n_events=("item_id", "size"), last_event_at=("event_timestamp", "max"))
-        users, seqs, _ = build_sequences(before, index, skip_unknown=True)
+        users, seqs = build_sequences(before, index, skip_unknown=True)
         first_touches = len(before[["user_id", "item_id"]].drop_duplicates())
-        self.report.unknown_clicks_skipped += first_touches - sum(len(s) for s in seqs)
-        frame = stats.join(pd.Series(seqs, index=users, dtype=object).rename("history"), how="left").reset_index()
+        self.report.unknown_clicks_skipped += first_touches - int(seqs.lengths.sum())
+        frame = stats.join(pd.Series(list(seqs), index=users, dtype=object).rename("history"), how="left").reset_index()
         return frame, index, table
 
     def embed_users(

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -44,24 +44,44 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=str))
 
 
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+def write_parquet(df: pd.DataFrame | Iterable[pd.DataFrame], path: str | os.PathLike) -> Path:
+    """One Parquet file from a frame, or from frames of one schema streamed one at a time (a row group or more
+    each, so a table larger than memory can be written)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return write_atomic(path, lambda tmp: pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp))
+    if isinstance(df, pd.DataFrame):
+        return write_atomic(path, lambda tmp: pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp))
+
+    def write(tmp: str) -> None:
+        writer = None
+        try:
+            for part in df:
+                table = pa.Table.from_pandas(part, preserve_index=False, schema=writer and writer.schema)
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"{path}: nothing to write")
+
+    return write_atomic(path, write)
 
 
-def write_parquet_partitioned(df: pd.DataFrame, path: str | os.PathLike, by: str) -> Path:
-    """``df`` as a folder of hive partitions (``path/by=value/part-0.parquet``), as Spark writes one. Written
-    into a temporary folder beside ``path`` and renamed onto it, so a reader never sees half of it."""
+def write_parquet_partitioned(df: pd.DataFrame | Iterable[pd.DataFrame], path: str | os.PathLike, by: str) -> Path:
+    """``df`` as a folder of hive partitions (``path/by=value/part-N.parquet``, N = which frame of ``df`` when it is
+    several), as Spark writes one. Written into a temporary folder beside ``path`` and renamed onto it, so a reader
+    never sees half of it."""
     import shutil
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        for value, part in df.groupby(by, sort=True):
-            write_parquet(part.drop(columns=by), tmp / f"{by}={value}" / "part-0.parquet")
+        for i, frame in enumerate([df] if isinstance(df, pd.DataFrame) else df):
+            for value, part in frame.groupby(by, sort=True):
+                write_parquet(part.drop(columns=by), tmp / f"{by}={value}" / f"part-{i}.parquet")
         old = path.with_name(f".{path.name}.old") if path.exists() else None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

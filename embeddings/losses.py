@@ -23,12 +23,13 @@ class _FullSoftmaxCE(torch.autograd.Function):
         dtype = torch.bfloat16 if low_precision else torch.float32
         h, e = hidden.to(dtype), vectors.to(dtype)
         want_e = ctx.needs_input_grad[1]
-        grad_h = torch.empty(n, h.shape[1], dtype=torch.float32)
-        grad_e = torch.zeros(e.shape, dtype=torch.float32) if want_e else None
-        total = torch.zeros((), dtype=torch.float64)
+        device = hidden.device
+        grad_h = torch.empty(n, h.shape[1], dtype=torch.float32, device=device)
+        grad_e = torch.zeros(e.shape, dtype=torch.float32, device=device) if want_e else None
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, n, chunk):
             hc, yc = h[start : start + chunk], targets[start : start + chunk]
-            rows = torch.arange(len(yc))
+            rows = torch.arange(len(yc), device=device)
             logits = (hc @ e.T).float()
             if unavailable is not None:
                 logits.masked_fill_(unavailable, float("-inf"))
@@ -76,7 +77,7 @@ def sampled_softmax_ce(
     neg = hidden @ vectors[negatives].T
     neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([pos, neg], dim=1).float()
-    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
 
 
 def logq_softmax_ce(

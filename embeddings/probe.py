@@ -141,8 +141,8 @@ def week_probe_data(
         raise InputError(f"no click before the cut-off {cutoff}: nothing to probe")
     if after.empty:
         raise InputError(f"no click after the cut-off {cutoff}: probes need what users do after it")
-    users, histories, _ = build_sequences(before, item_ids, skip_unknown=True)
-    future_users, future_seqs, _ = build_sequences(after, item_ids, skip_unknown=True)
+    users, histories = build_sequences(before, item_ids, skip_unknown=True)
+    future_users, future_seqs = build_sequences(after, item_ids, skip_unknown=True)
     future_of = dict(zip(future_users, future_seqs, strict=True))
     futures = [np.setdiff1d(future_of.get(u, np.zeros(0, np.int64)), h) for u, h in zip(users, histories, strict=True)]
 
@@ -198,7 +198,7 @@ def sequence_probe_data(
     """Probe population of a ``user item`` file: each user's last ``tail`` share of items (at least one) is the
     future. Returns the probe data and the events of the histories only (what a model may be trained on)."""
     item_ids = np.sort(events["item_id"].unique()).astype(object)
-    users, seqs, _ = build_sequences(events, item_ids)
+    users, seqs = build_sequences(events, item_ids)
     keep, histories, futures = [], [], []
     for u, s in zip(users, seqs, strict=True):
         n_future = max(1, int(round(tail * len(s))))

@@ -36,10 +36,20 @@ popularity again. So both what a user likes and the order of clicks carry signal
 popular-item baseline is weak because popularity is split across cities and deal types.
 Favourites (about 6 %) and contacts (about 3 %) follow a view of the same listing, more often
 when the listing fits the user and matches the session's deal type.
+
+How it is drawn, so that a click costs the same at 1,000 or 300,000 listings: each click is one
+sampling-importance-resampling step over ``_CANDIDATES`` candidates, proposed by attractiveness from the
+session's pool (and, when refining, half of them from the listings next to the previous click in the
+pool's district-and-price order); each candidate is weighed by the weight above over the density it was
+proposed with, and one is drawn in proportion. The sessions of a block of users advance one click at a
+time together, in numpy. Blocks of ``block_users`` users have their own random streams, so processes
+can share them out and memory holds a few blocks, never the whole week.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +58,7 @@ import pandas as pd
 
 from embeddings.contract import validate_events, validate_listings
 from embeddings.io import write_parquet, write_parquet_partitioned
+from embeddings.progress import progress
 
 WEEK_START = pd.Timestamp("2026-11-02T00:00:00Z")  # a Monday; fixed so the data is a function of the seed
 
@@ -73,6 +84,12 @@ class WeekConfig:
     listings: int = 6000
     days: int = 7
     seed: int = 0
+    block_users: int = 20_000  # users per block: each block has its own random stream (part of the world's
+    # definition), so any number of processes writes the same week and memory holds a few blocks of events
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.users // self.block_users)
 
 
 def _zipf(n: int, s: float) -> np.ndarray:
@@ -169,7 +186,7 @@ def _make_listings(cfg: WeekConfig, rng: np.random.Generator) -> tuple[pd.DataFr
         "lat": lat,
         "lon": lon,
         "attract": rng.lognormal(0, 0.7, n),
-        "created_s": offset_s,
+        "created_s": np.round(offset_s),  # as published (whole seconds): no click before it
         "withdrawn_s": withdrawn_s,
         "item_ids": item_ids,
         "week_s": week.total_seconds(),
@@ -177,139 +194,274 @@ def _make_listings(cfg: WeekConfig, rng: np.random.Generator) -> tuple[pd.DataFr
     return listings, market
 
 
-def _typical_price(m: dict, city: int, rent: bool, rooms: int, rng: np.random.Generator) -> float:
-    pool = np.flatnonzero((m["city"] == city) & (m["rent"] == rent))
-    close = pool[np.abs(m["rooms"][pool] - rooms) <= 0]
-    pool = close if len(close) >= 3 else pool
-    return float(np.median(m["price"][pool]) * rng.lognormal(0, 0.25))
+_CANDIDATES = 64  # candidates per click (sampling-importance-resampling)
+_WINDOW = 24  # refining: candidates within this many places of the previous click in its pool's order
 
 
-def _make_week(cfg: WeekConfig, m: dict, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
-    n_cities = len(CITIES)
-    city_w = _zipf(n_cities, 1.0)
-    pools = {
-        (c, r): np.flatnonzero((m["city"] == c) & (m["rent"] == r)) for c in range(n_cities) for r in (True, False)
-    }
+@dataclass(frozen=True)
+class _Market:
+    """The listings as arrays the click sampler reads, and each (city, deal type) pool ordered by district and
+    price, so "listings like the previous click" are a window of that order."""
+
+    city: np.ndarray
+    rent: np.ndarray
+    district: np.ndarray
+    d_city: np.ndarray
+    rooms: np.ndarray
+    log_price: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    attract: np.ndarray
+    created_s: np.ndarray
+    withdrawn_s: np.ndarray
+    item_ids: np.ndarray
+    pool: np.ndarray  # city * 2 + (0 rent, 1 sale) of each listing
+    order: np.ndarray  # listings by (pool, district, price)
+    place: np.ndarray  # listing -> its place in ``order``
+    pool_bounds: np.ndarray  # pool p holds order[pool_bounds[p]:pool_bounds[p + 1]]
+    cum_attract: np.ndarray  # cumulative attractiveness along ``order``, with a leading 0
+    typical_log_price: np.ndarray  # (city, deal, rooms 0..4): median log price of such listings
+
+
+def _market(m: dict) -> _Market:
+    n_pools = 2 * len(CITIES)
+    pool = m["city"] * 2 + (~m["rent"]).astype(int)
     log_price = np.log(m["price"])
-    rows_user, rows_item, rows_t, rows_type, labels = [], [], [], [], []
-    hour_p = HOUR_WEIGHTS / HOUR_WEIGHTS.sum()
-    for u in range(cfg.users):
-        uid = f"U{u:06d}"
-        intent = rng.choice(3, p=[0.55, 0.35, 0.10])
-        p_rent = (0.96, 0.04, 0.5)[intent]
-        home = int(rng.choice(n_cities, p=city_w))
-        second = int(rng.choice(n_cities, p=city_w)) if rng.random() < 0.05 else -1
-        room_pref = int(rng.choice(5, p=[0.12, 0.33, 0.32, 0.18, 0.05]))
-        budget = {(home, r): _typical_price(m, home, r, room_pref, rng) for r in (True, False)}
-        own = np.flatnonzero(m["d_city"] == home)
-        fav_district = int(own[rng.choice(len(own), p=_zipf(len(own), 0.7))]) if rng.random() < 0.6 else -1
-        labels.append((uid, ("rent", "sale", "both")[intent], p_rent, CITIES[home][0]))
+    order = np.lexsort((log_price, m["district"], pool))
+    place = np.empty_like(order)
+    place[order] = np.arange(len(order))
+    typical = np.zeros((len(CITIES), 2, 5))
+    for p in range(n_pools):
+        in_pool = pool == p
+        for r in range(5):
+            close = in_pool & (m["rooms"] == r)
+            pick = close if close.sum() >= 3 else in_pool
+            typical[p // 2, p % 2, r] = np.median(log_price[pick]) if pick.any() else np.median(log_price)
+    return _Market(
+        city=m["city"], rent=m["rent"], district=m["district"], d_city=m["d_city"], rooms=m["rooms"],
+        log_price=log_price, lat=m["lat"], lon=m["lon"], attract=m["attract"], created_s=m["created_s"],
+        withdrawn_s=m["withdrawn_s"], item_ids=m["item_ids"], pool=pool, order=order, place=place,
+        pool_bounds=np.searchsorted(pool[order], np.arange(n_pools + 1)),
+        cum_attract=np.concatenate([[0.0], np.cumsum(m["attract"][order])]),
+        typical_log_price=typical,
+    )  # fmt: skip
 
-        n_sessions = 1 + rng.poisson(1.2)
-        starts = np.sort(
-            rng.integers(0, cfg.days, n_sessions) * 86400.0
-            + rng.choice(24, n_sessions, p=hour_p) * 3600.0
-            + rng.uniform(0, 3600, n_sessions)
-        )
-        last = -1
-        t_end = -np.inf
-        for start in starts:
-            t = max(start, t_end + 600)
-            if t >= cfg.days * 86400:
-                break
-            rent = bool(rng.random() < p_rent)
-            city = second if second >= 0 and rng.random() < 0.3 else home
-            if (city, rent) not in budget:
-                budget[(city, rent)] = _typical_price(m, city, rent, room_pref, rng)
-            bud = budget[(city, rent)]
-            pool = pools[(city, rent)]
-            live = pool[(m["created_s"][pool] <= t) & (m["withdrawn_s"][pool] > t)]
-            if len(live) == 0:
-                continue
-            age_h = (t - m["created_s"][live]) / 3600
-            fit = (
-                np.exp(-((log_price[live] - np.log(bud)) ** 2) / (2 * 0.4**2))
-                * np.exp(-0.5 * np.abs(m["rooms"][live] - room_pref))
-                * np.where(m["district"][live] == fav_district, 2.5, 1.0)
-            )
-            base_w = m["attract"][live] * (1 + 2 * np.exp(-age_h / 24)) * fit
-            seen = np.zeros(len(live), bool)
-            prev = last if (last >= 0 and rng.random() < RESUME_P) else -1
-            for _ in range(1 + rng.geometric(1 / 6)):
-                w = base_w.copy()
-                if prev >= 0 and rng.random() < REFINE_P:
-                    w *= (
-                        np.exp(-((log_price[live] - log_price[prev]) ** 2) / (2 * 0.06**2))
-                        * np.where(m["district"][live] == m["district"][prev], 6.0, 1.0)
-                        * np.exp(-1.5 * np.abs(m["rooms"][live] - m["rooms"][prev]))
-                        * np.exp(-np.hypot(m["lat"][live] - m["lat"][prev], m["lon"][live] - m["lon"][prev]) / 0.02)
-                    )
-                w[seen] = 0.0
-                if w.sum() <= 0:
-                    break
-                j = int(rng.choice(len(live), p=w / w.sum()))
-                seen[j] = True
-                item = int(live[j])
-                rows_user.append(uid)
-                rows_item.append(item)
-                rows_t.append(t)
-                rows_type.append(0)
-                match = fit[j] / (fit[j] + 0.3)
-                if rng.random() < 0.10 * match:
-                    rows_user.append(uid)
-                    rows_item.append(item)
-                    rows_t.append(t + rng.uniform(5, 60))
-                    rows_type.append(1)
-                if rng.random() < 0.05 * match * (1.0 if rent == (p_rent >= 0.5) or intent == 2 else 0.3):
-                    rows_user.append(uid)
-                    rows_item.append(item)
-                    rows_t.append(t + rng.uniform(61, 240))
-                    rows_type.append(2)
-                prev = last = item
-                t += rng.uniform(15, 180)
-            t_end = t
-            for key in budget:
-                budget[key] *= rng.lognormal(0, 0.1)
-            if rng.random() < 0.1:
-                room_pref = int(np.clip(room_pref + rng.choice([-1, 1]), 0, 4))
 
-    ts = WEEK_START + pd.to_timedelta(np.round(np.array(rows_t) * 1e6).astype("int64"), unit="us")
-    events = pd.DataFrame(
+def _propose(mk: _Market, pool: np.ndarray, prev: np.ndarray, near: np.ndarray, rng: np.random.Generator):
+    """Candidate listings per session (rows) and the density each was proposed with: by attractiveness from the
+    session's pool, and for ``near`` rows half of them from the window around the previous click."""
+    rows, half = len(pool), _CANDIDATES // 2
+    lo, hi = mk.pool_bounds[pool], mk.pool_bounds[pool + 1]
+    z_lo, z_hi = mk.cum_attract[lo], mk.cum_attract[hi]
+    draw = z_lo[:, None] + rng.random((rows, _CANDIDATES)) * (z_hi - z_lo)[:, None]
+    place = np.clip(np.searchsorted(mk.cum_attract, draw, side="right") - 1, lo[:, None], hi[:, None] - 1)
+    centre = mk.place[np.maximum(prev, 0)]
+    w_lo, w_hi = np.maximum(centre - _WINDOW, lo), np.minimum(centre + _WINDOW + 1, hi)
+    window = np.maximum(w_hi - w_lo, 1)[:, None]
+    beside = w_lo[:, None] + (rng.random((rows, _CANDIDATES - half)) * window).astype(np.int64)
+    place[:, half:] = np.where(near[:, None], beside, place[:, half:])
+    items = mk.order[place]
+    q = mk.attract[items] / (z_hi - z_lo)[:, None]
+    in_window = (place >= w_lo[:, None]) & (place < w_hi[:, None])
+    q = np.where(near[:, None], 0.5 * q + 0.5 * in_window / window, q)
+    return items, q
+
+
+def _block(cfg: WeekConfig, mk: _Market, block: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Events and labels of users ``block * cfg.block_users ...``, from the block's own random stream."""
+    rng = np.random.default_rng([cfg.seed, 1, block])
+    first = block * cfg.block_users
+    n = min(cfg.users, first + cfg.block_users) - first
+    n_cities, city_w, week_s = len(CITIES), _zipf(len(CITIES), 1.0), cfg.days * 86400.0
+
+    intent = rng.choice(3, size=n, p=[0.55, 0.35, 0.10])
+    p_rent = np.array([0.96, 0.04, 0.5])[intent]
+    home = rng.choice(n_cities, size=n, p=city_w)
+    second = np.where(rng.random(n) < 0.05, rng.choice(n_cities, size=n, p=city_w), -1)
+    cities = np.stack([home, np.where(second >= 0, second, home)], axis=1)  # search slot 0 home, 1 second city
+    room_pref = rng.choice(5, size=n, p=[0.12, 0.33, 0.32, 0.18, 0.05])
+    # log budget per (user, city slot, deal type) around the typical price of such flats there; drifts per session
+    log_budget = mk.typical_log_price[cities[:, :, None], np.arange(2)[None, None, :], room_pref[:, None, None]]
+    log_budget = log_budget + rng.normal(0, 0.25, (n, 2, 2))
+    fav = np.full(n, -1)
+    for ci in range(n_cities):
+        own, mine = np.flatnonzero(mk.d_city == ci), np.flatnonzero(home == ci)
+        fav[mine] = own[rng.choice(len(own), size=len(mine), p=_zipf(len(own), 0.7))]
+    fav = np.where(rng.random(n) < 0.6, fav, -1)
+    width = max(6, len(str(cfg.users - 1)))
+    user_ids = np.char.add("U", np.char.zfill((first + np.arange(n)).astype(str), width)).astype(object)
+    labels = pd.DataFrame(
         {
-            "user_id": rows_user,
-            "item_id": m["item_ids"][np.array(rows_item, dtype=int)],
-            "event_timestamp": ts,
-            "event_type": np.array(["view", "favorite", "contact"])[np.array(rows_type, dtype=int)],
+            "user_id": user_ids,
+            "intent": np.array(["rent", "sale", "both"])[intent],
+            "p_rent": p_rent,
+            "home_city": np.array([c[0] for c in CITIES])[home],
         }
     )
-    events = events[events["event_timestamp"] < WEEK_START + pd.Timedelta(days=cfg.days)]
-    labels_df = pd.DataFrame(labels, columns=["user_id", "intent", "p_rent", "home_city"])
-    return events, labels_df
+
+    n_sessions = 1 + rng.poisson(1.2, n)
+    hour_p = HOUR_WEIGHTS / HOUR_WEIGHTS.sum()
+    shape = (n, int(n_sessions.max()))
+    starts = rng.integers(0, cfg.days, shape) * 86400.0 + rng.choice(24, shape, p=hour_p) * 3600.0
+    starts = starts + rng.uniform(0, 3600, shape)
+    starts = np.sort(np.where(np.arange(shape[1]) < n_sessions[:, None], starts, np.inf), axis=1)
+    t_end, last, alive = np.full(n, -np.inf), np.full(n, -1), np.ones(n, bool)
+    out_user, out_item, out_t, out_type = [], [], [], []
+
+    def emit(users, items, t, kind):
+        out_user.append(users), out_item.append(items), out_t.append(t), out_type.append(np.full(len(t), kind))
+
+    for s in range(shape[1]):
+        u = np.flatnonzero(alive & (n_sessions > s))
+        t = np.maximum(starts[u, s], t_end[u] + 600)
+        alive[u[t >= week_s]] = False  # the week is over for this user
+        u, t = u[t < week_s], t[t < week_s]
+        if len(u) == 0:
+            break
+        deal = (rng.random(len(u)) >= p_rent[u]).astype(int)  # 0 rent, 1 sale
+        slot = ((second[u] >= 0) & (rng.random(len(u)) < 0.3)).astype(int)
+        pool = cities[u, slot] * 2 + deal
+        budget, pref, fav_u = log_budget[u, slot, deal], room_pref[u], fav[u]
+        prev = np.where((last[u] >= 0) & (rng.random(len(u)) < RESUME_P), last[u], -1)
+        n_clicks = 1 + rng.geometric(1 / 6, len(u))
+        clicked = np.full((len(u), int(n_clicks.max())), -1)
+        # sessions in a pool without listings get no click (tiny worlds)
+        active = np.flatnonzero(mk.pool_bounds[pool + 1] > mk.pool_bounds[pool])
+        for k in range(clicked.shape[1]):
+            active = active[n_clicks[active] > k]
+            if len(active) == 0:
+                break
+            a_prev = prev[active]
+            refine = (a_prev >= 0) & (rng.random(len(active)) < REFINE_P)
+            near = refine & (mk.pool[np.maximum(a_prev, 0)] == pool[active])
+            items, q = _propose(mk, pool[active], a_prev, near, rng)
+            tc = t[active][:, None]
+            fit = (
+                np.exp(-((mk.log_price[items] - budget[active][:, None]) ** 2) / (2 * 0.4**2))
+                * np.exp(-0.5 * np.abs(mk.rooms[items] - pref[active][:, None]))
+                * np.where(mk.district[items] == fav_u[active][:, None], 2.5, 1.0)
+            )
+            fresh = 1 + 2 * np.exp(-(tc - mk.created_s[items]) / 3600 / 24)
+            live = (mk.created_s[items] <= tc) & (mk.withdrawn_s[items] > tc)
+            weight = mk.attract[items] * fresh * fit * live
+            p = np.maximum(a_prev, 0)[:, None]
+            like_prev = (
+                np.exp(-((mk.log_price[items] - mk.log_price[p]) ** 2) / (2 * 0.06**2))
+                * np.where(mk.district[items] == mk.district[p], 6.0, 1.0)
+                * np.exp(-1.5 * np.abs(mk.rooms[items] - mk.rooms[p]))
+                * np.exp(-np.hypot(mk.lat[items] - mk.lat[p], mk.lon[items] - mk.lon[p]) / 0.02)
+            )
+            weight = np.where(refine[:, None], weight * like_prev, weight)
+            weight[(items[:, :, None] == clicked[active, None, :k]).any(axis=2)] = 0.0  # no repeat in a session
+            # sampling-importance-resampling: one candidate with probability proportional to weight / proposal
+            score = np.full(weight.shape, -np.inf)
+            np.log(weight / q, out=score, where=weight > 0)
+            j = np.argmax(score - np.log(-np.log(rng.random(weight.shape))), axis=1)
+            stop = ~np.isfinite(score.max(axis=1))  # nothing left to click: the session ends
+            active, j, fit, items = active[~stop], j[~stop], fit[~stop], items[~stop]
+            item = items[np.arange(len(active)), j]
+            match = fit[np.arange(len(active)), j]
+            match = match / (match + 0.3)
+            ua, ta = u[active], t[active]
+            emit(ua, item, ta, 0)
+            fav_click = rng.random(len(active)) < 0.10 * match
+            emit(ua[fav_click], item[fav_click], ta[fav_click] + rng.uniform(5, 60, int(fav_click.sum())), 1)
+            on_intent = (deal[active] == 0) == (p_rent[ua] >= 0.5)
+            contact = rng.random(len(active)) < 0.05 * match * np.where(on_intent | (intent[ua] == 2), 1.0, 0.3)
+            emit(ua[contact], item[contact], ta[contact] + rng.uniform(61, 240, int(contact.sum())), 2)
+            clicked[active, k] = prev[active] = last[ua] = item
+            t[active] += rng.uniform(15, 180, len(active))
+        t_end[u] = t
+        log_budget[u] += rng.normal(0, 0.1, (len(u), 2, 2))
+        turn = rng.random(len(u)) < 0.1
+        room_pref[u[turn]] = np.clip(room_pref[u[turn]] + rng.choice([-1, 1], int(turn.sum())), 0, 4)
+
+    users, items, t, kind = (np.concatenate(x) for x in (out_user, out_item, out_t, out_type))
+    keep = t < week_s
+    users, items, t, kind = users[keep], items[keep], t[keep], kind[keep]
+    order = np.lexsort((kind, t, users))
+    events = pd.DataFrame(
+        {
+            "user_id": user_ids[users[order]],
+            "item_id": mk.item_ids[items[order]],
+            "event_timestamp": WEEK_START + pd.to_timedelta(np.round(t[order] * 1e6).astype("int64"), unit="us"),
+            "event_type": np.array(["view", "favorite", "contact"])[kind[order]],
+        }
+    )
+    return events, labels
+
+
+def _world(cfg: WeekConfig) -> tuple[pd.DataFrame, _Market]:
+    if cfg.users < 1 or cfg.listings < 10 or cfg.days < 1 or cfg.block_users < 1:
+        raise ValueError("need at least 1 user, 10 listings, 1 day and 1 user per block")
+    listings, market = _make_listings(cfg, np.random.default_rng(cfg.seed))
+    return validate_listings(listings, source="synthetic listings"), _market(market)
+
+
+_WORKER: dict = {}
+
+
+def _worker_block(cfg: WeekConfig, block: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A block in a worker process, which builds the (deterministic) listings once and keeps them."""
+    if _WORKER.get("cfg") != cfg:
+        _WORKER.update(cfg=cfg, world=_world(cfg))
+    listings, mk = _WORKER["world"]
+    events, labels = _block(cfg, mk, block)
+    return validate_events(events, listings, source=f"synthetic events, block {block}"), labels
+
+
+def _blocks(cfg: WeekConfig, workers: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``(events, labels)`` of each block of users, in block order, computed by ``workers`` processes."""
+    n_blocks = cfg.n_blocks
+    if workers <= 1 or n_blocks == 1:
+        yield from (_worker_block(cfg, b) for b in range(n_blocks))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = deque(pool.submit(_worker_block, cfg, b) for b in range(min(n_blocks, 2 * workers)))
+        for b in range(len(pending), n_blocks + len(pending)):
+            done = pending.popleft().result()
+            if b < n_blocks:  # keep at most 2 blocks per worker in flight: memory holds a few blocks, not the week
+                pending.append(pool.submit(_worker_block, cfg, b))
+            yield done
 
 
 def generate_week(cfg: WeekConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Return ``(listings, events, labels)`` for one synthetic week, a pure function of ``cfg``."""
-    if cfg.users < 1 or cfg.listings < 10 or cfg.days < 1:
-        raise ValueError("need at least 1 user, 10 listings and 1 day")
-    rng = np.random.default_rng(cfg.seed)
-    listings, market = _make_listings(cfg, rng)
-    events, labels = _make_week(cfg, market, rng)
-    listings = validate_listings(listings, source="synthetic listings")
-    events = validate_events(events, listings, source="synthetic events")
-    return listings, events, labels
+    listings, mk = _world(cfg)
+    parts = [_block(cfg, mk, b) for b in range(cfg.n_blocks)]
+    events = validate_events(pd.concat([e for e, _ in parts], ignore_index=True), listings, "synthetic events")
+    return listings, events, pd.concat([lab for _, lab in parts], ignore_index=True)
 
 
-def write_week(cfg: WeekConfig, out_dir: str | Path, partition_by_day: bool = False) -> dict[str, Path]:
-    """Write the week; ``partition_by_day`` writes ``events.parquet`` as a folder of ``day=YYYY-MM-DD`` partitions."""
-    listings, events, labels = generate_week(cfg)
+def write_week(
+    cfg: WeekConfig, out_dir: str | Path, partition_by_day: bool = False, workers: int = 1
+) -> dict[str, Path]:
+    """Write the week, a block of users at a time (memory holds a few blocks, never the whole week).
+
+    ``partition_by_day`` writes ``events.parquet`` as a folder of ``day=YYYY-MM-DD`` partitions (a file per
+    block); ``workers`` processes generate blocks in parallel; the files are the same for any number of them.
+    """
     out_dir = Path(out_dir)
+    listings, _ = _world(cfg)
+    labels: list[pd.DataFrame] = []
+
+    def events() -> Iterator[pd.DataFrame]:
+        blocks = progress(_blocks(cfg, workers), total=cfg.n_blocks, desc="users", unit="block")
+        for block_events, block_labels in blocks:
+            labels.append(block_labels)
+            if partition_by_day:
+                block_events = block_events.assign(day=block_events["event_timestamp"].dt.strftime("%Y-%m-%d"))
+            yield block_events
+
     if partition_by_day:
-        by_day = events.assign(day=events["event_timestamp"].dt.strftime("%Y-%m-%d"))
-        written = write_parquet_partitioned(by_day, out_dir / "events.parquet", "day")
+        written = write_parquet_partitioned(events(), out_dir / "events.parquet", "day")
     else:
-        written = write_parquet(events, out_dir / "events.parquet")
+        written = write_parquet(events(), out_dir / "events.parquet")
     return {
         "listings": write_parquet(listings, out_dir / "listings.parquet"),
         "events": written,
-        "labels": write_parquet(labels, out_dir / "labels.parquet"),
+        "labels": write_parquet(pd.concat(labels, ignore_index=True), out_dir / "labels.parquet"),
     }

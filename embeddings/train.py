@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -37,9 +36,9 @@ from embeddings.errors import InputError
 from embeddings.evaluate import evaluate
 from embeddings.io import kill_point, save_torch
 from embeddings.losses import expected_log_counts, full_softmax_ce, logq_softmax_ce, sampled_softmax_ce
-from embeddings.models.sasrec import SASRecRecommender, load_checkpoint, pad_right, vector_stats
+from embeddings.models.sasrec import SASRecRecommender, load_checkpoint, vector_stats
 from embeddings.progress import progress
-from embeddings.split import Split
+from embeddings.split import Sequences, Split
 
 LOSSES = ("auto", "softmax", "sampled", "logq")
 # loss=auto: full softmax up to this many items, logQ-corrected sampled softmax above. bench/losses.py, one step of
@@ -52,6 +51,7 @@ WINDOWS = ("last", "all")
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
+    "valid_users",
 )  # fmt: skip
 
 
@@ -72,32 +72,47 @@ class TrainConfig:
     patience: int = 10  # evaluations without a better validation NDCG@10 before stopping
     eval_every: int = 1
     seed: int = 0
-    bf16: bool = field(default_factory=_fast_bf16)  # bfloat16 autocast for the matmuls (default: where fast)
+    bf16: bool | None = None  # bfloat16 autocast for the matmuls (default: on a GPU, and on CPUs where it is fast)
     time_budget_s: float | None = None  # stop training after this many seconds
     windows: str = "last"  # last: each user's last max_len clicks (SASRec); all: the whole history in windows
     profile_weight: float = 1.0  # weight of the profile head's loss (models with profile_horizon > 0)
+    device: str = "cpu"  # cpu | cuda | cuda:N: where training runs (the fitted model comes back on the CPU)
+    valid_users: int = 50_000  # early stopping ranks at most this many validation users (a fixed random sample)
 
     def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = self.device.startswith("cuda") or _fast_bf16()
         if self.windows not in WINDOWS:
             raise InputError(f"windows must be one of {WINDOWS}, got {self.windows!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise InputError("epochs and batch_size must be at least 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.valid_users < 1:
+            raise InputError("epochs, batch_size and valid_users must be at least 1")
 
 
-def training_windows(train: Sequence[np.ndarray], max_len: int, every: bool) -> list[np.ndarray]:
+def training_windows(train: Sequences, max_len: int, every: bool) -> Sequences:
     """Training windows of at most ``max_len + 1`` items: each user's last one, or (``every``) the whole
-    sequence cut back from its end, so each item after the first is a target exactly once."""
-    out = []
-    for seq in train:
-        end = len(seq)
-        while end >= 2:
-            out.append(seq[max(0, end - max_len - 1) : end])
-            if not every:
-                break
-            end -= max_len
-    return out
+    sequence cut back from its end, so each item after the first is a target exactly once. Windows are
+    ranges of ``train``'s item array, in user order and, within a user, from the newest back."""
+    lengths = train.lengths
+    count = np.where(lengths >= 2, 1 + (lengths - 2) // max_len if every else 1, 0)
+    user = np.repeat(np.arange(len(train)), count)
+    back = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)  # 0 = the user's newest window
+    ends = train.ends[user] - back * max_len
+    return Sequences(train.items, np.maximum(train.starts[user], ends - max_len - 1), ends)
+
+
+def training_device(name: str) -> torch.device:
+    """The device ``TrainConfig.device`` names; under torchrun on GPUs, each process its own (``LOCAL_RANK``)."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r}: no CUDA device is visible here (torch.cuda.is_available() is False)")
+        if device.index is None:
+            device = torch.device("cuda", dist.local_rank() if dist.world_size() > 1 else torch.cuda.current_device())
+    elif device.type != "cpu":
+        raise InputError(f"device must be cpu, cuda or cuda:N, got {name!r}")
+    return device
 
 
 def resolve_loss(loss: str, n_items: int) -> str:
@@ -111,25 +126,30 @@ def future_targets(targets: torch.Tensor, horizon: int, generator: torch.Generat
     """For each position of right-padded ``targets`` (batch, time), one of the targets at that position
     or the next ``horizon - 1`` ones (0 where the position is padding), drawn uniformly."""
     length = (targets > 0).sum(1, keepdim=True)
-    t = torch.arange(targets.shape[1])
+    t = torch.arange(targets.shape[1], device=targets.device)
     ahead = (length - t).clamp(min=1, max=horizon)  # real targets from t on, within the horizon
-    offset = (torch.rand(targets.shape, generator=generator) * ahead).long().clamp_max(ahead - 1)
+    offset = (torch.rand(targets.shape, generator=generator, device=targets.device) * ahead).long()
+    offset = offset.clamp_max(ahead - 1)
     pick = (t + offset).clamp_max(targets.shape[1] - 1)
     return torch.where(targets > 0, targets.gather(1, pick), torch.zeros_like(targets))
 
 
-def _batches(windows: Sequence[np.ndarray], max_len: int, batch_size: int, rng: np.random.Generator):
-    """(inputs, targets) token batches: windows shuffled, then grouped by length within chunks."""
+def _batches(windows: Sequences, max_len: int, batch_size: int, rng: np.random.Generator):
+    """(inputs, targets) token batches: windows shuffled, then grouped by length within chunks; each batch is
+    gathered from the flat item array in one step (tokens = item + 1, right-padded with 0)."""
     order = rng.permutation(len(windows))
-    lengths = np.array([len(windows[i]) for i in order])
+    lengths = windows.lengths[order]
     chunk = batch_size * 32
     batches = []
     for start in range(0, len(order), chunk):
         part = order[start : start + chunk][np.argsort(-lengths[start : start + chunk], kind="stable")]
         batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    tokens = np.append(windows.items + 1, 0)  # a trailing 0: where padding reads from
     for b in rng.permutation(len(batches)):
-        chosen = [windows[i] for i in batches[b]]
-        yield pad_right([w[:-1] for w in chosen], max_len), pad_right([w[1:] for w in chosen], max_len)
+        starts, n = windows.starts[batches[b]], windows.lengths[batches[b]] - 1
+        width = np.arange(max(1, min(max_len, int(n.max()))))
+        at = np.where(width < n[:, None], starts[:, None] + width, len(tokens) - 1)
+        yield torch.from_numpy(tokens[at]), torch.from_numpy(tokens[np.where(width < n[:, None], at + 1, at)])
 
 
 class _Step(torch.nn.Module):
@@ -140,9 +160,9 @@ class _Step(torch.nn.Module):
         self.model = loop.model
         self.loss_of = loop.loss
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, rng: torch.Generator):
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, n_pos: int, rng: torch.Generator):
         vectors = self.model.items()
-        return self.loss_of(self.model(inputs, vectors), targets, vectors, rng)
+        return self.loss_of(self.model(inputs, vectors), targets, n_pos, vectors, rng)
 
 
 class _Loop:
@@ -150,15 +170,20 @@ class _Loop:
 
     def __init__(self, rec: SASRecRecommender, split: Split):
         self.rec, self.split, self.tc = rec, split, rec.train_config
+        self.valid = split.valid
+        if len(self.valid) > self.tc.valid_users:  # a site-size week: ranking every user each epoch costs an epoch
+            keep = np.random.default_rng(self.tc.seed).choice(len(self.valid), self.tc.valid_users, replace=False)
+            self.valid = self.valid.subset(np.isin(np.arange(len(self.valid)), keep))
+        self.device = training_device(self.tc.device)
         torch.manual_seed(self.tc.seed)
-        self.model = rec.build(split)
-        self.available = torch.from_numpy(split.available)
-        self.unavailable = None if bool(self.available.all()) else ~self.available
-        self.available_idx = torch.from_numpy(np.flatnonzero(split.available))
+        self.model = rec.build(split).to(self.device)
+        self.available = torch.from_numpy(split.available).to(self.device)
+        self.unavailable = None if bool(split.available.all()) else ~self.available
+        self.available_idx = torch.from_numpy(np.flatnonzero(split.available)).to(self.device)
         self.loss_kind = resolve_loss(self.tc.loss, split.n_items)
         if self.loss_kind == "logq":  # how often each item is a training target: logq's in-batch sampling
-            targets = np.concatenate([s[1:] for s in split.train] + [np.zeros(0, np.int64)])
-            self.popularity = torch.from_numpy(np.bincount(targets, minlength=split.n_items))
+            targets = split.train.trim(head=1).flat()
+            self.popularity = torch.from_numpy(np.bincount(targets, minlength=split.n_items)).to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98)
@@ -172,7 +197,8 @@ class _Loop:
         if dist.world_size() > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.step = DistributedDataParallel(self.step)
+            gpu = [self.device] if self.device.type == "cuda" else None
+            self.step = DistributedDataParallel(self.step, device_ids=gpu)
 
     def resume(self) -> None:
         last = self.resume_from / "last.pt" if self.resume_from else None
@@ -196,7 +222,10 @@ class _Loop:
         if best_path.exists():
             self.best_weights = load_checkpoint(best_path)["model"]
 
-    def loss(self, states: torch.Tensor, targets: torch.Tensor, vectors: torch.Tensor, rng: torch.Generator):
+    def loss(
+        self, states: torch.Tensor, targets: torch.Tensor, n_pos: int, vectors: torch.Tensor, rng: torch.Generator
+    ) -> torch.Tensor:
+        """Mean loss over the ``n_pos`` real positions (counted on the host: no device sync per step)."""
         real = targets > 0
         items = vectors[1:]
         if self.loss_kind == "softmax":
@@ -205,16 +234,16 @@ class _Loop:
                 return full_softmax_ce(h, items, y, self.unavailable, low_precision=self.tc.bf16)
 
         elif self.loss_kind == "logq":
-            log_expected = expected_log_counts(self.popularity, int(real.sum()), self.tc.n_negatives, self.available)
+            log_expected = expected_log_counts(self.popularity, n_pos, self.tc.n_negatives, self.available)
 
             def ce(h, y):
-                pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng)
+                pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng, device=rng.device)
                 return logq_softmax_ce(h, items, y, self.available_idx[pick], log_expected)
 
         else:
 
             def ce(h, y):
-                pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng)
+                pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng, device=rng.device)
                 return sampled_softmax_ce(h, items, y, self.available_idx[pick])
 
         loss = ce(states[real], targets[real] - 1)
@@ -222,26 +251,29 @@ class _Loop:
         if horizon:
             future = future_targets(targets, horizon, rng)
             loss = loss + self.tc.profile_weight * ce(self.model.profile_of(states[real]), future[real] - 1)
-        return loss, int(real.sum())
+        return loss
 
     def epoch(self, epoch: int) -> dict:
         tc, cfg = self.tc, self.model.cfg
         rng = np.random.default_rng([tc.seed, epoch])
-        torch_rng = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
+        torch_rng = torch.Generator(self.device).manual_seed(tc.seed * 1_000_003 + epoch)
         torch.manual_seed(tc.seed * 1_000_003 + epoch)
         self.model.train()
         windows = training_windows(self.split.train, cfg.max_len, tc.windows == "all")
         n_batches = math.ceil(len(windows) / tc.batch_size)
+        running = torch.zeros((), dtype=torch.float64, device=self.device)  # read back every 50 steps, not each
         total_loss, total_pos, t0 = 0.0, 0, time.perf_counter()
         bar = progress(_batches(windows, cfg.max_len, tc.batch_size, rng), total=n_batches, desc=f"epoch {epoch + 1}")
         rank, world = dist.rank(), dist.world_size()
-        for inputs, targets in bar:
+        for step, (inputs, targets) in enumerate(bar):
             idle = rank >= len(inputs)  # a batch with fewer rows than ranks: this one takes part with weight 0
             if world > 1:  # this rank's rows of the global batch
                 mine = slice(0, 1) if idle else slice(rank, None, world)
                 inputs, targets = inputs[mine], targets[mine]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
-                loss, n_pos = self.step(inputs, targets, torch_rng)
+            n_pos = int((targets > 0).sum())
+            inputs, targets = self.to_device(inputs), self.to_device(targets)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                loss = self.step(inputs, targets, n_pos, torch_rng)
             if world > 1:
                 n_pos = 0 if idle else n_pos
                 (n_all,) = dist.all_sum(n_pos)
@@ -251,14 +283,16 @@ class _Loop:
             self.optimizer.zero_grad(set_to_none=True)
             weighted.backward()
             self.optimizer.step()
-            total_loss += loss.item() * n_pos
+            running += loss.detach() * n_pos
             total_pos += n_pos
-            bar.set_postfix(
-                loss=f"{total_loss / max(total_pos, 1):.4f}",
-                pos_s=f"{total_pos / (time.perf_counter() - t0):.0f}",
-                refresh=False,  # the bar redraws on its own interval, with the batch count up to date
-            )
-        total_loss, total_pos = dist.all_sum(total_loss, total_pos)
+            if step % 50 == 0:
+                total_loss = float(running)
+                bar.set_postfix(
+                    loss=f"{total_loss / max(total_pos, 1):.4f}",
+                    pos_s=f"{total_pos / (time.perf_counter() - t0):.0f}",
+                    refresh=False,  # the bar redraws on its own interval, with the batch count up to date
+                )
+        total_loss, total_pos = dist.all_sum(float(running), total_pos)
         total_pos = int(total_pos)
         seconds = time.perf_counter() - t0
         return {
@@ -270,9 +304,15 @@ class _Loop:
             "seconds": seconds,
         }
 
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A host batch on the training device: through pinned memory and without waiting, on a GPU."""
+        if self.device.type != "cuda":
+            return batch
+        return batch.pin_memory().to(self.device, non_blocking=True)
+
     def validate(self, epoch: int, stats: dict) -> None:
         self.model.eval()
-        metrics = dist.from_main(evaluate(self.rec, self.split.valid) if dist.is_main() else None)
+        metrics = dist.from_main(evaluate(self.rec, self.valid) if dist.is_main() else None)
         stats.update({f"valid_{k}": v for k, v in metrics.items() if k.startswith(("hr", "ndcg"))})
         if metrics["ndcg@10"] > self.best["ndcg@10"]:
             self.best, self.waited = {"epoch": epoch, "ndcg@10": metrics["ndcg@10"]}, 0
@@ -297,7 +337,7 @@ class _Loop:
             kill_point("train:epoch-end")
 
     def run(self, resume: bool) -> SASRecRecommender:
-        if len(self.split.valid) == 0:
+        if len(self.valid) == 0:
             raise InputError("no validation case: every user has fewer than two clicks before the cut-off")
         if resume:
             self.resume()
@@ -315,9 +355,9 @@ class _Loop:
             if self.rec.on_epoch_end is not None:
                 self.rec.on_epoch_end(epoch, stats)
         self.model.load_state_dict(self.best_weights)
-        self.model.eval()
+        self.model.to("cpu").eval()
         self.rec.best = self.best
-        states = self.rec.user_states(self.split.valid.histories[:REFERENCE_USERS])
+        states = self.rec.user_states(self.valid.histories[:REFERENCE_USERS])
         self.rec.reference = vector_stats(states["intent"].numpy())
         if "profile" in states:
             self.rec.reference["profile"] = vector_stats(states["profile"].numpy())
@@ -330,7 +370,7 @@ def fit(rec: SASRecRecommender, split: Split, resume: bool = True) -> SASRecReco
     Deterministic algorithms are on while it trains: with several threads the embedding gradients are
     otherwise summed in a varying order, and a seeded run would not repeat bit for bit (measured: no cost).
     """
-    dist.setup()
+    dist.setup(rec.train_config.device)
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:

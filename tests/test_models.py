@@ -2,6 +2,7 @@ import math
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,15 +158,73 @@ def test_every_model_shares_the_evaluation(split, tiny_week):
 
 
 def test_training_windows_cover_each_target_once():
+    from embeddings.split import Sequences
     from embeddings.train import training_windows
 
     seq = np.arange(23)
-    last = training_windows([seq, np.arange(1)], max_len=5, every=False)
+    last = training_windows(Sequences.of([seq, np.arange(1)]), max_len=5, every=False)
     assert [w.tolist() for w in last] == [list(range(17, 23))]  # one window; a 1-item user has none
-    every = training_windows([seq], max_len=5, every=True)
+    every = training_windows(Sequences.of([seq]), max_len=5, every=True)
     targets = np.concatenate([w[1:] for w in every])
     assert sorted(targets.tolist()) == list(range(1, 23))  # every item after the first, exactly once
     assert all(len(w) <= 6 for w in every)
+
+
+def _list_windows(train, max_len, every):
+    """The list-of-arrays windows the trainer built before sequences became flat arrays (the reference)."""
+    out = []
+    for seq in train:
+        end = len(seq)
+        while end >= 2:
+            out.append(seq[max(0, end - max_len - 1) : end])
+            if not every:
+                break
+            end -= max_len
+    return out
+
+
+def _list_batches(windows, max_len, batch_size, rng):
+    """The padded batches the trainer built from those windows with ``pad_right`` (the reference)."""
+    from embeddings.models.sasrec import pad_right
+
+    order = rng.permutation(len(windows))
+    lengths = np.array([len(windows[i]) for i in order])
+    chunk = batch_size * 32
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk][np.argsort(-lengths[start : start + chunk], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    for b in rng.permutation(len(batches)):
+        chosen = [windows[i] for i in batches[b]]
+        yield pad_right([w[:-1] for w in chosen], max_len), pad_right([w[1:] for w in chosen], max_len)
+
+
+@pytest.mark.parametrize("every", [False, True])
+def test_flat_sequences_give_the_batches_the_list_code_gave(tiny_week, every):
+    """Sequences as one item array + bounds (no object per user or event) feed training the very same batches,
+    in the same order, as the per-user arrays did; and the split built from them is the list-built one."""
+    from embeddings.split import Sequences, temporal_split
+    from embeddings.train import _batches, training_windows
+
+    listings, events, _ = tiny_week
+    split = temporal_split(events, listings)
+    assert isinstance(split.train, Sequences) and isinstance(split.valid.histories, Sequences)
+    # the split's sequences, rebuilt the old way: sort, first touch of each (user, listing), group by user
+    ev = events.sort_values(["user_id", "event_timestamp"], kind="stable")
+    ev = ev[ev["event_timestamp"] < split.cutoff].drop_duplicates(["user_id", "item_id"])
+    index = pd.Index(split.item_ids)
+    by_user = {u: index.get_indexer(g["item_id"]) for u, g in ev.groupby("user_id", sort=True)}
+    assert list(by_user) == list(split.user_ids)
+    for u, s in zip(split.user_ids, split.train, strict=True):
+        want = by_user[u][:-1] if len(by_user[u]) >= 2 else by_user[u]
+        assert s.tolist() == want.tolist()
+    lists = [np.array(s) for s in split.train]
+    for max_len in (3, 8, 200):
+        ours = list(_batches(training_windows(split.train, max_len, every), max_len, 16, np.random.default_rng(7)))
+        ref = list(_list_batches(_list_windows(lists, max_len, every), max_len, 16, np.random.default_rng(7)))
+        assert len(ours) == len(ref) > 10
+        for (x, y), (rx, ry) in zip(ours, ref, strict=True):
+            assert torch.equal(x, rx) and torch.equal(y, ry)
 
 
 def test_logq_correction_by_hand():

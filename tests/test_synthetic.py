@@ -47,7 +47,7 @@ def test_consecutive_clicks_refine_the_search(tiny_week):
     listings, events, _ = tiny_week
     first = listings.drop_duplicates("item_id").set_index("item_id")
     item_ids = first.index.to_numpy()
-    _, seqs, _ = build_sequences(events, item_ids)
+    _, seqs = build_sequences(events, item_ids)
     price, district = np.log(first["price"].to_numpy()), first["district"].to_numpy()
     same_district, shuffled_same = [], []
     rng = np.random.default_rng(0)
@@ -63,3 +63,38 @@ def test_consecutive_clicks_refine_the_search(tiny_week):
     # the order carries signal: neighbours in time are closer than the same user's clicks in random order
     assert np.median(gaps) < 0.7 * np.median(random_gaps)
     assert np.mean(same_district) > np.mean(shuffled_same) + 0.05
+
+
+def test_written_in_blocks_by_two_processes_equals_the_week_in_memory(tmp_path):
+    """write_week streams blocks of users (here 3 blocks, 2 processes) into one file or day partitions; both
+    read back as generate_week's tables, so the files do not depend on the number of processes."""
+    from embeddings.contract import read_parquet
+    from embeddings.synthetic import write_week
+
+    cfg = WeekConfig(users=250, listings=300, days=7, seed=5, block_users=100)
+    listings, events, labels = generate_week(cfg)
+    assert events["user_id"].nunique() > 200 and labels["user_id"].is_unique and len(labels) == 250
+    one = write_week(cfg, tmp_path / "one", workers=1)
+    parts = write_week(cfg, tmp_path / "parts", partition_by_day=True, workers=2)
+    assert len(list(parts["events"].glob("day=*/part-2.parquet"))) > 0  # a file per block and day
+    key = ["user_id", "event_timestamp", "event_type"]
+    for written in (one, parts):
+        back = read_parquet(written["events"])[list(events.columns)].sort_values(key, kind="stable")
+        pd.testing.assert_frame_equal(back.reset_index(drop=True), events.sort_values(key).reset_index(drop=True))
+        pd.testing.assert_frame_equal(read_parquet(written["labels"]), labels)
+        pd.testing.assert_frame_equal(read_parquet(written["listings"]), listings)
+    other_blocks = generate_week(WeekConfig(users=250, listings=300, days=7, seed=5, block_users=50))[1]
+    assert not other_blocks.equals(events)  # the block size is part of the world's definition
+
+
+def test_a_large_catalogue_keeps_the_shape_of_the_week():
+    """Each click weighs a fixed number of candidates, not the whole pool: a 100x larger catalogue with the same
+    users gives a week of the same size, and its sessions still refine around the previous click."""
+    small = generate_week(WeekConfig(users=200, listings=500, seed=1))
+    large_listings, large, _ = generate_week(WeekConfig(users=200, listings=50_000, seed=1))
+    assert 0.8 < len(large) / len(small[1]) < 1.25
+    first = large_listings.drop_duplicates("item_id").set_index("item_id")
+    _, seqs = build_sequences(large, first.index.to_numpy())
+    district = first["district"].to_numpy()
+    same = np.concatenate([district[s[1:]] == district[s[:-1]] for s in seqs if len(s) > 1])
+    assert same.mean() > 0.5  # ~1/60 by chance: 60 districts

@@ -366,6 +366,11 @@ class SASRecRecommender:
         """Catalogue items this model can rank (an id model: only those clicked in training)."""
         return self._scorable
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (the CPU, except while training with ``TrainConfig.device``)."""
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def item_table(self) -> torch.Tensor:
         """(n_items + 1, dim) item vectors, row 0 padding."""
@@ -374,7 +379,7 @@ class SASRecRecommender:
     @torch.no_grad()
     def encode_listings(self, features: np.ndarray) -> torch.Tensor:
         """Vectors for listings outside the catalogue from their lst features (this model's normalisation)."""
-        return self.encoder.encode(torch.from_numpy(features))
+        return self.encoder.encode(torch.from_numpy(features).to(self.device)).cpu()
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -397,26 +402,27 @@ class SASRecRecommender:
         encoded from their lst features; histories then index into it (row = index + 1).
         """
         self.model.eval()
-        vectors = self.model.items() if item_vectors is None else item_vectors
+        device = self.device
+        vectors = self.model.items() if item_vectors is None else item_vectors.to(device)
         heads = self.heads if heads is None else tuple(heads)
         if unknown := set(heads) - set(self.heads):
             raise InputError(f"this model has no {sorted(unknown)} head; it has {self.heads}")
-        out = {head: torch.zeros(len(histories), self.model.cfg.dim) for head in heads}
+        out = {head: torch.zeros(len(histories), self.model.cfg.dim, device="cpu") for head in heads}  # host
         starts = range(0, len(histories), batch_size)
         if show_progress:
             starts = progress(starts, desc="user embeddings", unit="batch")
         for start in starts:
             part = histories[start : start + batch_size]
-            tokens = pad_right(part, self.model.cfg.max_len)
+            tokens = pad_right(part, self.model.cfg.max_len).to(device)
             last = (tokens > 0).sum(1) - 1
             hidden = self.model(tokens, vectors)
-            rows = hidden[torch.arange(len(part)), last.clamp_min(0)]
+            rows = hidden[torch.arange(len(part), device=device), last.clamp_min(0)]
             has = (last >= 0)[:, None]
             if "intent" in out:
-                out["intent"][start : start + len(part)] = torch.where(has, rows, torch.zeros_like(rows))
+                out["intent"][start : start + len(part)] = torch.where(has, rows, torch.zeros_like(rows)).cpu()
             if "profile" in out:
                 prof = self.model.profile_of(rows)
-                out["profile"][start : start + len(part)] = torch.where(has, prof, torch.zeros_like(prof))
+                out["profile"][start : start + len(part)] = torch.where(has, prof, torch.zeros_like(prof)).cpu()
         return out
 
     def user_vectors(
@@ -431,7 +437,7 @@ class SASRecRecommender:
 
     @torch.no_grad()
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
-        scores = self.model.logits(self.user_vectors(histories)).numpy()
+        scores = self.model.logits(self.user_vectors(histories).to(self.device)).float().cpu().numpy()
         scores[:, ~self._scorable] = -np.inf
         return scores
 
@@ -444,7 +450,7 @@ class SASRecRecommender:
             "train_config": asdict(self.train_config),
             "item_ids": [str(x) for x in self.item_ids],
             "scorable": torch.from_numpy(self._scorable),
-            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "feature_stats": self.feature_stats,
             "cutoff": self.cutoff,
             "reference": self.reference,
