@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from embeddings import distributed as dist
 from embeddings.errors import InputError
@@ -186,7 +187,7 @@ class _Loop:
             self.popularity = torch.from_numpy(np.bincount(targets, minlength=split.n_items)).to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98)
+            trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98), fused=True
         )
         self.best: dict = {"epoch": -1, "ndcg@10": -1.0}
         self.best_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -227,30 +228,33 @@ class _Loop:
     ) -> torch.Tensor:
         """Mean loss over the ``n_pos`` real positions (counted on the host: no device sync per step)."""
         real = targets > 0
-        items = vectors[1:]
+        # sampled losses index the token table (row 0 padding) directly: slicing it would cost a catalogue-sized
+        # gradient buffer per step
         if self.loss_kind == "softmax":
+            items = vectors[1:]
 
-            def ce(h, y):
-                return full_softmax_ce(h, items, y, self.unavailable, low_precision=self.tc.bf16)
+            def ce(h, tokens):
+                return full_softmax_ce(h, items, tokens - 1, self.unavailable, low_precision=self.tc.bf16)
 
         elif self.loss_kind == "logq":
             log_expected = expected_log_counts(self.popularity, n_pos, self.tc.n_negatives, self.available)
+            log_expected = F.pad(log_expected, (1, 0))  # by token
 
-            def ce(h, y):
+            def ce(h, tokens):
                 pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng, device=rng.device)
-                return logq_softmax_ce(h, items, y, self.available_idx[pick], log_expected)
+                return logq_softmax_ce(h, vectors, tokens, self.available_idx[pick] + 1, log_expected)
 
         else:
 
-            def ce(h, y):
+            def ce(h, tokens):
                 pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng, device=rng.device)
-                return sampled_softmax_ce(h, items, y, self.available_idx[pick])
+                return sampled_softmax_ce(h, vectors, tokens, self.available_idx[pick] + 1)
 
-        loss = ce(states[real], targets[real] - 1)
+        loss = ce(states[real], targets[real])
         horizon = self.model.cfg.profile_horizon
         if horizon:
             future = future_targets(targets, horizon, rng)
-            loss = loss + self.tc.profile_weight * ce(self.model.profile_of(states[real]), future[real] - 1)
+            loss = loss + self.tc.profile_weight * ce(self.model.profile_of(states[real]), future[real])
         return loss
 
     def epoch(self, epoch: int) -> dict:
