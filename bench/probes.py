@@ -12,6 +12,7 @@ retrieval) go through the same probes. Writes bench/results/probes.json.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, write  # noqa: E402
+from common import ML1M, RESULTS, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
 from embeddings.embed import Embedder  # noqa: E402
@@ -99,6 +100,12 @@ def main() -> None:
         results.append(result)
         print(f"\n## {result['data']} (fit {result['fit_s']:.0f} s)\n\n{report.table()}", flush=True)
         print(f"profile / intent recall@10: {result['profile_over_intent_recall@10']:.2f}x", flush=True)
+    if args.only and not args.quick and (RESULTS / "probes.json").exists():  # keep the data sets not rerun
+        earlier = json.loads((RESULTS / "probes.json").read_text())["results"]
+        fresh = {r["data"] for r in results}
+        results = [r for r in earlier if r["data"] not in fresh] + results
+        order = ("synthetic", "Amazon", "ML-1M")
+        results.sort(key=lambda r: next((i for i, o in enumerate(order) if r["data"].startswith(o)), len(order)))
     print(f"\nwrote {write('probes', {'results': results, 'quick': args.quick, 'horizon': HORIZON})}")
 
 

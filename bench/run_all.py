@@ -32,6 +32,7 @@ SCRIPTS = [
     "losses",
     "peers/rectools_sasrec:video",
     "video",
+    "scale",
 ]
 ARGS = {"peers/rectools_sasrec:video": ["--data", "video", "--max-len", "50", "--budget-min", "8"]}
 
@@ -204,6 +205,35 @@ def summary(folder: Path = RESULTS) -> str:
                 lines.append(
                     f"| {r['data']} | {r['loss']} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | "
                     f"{_f(r['hr@10_vs_full'], 3)} | {r['epochs']} |"
+                )
+    scale = _load("scale", folder)
+    if scale:
+        lines.append(
+            "\n**A site-size week** (`bench/scale.py`; each stage one command, seed 0, events partitioned by day; "
+            "train: one epoch, loss auto = logQ above 10,000 listings, then validation and full-catalogue test "
+            "ranking)\n"
+        )
+        lines.append("| users | listings | events | stage | wall | peak RSS | events/s |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for w in scale["worlds"]:
+            for stage, r in w["stages"].items():
+                lines.append(
+                    f"| {w['users']:,} | {w['listings']:,} | {w['events']:,} | {stage} | {_f(r['seconds'], 1)} s | "
+                    f"{r['peak_rss_mb']:,.0f} MB | {_f(r['rows_per_s'])} |"
+                )
+        if scale.get("growth_exponent"):
+            grow = ", ".join(f"{k} {v:.2f}" for k, v in scale["growth_exponent"].items())
+            lines.append(f"\nGrowth exponent of wall time in events between the two largest worlds: {grow}.")
+        first = scale["worlds"][0]
+        if "train_two_processes" in first:
+            lines.append(
+                f"\n| training, {first['users']:,} users | epoch | positions/s | per process | peak RSS | HR@10 |"
+            )
+            lines.append("|---|---|---|---|---|---|")
+            for r in (first["stages"]["train_one_epoch"], first["train_two_processes"]):
+                lines.append(
+                    f"| {r['processes']} process(es) | {_f(r['epoch_s'], 1)} s | {_f(r['positions_per_s'])} | "
+                    f"{_f(r['positions_per_s_per_process'])} | {r['peak_rss_mb']:,.0f} MB | {_f(r['hr@10'])} |"
                 )
     return "\n".join(lines) + "\n"
 

@@ -5,8 +5,8 @@ the gradient worked out in the forward pass (softmax minus one-hot), so the (pos
 logit matrix never exists whole and is read only twice. On a 2-core CPU this is most of an
 epoch's cost; doing it this way roughly halves it. ``sampled_softmax_ce`` uses shared uniform
 negatives, for catalogues too large for the full softmax. ``logq_softmax_ce`` uses the batch's own
-targets plus uniform draws as candidates and subtracts from each candidate's logit the log of how
-often the sampling is expected to propose it (the logQ correction of Yi et al., RecSys 2019: in-batch
+targets plus uniform draws as candidates and subtracts from each candidate's logit the log of the
+probability that the sampling proposes it (the logQ correction of Yi et al., RecSys 2019: in-batch
 candidates are drawn by popularity, and without it popular items are pushed down too hard).
 """
 
@@ -85,21 +85,26 @@ def logq_softmax_ce(
     vectors: torch.Tensor,
     targets: torch.Tensor,
     extra: torch.Tensor,
-    log_expected: torch.Tensor,
+    log_q: torch.Tensor,
 ) -> torch.Tensor:
     """Cross-entropy over the candidate set {batch targets} U {``extra`` items}, each candidate's logit minus
-    ``log_expected[item]``: the log of the expected number of times the sampling proposes it (see
-    :func:`expected_log_counts`). Each item is a candidate once, so no accidental hit needs masking."""
+    ``log_q[item]``: the log of the probability that the sampling proposes it (see :func:`log_inclusion`).
+    Each item is a candidate once, so no accidental hit needs masking."""
     candidates, where = torch.unique(torch.cat([targets, extra]), return_inverse=True)
-    logits = hidden @ vectors[candidates].T - log_expected[candidates].to(hidden.dtype)
+    logits = hidden @ vectors[candidates].T - log_q[candidates].to(hidden.dtype)
     return F.cross_entropy(logits.float(), where[: len(targets)])
 
 
-def expected_log_counts(
-    popularity: torch.Tensor, positions: int, n_uniform: int, available: torch.Tensor
-) -> torch.Tensor:
-    """log E[times item i is a candidate] when a batch holds ``positions`` targets drawn by ``popularity``
-    (counts over the training targets) and ``n_uniform`` draws uniform over the ``available`` items."""
-    p = popularity.double() / popularity.sum().clamp_min(1)
-    uniform = available.double() / available.sum().clamp_min(1)
-    return torch.log(positions * p + n_uniform * uniform + 1e-12).float()
+def log_inclusion(popularity: torch.Tensor, positions: int, n_uniform: int, available: torch.Tensor) -> torch.Tensor:
+    """log P(item i is a candidate) when a batch holds ``positions`` targets drawn by ``popularity`` (counts over
+    the training targets) and ``n_uniform`` draws uniform over the ``available`` items:
+    log(1 - (1 - p_i)^positions (1 - u_i)^n_uniform).
+
+    Candidates are kept once each, so this is what the sampling adds to an item's logit (as TensorFlow's
+    samplers report for unique draws). The expected number of draws, positions * p_i + n_uniform * u_i, agrees
+    for rare items but grows without bound for a popular one in a large batch (ML-1M: a batch's targets cover
+    most of the catalogue), which would push popular items far down."""
+    p = (popularity.double() / popularity.sum().clamp_min(1)).clamp_max(1 - 1e-12)
+    u = (available.double() / available.sum().clamp_min(1)).clamp_max(1 - 1e-12)
+    log_miss = positions * torch.log1p(-p) + n_uniform * torch.log1p(-u)
+    return torch.log(-torch.expm1(log_miss)).clamp_min(-1e4).float()

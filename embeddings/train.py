@@ -36,7 +36,7 @@ from embeddings import distributed as dist
 from embeddings.errors import InputError
 from embeddings.evaluate import evaluate
 from embeddings.io import kill_point, save_torch
-from embeddings.losses import expected_log_counts, full_softmax_ce, logq_softmax_ce, sampled_softmax_ce
+from embeddings.losses import full_softmax_ce, log_inclusion, logq_softmax_ce, sampled_softmax_ce
 from embeddings.models.sasrec import SASRecRecommender, load_checkpoint, vector_stats
 from embeddings.progress import progress
 from embeddings.split import Sequences, Split
@@ -237,12 +237,11 @@ class _Loop:
                 return full_softmax_ce(h, items, tokens - 1, self.unavailable, low_precision=self.tc.bf16)
 
         elif self.loss_kind == "logq":
-            log_expected = expected_log_counts(self.popularity, n_pos, self.tc.n_negatives, self.available)
-            log_expected = F.pad(log_expected, (1, 0))  # by token
+            log_q = F.pad(log_inclusion(self.popularity, n_pos, self.tc.n_negatives, self.available), (1, 0))
 
             def ce(h, tokens):
                 pick = torch.randint(len(self.available_idx), (self.tc.n_negatives,), generator=rng, device=rng.device)
-                return logq_softmax_ce(h, vectors, tokens, self.available_idx[pick] + 1, log_expected)
+                return logq_softmax_ce(h, vectors, tokens, self.available_idx[pick] + 1, log_q)  # by token
 
         else:
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from embeddings.errors import InputError
 from embeddings.evaluate import evaluate
 from embeddings.features import listing_features
-from embeddings.losses import expected_log_counts, full_softmax_ce, logq_softmax_ce
+from embeddings.losses import full_softmax_ce, log_inclusion, logq_softmax_ce
 from embeddings.models.base import Popularity
 from embeddings.models.lightfm_model import LightFMConfig
 from embeddings.models.sasrec import SASRec, SASRecConfig, SASRecRecommender, load_checkpoint
@@ -228,11 +228,11 @@ def test_flat_sequences_give_the_batches_the_list_code_gave(tiny_week, every):
 
 
 def test_logq_correction_by_hand():
-    """Candidates {0, 2} (the target, and a uniform draw that repeats it); each logit minus log E[count]."""
+    """Candidates {0, 2} (the target, and a uniform draw that repeats it); each logit minus its log q."""
     hidden = torch.tensor([[1.0, 0.0]])
     vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
-    log_expected = torch.tensor([2.0, 1.0, 4.0]).log()
-    loss = logq_softmax_ce(hidden, vectors, torch.tensor([0]), torch.tensor([2, 0]), log_expected)
+    log_q = torch.tensor([2.0, 1.0, 4.0]).log()
+    loss = logq_softmax_ce(hidden, vectors, torch.tensor([0]), torch.tensor([2, 0]), log_q)
     e = math.e
     assert loss.item() == pytest.approx(-math.log((e / 2) / (e / 2 + e**2 / 4)), rel=1e-6)
     # without the correction the popular candidate 2 would win by more: the correction lowers the loss here
@@ -240,12 +240,19 @@ def test_logq_correction_by_hand():
     assert plain.item() == pytest.approx(-math.log(e / (e + e**2)), rel=1e-6)
 
 
-def test_expected_counts_of_in_batch_and_uniform_sampling():
+def test_inclusion_probability_of_in_batch_and_uniform_sampling():
+    """4 targets drawn by popularity (3:1) and 2 uniform draws over 3 available items, by hand."""
     popularity = torch.tensor([3, 1, 0, 0])
     available = torch.tensor([True, True, True, False])
-    got = expected_log_counts(popularity, positions=4, n_uniform=2, available=available).exp()
-    want = torch.tensor([3 + 2 / 3, 1 + 2 / 3, 2 / 3, 0.0])
+    got = log_inclusion(popularity, positions=4, n_uniform=2, available=available).exp()
+    miss_uniform = (2 / 3) ** 2
+    want = torch.tensor([1 - 0.25**4 * miss_uniform, 1 - 0.75**4 * miss_uniform, 1 - miss_uniform, 0.0])
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    # rare items: the inclusion probability is the expected number of draws
+    rare = log_inclusion(
+        torch.tensor([1] + [0] * 9999), positions=1, n_uniform=1, available=torch.ones(10000, dtype=torch.bool)
+    )
+    assert rare[5].exp().item() == pytest.approx(1e-4, rel=1e-3)
 
 
 def test_auto_loss_is_full_softmax_on_small_catalogues_and_logq_on_large_ones():

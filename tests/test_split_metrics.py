@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from embeddings.errors import InputError
 from embeddings.metrics import hit_rate, ndcg, sampled_ranks, target_ranks
 from embeddings.movielens import load_user_item_text
 from embeddings.split import leave_last_out, temporal_split
@@ -110,3 +111,23 @@ def test_sampled_variant_is_labelled_and_easier(tiny_week):
     m = evaluate(Popularity().fit(split), split.test, sampled=True)
     assert {"hr@10", "sampled100_hr@10", "sampled100_ndcg@10"} <= set(m)
     assert m["sampled100_hr@10"] >= m["hr@10"]
+
+
+def test_sequences_are_flat_arrays_that_read_like_a_list():
+    from embeddings.split import Sequences, build_sequences
+
+    lists = [np.array([3, 1, 4]), np.array([], dtype=np.int64), np.array([1, 5]), np.array([9])]
+    seqs = Sequences.of(lists)
+    assert len(seqs) == 4 and [s.tolist() for s in seqs] == [s.tolist() for s in lists]
+    assert seqs[2].tolist() == [1, 5] and seqs.lengths.tolist() == [3, 0, 2, 1]
+    assert [s.tolist() for s in seqs[np.array([2, 0])]] == [[1, 5], [3, 1, 4]]  # a subset shares the items
+    assert [s.tolist() for s in seqs.trim(head=1, tail=1)] == [[1], [], [], []]
+    assert seqs[np.array([0, 2])].last(2).tolist() == [1, 1] and seqs.flat().tolist() == [3, 1, 4, 1, 5, 9]
+    # built from events: users sorted by id, first touch order, a tie in time keeps the file's order
+    ev = _events([("b", "x", 2), ("a", "y", 1), ("b", "y", 1), ("b", "x", 3), ("a", "z", 1), ("a", "x", 0)])
+    users, built = build_sequences(ev, np.array(["x", "y", "z"], dtype=object))
+    assert users.tolist() == ["a", "b"] and [s.tolist() for s in built] == [[0, 1, 2], [1, 0]]
+    with pytest.raises(InputError, match="1 events point at items outside"):
+        build_sequences(ev, np.array(["x", "y"], dtype=object))
+    users, built = build_sequences(ev, np.array(["x", "y"], dtype=object), skip_unknown=True)
+    assert [s.tolist() for s in built] == [[0, 1], [1, 0]]
