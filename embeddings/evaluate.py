@@ -10,6 +10,8 @@ from embeddings.metrics import sampled_ranks, summarize, target_ranks
 from embeddings.models.base import Recommender
 from embeddings.split import EvalCases
 
+SCORE_CELLS = 1 << 26  # scores held at once (256 MB of float32): 1,024 users up to 65,000 items, 223 at 300,000
+
 
 def rank_cases(
     model: Recommender, cases: EvalCases, exclude_seen: bool = True, batch_size: int = 1024, sampled: bool = False
@@ -18,6 +20,9 @@ def rank_cases(
     negatives, both from one scoring pass."""
     ranks = np.empty(len(cases))
     sampled_out = np.empty(len(cases)) if sampled else None
+    if len(cases):  # on a site-size catalogue fewer users per batch, so the score matrix stays within bounds
+        width = model.score(cases.users[:1], cases.histories[:1]).shape[1]
+        batch_size = max(1, min(batch_size, SCORE_CELLS // max(width, 1)))
     for start in range(0, len(cases), batch_size):
         sl = slice(start, start + batch_size)
         histories = cases.histories[sl]

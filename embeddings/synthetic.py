@@ -137,7 +137,6 @@ def _make_listings(cfg: WeekConfig, rng: np.random.Generator) -> tuple[pd.DataFr
     lat = np.array([d[2] for d in districts])[district] + rng.normal(0, 0.012, n)
     lon = np.array([d[3] for d in districts])[district] + rng.normal(0, 0.02, n)
 
-    week = pd.Timedelta(days=cfg.days)
     pre = rng.random(n) < 0.5
     offset_s = np.where(pre, -rng.uniform(1, 45, n) * 86400, rng.uniform(0, cfg.days, n) * 86400)
     last_day = ~pre & (rng.random(n) < 0.12)  # guaranteed share of last-day (cold-start) listings
@@ -189,7 +188,6 @@ def _make_listings(cfg: WeekConfig, rng: np.random.Generator) -> tuple[pd.DataFr
         "created_s": np.round(offset_s),  # as published (whole seconds): no click before it
         "withdrawn_s": withdrawn_s,
         "item_ids": item_ids,
-        "week_s": week.total_seconds(),
     }
     return listings, market
 

@@ -261,3 +261,25 @@ def test_auto_loss_is_full_softmax_on_small_catalogues_and_logq_on_large_ones():
     assert resolve_loss("auto", AUTO_FULL_SOFTMAX_MAX_ITEMS) == "softmax"
     assert resolve_loss("auto", AUTO_FULL_SOFTMAX_MAX_ITEMS + 1) == "logq"
     assert resolve_loss("sampled", 10**6) == "sampled"
+
+
+def test_evaluation_batches_shrink_on_a_large_catalogue_with_the_same_ranks(split, monkeypatch):
+    """With room for only a few users' scores at once, the evaluation takes smaller batches and ranks alike."""
+    from embeddings import evaluate as ev
+
+    model = Popularity().fit(split)
+    seen = []
+
+    class Counting:
+        name = "counting"
+
+        def score(self, users, histories):
+            seen.append(len(users))
+            return model.score(users, histories)
+
+    whole = ev.rank_cases(Counting(), split.test)[0]
+    monkeypatch.setattr(ev, "SCORE_CELLS", 3 * split.n_items)
+    seen.clear()
+    small = ev.rank_cases(Counting(), split.test)[0]
+    assert max(seen) == 3 and sum(seen) == len(split.test) + 1  # one probe row, then 3 users per batch
+    np.testing.assert_array_equal(small, whole)
