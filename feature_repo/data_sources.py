@@ -1,59 +1,58 @@
 """Parquet written by ``lst-embeddings publish`` under ``data/offline`` beside this file: one file per
-run in each folder, never rewritten. DuckDB reads every file of a folder through the glob."""
+run in each folder, never rewritten. The offline store reads every file of a folder through the glob: DuckDB
+(``FileSource``, the local and Redis profiles) or Spark (``SparkSource``, the Spark profile: lst-embeddings sets
+``LST_OFFLINE_STORE=spark`` while it reads these definitions for that profile)."""
 
+import os
 from pathlib import Path
 
 from feast import FileSource
 from feast.data_format import ParquetFormat
 
 DATA = Path(__file__).resolve().parent / "data" / "offline"
+OFFLINE_STORE = os.environ.get("LST_OFFLINE_STORE", "duckdb")
 
 
 def _runs(table: str) -> str:
     return str(DATA / table / "*.parquet")
 
 
-listing_lst_source = FileSource(
-    name="listing_lst_source",
-    path=_runs("listings"),
-    file_format=ParquetFormat(),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="published_at",
-    description="Versions of each listing's lst features; event_timestamp = when the version became true.",
+def _parquet_runs(name: str, table: str, description: str):
+    """The runs of one table as the profile's offline store reads them."""
+    common = {"timestamp_field": "event_timestamp", "created_timestamp_column": "published_at"}
+    if OFFLINE_STORE == "spark":
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        return SparkSource(name=name, path=_runs(table), file_format="parquet", description=description, **common)
+    return FileSource(name=name, path=_runs(table), file_format=ParquetFormat(), description=description, **common)
+
+
+listing_lst_source = _parquet_runs(
+    "listing_lst_source",
+    "listings",
+    "Versions of each listing's lst features; event_timestamp = when the version became true.",
 )
 
-listing_embedding_source = FileSource(
-    name="listing_embedding_source",
-    path=_runs("listing_embeddings"),
-    file_format=ParquetFormat(),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="published_at",
-    description="Listing vectors from the SASRec item encoder; event_timestamp = the run's cut-off.",
+listing_embedding_source = _parquet_runs(
+    "listing_embedding_source",
+    "listing_embeddings",
+    "Listing vectors from the SASRec item encoder; event_timestamp = the run's cut-off.",
 )
 
-user_embedding_source = FileSource(
-    name="user_embedding_source",
-    path=_runs("user_embeddings"),
-    file_format=ParquetFormat(),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="published_at",
-    description="SASRec user states after the clicks before the run's cut-off (event_timestamp).",
+user_embedding_source = _parquet_runs(
+    "user_embedding_source",
+    "user_embeddings",
+    "SASRec user states after the clicks before the run's cut-off (event_timestamp).",
 )
 
-user_profile_source = FileSource(
-    name="user_profile_source",
-    path=_runs("user_profiles"),
-    file_format=ParquetFormat(),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="published_at",
-    description="SASRec profile-head vectors (trained on the user's next clicks over a horizon) as of the cut-off.",
+user_profile_source = _parquet_runs(
+    "user_profile_source",
+    "user_profiles",
+    "SASRec profile-head vectors (trained on the user's next clicks over a horizon) as of the cut-off.",
 )
 
-user_preference_source = FileSource(
-    name="user_preference_source",
-    path=_runs("user_preference"),
-    file_format=ParquetFormat(),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="published_at",
-    description="Rent/sale preference scores from the CatBoost classifier on user embeddings.",
+user_preference_source = _parquet_runs(
+    "user_preference_source",
+    "user_preference",
+    "Rent/sale preference scores from the CatBoost classifier on user embeddings.",
 )

@@ -279,6 +279,45 @@ def test_redis_cluster_publish_and_lookup(repo, runs, redis_cluster, monkeypatch
         online_features(Repo(repo.path, "redis-cluster"), users)
 
 
+def test_spark_profile_gives_the_local_profiles_rows(repo, runs, redis_cluster, monkeypatch, publish, tmp_path):
+    """Two runs published through the local profile (DuckDB offline, SQLite online) and through the Spark profile
+    (Feast's Spark offline store and Spark compute engine on local[2], a Redis Cluster online), from the same
+    Parquet: the same point-in-time training rows and the same online values."""
+    from embeddings.feature_store import REPO
+
+    nodes, password = redis_cluster
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", nodes)
+    monkeypatch.setenv("REDIS_CLUSTER_PASSWORD", password)
+    shutil.copytree(REPO, tmp_path / "spark_repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
+    spark = Repo(tmp_path / "spark_repo", "spark")
+    for target in (repo, spark):
+        publish(target, *runs[DAY5])
+        publish(target, *runs[DAY6])
+    assert spark.store().config.offline_store.type == "spark"
+
+    users = list(runs[DAY6][1]["user_id"][:6])
+    times = [DAY5 - pd.Timedelta(hours=1), DAY5 + pd.Timedelta(hours=12), DAY6 + pd.Timedelta(hours=1)]
+    entity_df = pd.DataFrame([(u, t) for u in users for t in times], columns=["user_id", "event_timestamp"])
+    key = ["user_id", "event_timestamp"]
+    local_rows = historical_features(repo, entity_df).sort_values(key).reset_index(drop=True)
+    spark_rows = historical_features(spark, entity_df).sort_values(key).reset_index(drop=True)
+    assert list(spark_rows.columns) == list(local_rows.columns) and len(spark_rows) == len(entity_df)
+    pd.testing.assert_frame_equal(spark_rows[key], local_rows[key])
+    assert local_rows["embedding"].isna().sum() == len(users)  # before the first cut-off: nothing yet
+    for col in local_rows.columns.drop(key):
+        for a, b in zip(local_rows[col], spark_rows[col], strict=True):
+            if isinstance(a, np.ndarray | list):
+                np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6)
+            else:
+                assert (pd.isna(a) and pd.isna(b)) or a == b, (col, a, b)
+
+    local_online, spark_online = _online(repo, users), _online(spark, users)
+    assert list(spark_online.columns) == list(local_online.columns)
+    for u in users:
+        np.testing.assert_allclose(spark_online.loc[u, "embedding"], local_online.loc[u, "embedding"], rtol=1e-6)
+        assert spark_online.loc[u, "p_rent"] == pytest.approx(local_online.loc[u, "p_rent"])
+
+
 def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week, tiny_dir):
     from embeddings.features import listing_features
 

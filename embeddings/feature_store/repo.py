@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ PROFILES = {
     "local": "feature_store.yaml",
     "redis": "feature_store.redis.yaml",
     "redis-cluster": "feature_store.redis_cluster.yaml",
+    "spark": "feature_store.spark.yaml",
 }
-REDIS_PROFILES = ("redis", "redis-cluster")
+REDIS_PROFILES = ("redis", "redis-cluster", "spark")
+CLUSTER_PROFILES = ("redis-cluster", "spark")  # online store: a Redis Cluster
 TABLES = ("listings", "listing_embeddings", "user_embeddings", "user_profiles", "user_preference")
 VIEWS = {
     "listings": "listing_lst_features",
@@ -71,12 +74,14 @@ class Repo:
 
         config = self.config(online_path)
         if self.profile in REDIS_PROFILES:
-            check_redis(config.online_store.connection_string, cluster=self.profile == "redis-cluster")
+            check_redis(config.online_store.connection_string, cluster=self.profile in CLUSTER_PROFILES)
+        if config.offline_store.type == "spark":
+            start_spark(config.offline_store)
         return FeatureStore(config=config)
 
     def redis(self):
         """A Redis (or Redis Cluster) client of this profile's online store."""
-        return redis_client(self.config().online_store.connection_string, cluster=self.profile == "redis-cluster")
+        return redis_client(self.config().online_store.connection_string, cluster=self.profile in CLUSTER_PROFILES)
 
     @property
     def online_db(self) -> Path:
@@ -90,11 +95,17 @@ class Repo:
         for py in self.path.glob("*.py"):  # another repo's modules of the same names may be loaded
             sys.modules.pop(py.stem, None)
         sys.path.insert(0, str(self.path))
+        before = os.environ.get("LST_OFFLINE_STORE")
+        os.environ["LST_OFFLINE_STORE"] = self.config().offline_store.type  # which kind of source to build
         try:
             with contextlib.chdir(self.path):  # Feast names repo modules relative to the working folder
                 contents = parse_repo(self.path)
         finally:
             sys.path.remove(str(self.path))
+            if before is None:
+                os.environ.pop("LST_OFFLINE_STORE", None)
+            else:
+                os.environ["LST_OFFLINE_STORE"] = before
         return [*contents.entities, *contents.data_sources, *contents.feature_views, *contents.feature_services]
 
     def manifests(self) -> list[dict]:
@@ -199,6 +210,18 @@ def check_redis(connection_string: str, cluster: bool = False) -> None:
         raise PublishError(f"{where}: cannot connect ({exc})") from exc
 
 
+def start_spark(offline_store) -> None:
+    """The Spark session of the Spark profile, started from ``offline_store.spark_conf`` before Feast's compute
+    engine can start one without it (Feast 0.67 does not apply ``batch_engine.spark_conf``), with Spark's Python
+    workers on this interpreter (they import Feast)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
+        get_spark_session_or_start_new_with_repoconfig,
+    )
+
+    get_spark_session_or_start_new_with_repoconfig(offline_store)
+
+
 def online_features(repo: Repo, user_ids: list[str], service: str = "user_profile") -> pd.DataFrame:
     store = repo.store()
     features = store.get_feature_service(service)
@@ -218,7 +241,14 @@ def historical_features(repo: Repo, entity_df: pd.DataFrame, service: str = "use
     ]
     if not refs:
         raise InputError(f"{repo.path}: nothing published yet for feature service {service!r}")
-    return store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+    got = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+    stamps = got["event_timestamp"]
+    if stamps.dt.tz is None:  # Spark gives UTC wall-clock time without the zone, in microseconds
+        stamps = stamps.dt.tz_localize("UTC")
+    if isinstance(entity_df["event_timestamp"].dtype, pd.DatetimeTZDtype):
+        stamps = stamps.astype(entity_df["event_timestamp"].dtype)  # the entity frame's own timestamps back
+    got["event_timestamp"] = stamps
+    return got
 
 
 def listings_from_store(repo: Repo, item_ids, as_of: pd.Timestamp) -> pd.DataFrame:
