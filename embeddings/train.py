@@ -42,10 +42,10 @@ from embeddings.progress import progress
 from embeddings.split import Sequences, Split
 
 LOSSES = ("auto", "softmax", "sampled", "logq")
-# loss=auto: full softmax up to this many items, logQ-corrected sampled softmax above. bench/losses.py, one step of
-# 128 x 50 positions: logq is no faster at 5,000 items (its candidates are then most of the catalogue), 1.6x at
-# 10,000, 2.6x at 20,000, 21x at 300,000; HR@10 after the same training time: Video (23,715 items) 0.0944 against
-# full softmax's 0.0945, ML-1M (3,416 items) 0.2267 against 0.2742
+# loss=auto: full softmax up to this many items, logq above. bench/losses.py, one step of 128 x 50 positions: logq is
+# no faster at 5,000 items (its candidates are then most of the catalogue), 1.5x at 10,000, 2.1x at 20,000, 23x at
+# 300,000; HR@10 after the same training time: Video (23,715 items) 0.0924 against full softmax's 0.0946, ML-1M
+# (3,416 items) 0.2502 against 0.2728
 AUTO_FULL_SOFTMAX_MAX_ITEMS = 10_000
 WINDOWS = ("last", "all")
 # settings that change the trajectory of a run: resuming with other values would not continue it
