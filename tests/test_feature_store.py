@@ -318,6 +318,17 @@ def test_spark_profile_gives_the_local_profiles_rows(repo, runs, redis_cluster, 
         assert spark_online.loc[u, "p_rent"] == pytest.approx(local_online.loc[u, "p_rent"])
 
 
+def test_with_spark_installed_a_python_c_process_still_runs():
+    """pyspark 4 without its connect extras calls sys.exit(0) on import from a ``python -c`` process (no
+    ``__main__.__file__``), and Great Expectations imports pyspark: a scheduler's one-liner would "succeed" having
+    done nothing. The spark extra brings those dependencies; this keeps it so."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import great_expectations, pyspark.sql.connect.utils; print('still here')"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and "still here" in done.stdout, done.stderr[-2000:]
+
+
 def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week, tiny_dir):
     from embeddings.features import listing_features
 
