@@ -194,6 +194,7 @@ class _Loop:
         self.waited, self.start_epoch = 0, 0
         self.folder = rec.checkpoint_dir if dist.is_main() else None  # only rank 0 writes
         self.resume_from = rec.checkpoint_dir
+        self.readback = 1 if self.device.type == "cpu" else 50  # progress figures: on a GPU, no sync each step
         self.step = _Step(self)
         if dist.world_size() > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -264,7 +265,7 @@ class _Loop:
         self.model.train()
         windows = training_windows(self.split.train, cfg.max_len, tc.windows == "all")
         n_batches = math.ceil(len(windows) / tc.batch_size)
-        running = torch.zeros((), dtype=torch.float64, device=self.device)  # read back every 50 steps, not each
+        running = torch.zeros((), dtype=torch.float64, device=self.device)
         total_loss, total_pos, t0 = 0.0, 0, time.perf_counter()
         bar = progress(_batches(windows, cfg.max_len, tc.batch_size, rng), total=n_batches, desc=f"epoch {epoch + 1}")
         rank, world = dist.rank(), dist.world_size()
@@ -288,7 +289,7 @@ class _Loop:
             self.optimizer.step()
             running += loss.detach() * n_pos
             total_pos += n_pos
-            if step % 50 == 0:
+            if step % self.readback == 0 or step == n_batches - 1:
                 total_loss = float(running)
                 bar.set_postfix(
                     loss=f"{total_loss / max(total_pos, 1):.4f}",
