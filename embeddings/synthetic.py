@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from embeddings.contract import validate_events, validate_listings
+from embeddings.errors import InputError
 from embeddings.io import write_parquet, write_parquet_partitioned
 from embeddings.progress import progress
 
@@ -391,7 +392,7 @@ def _block(cfg: WeekConfig, mk: _Market, block: int) -> tuple[pd.DataFrame, pd.D
 
 def _world(cfg: WeekConfig) -> tuple[pd.DataFrame, _Market]:
     if cfg.users < 1 or cfg.listings < 10 or cfg.days < 1 or cfg.block_users < 1:
-        raise ValueError("need at least 1 user, 10 listings, 1 day and 1 user per block")
+        raise InputError("demo-data: need at least 1 user, 10 listings, 1 day and 1 user per block")
     listings, market = _make_listings(cfg, np.random.default_rng(cfg.seed))
     return validate_listings(listings, source="synthetic listings"), _market(market)
 

@@ -40,3 +40,10 @@ def test_train_then_evaluate_checkpoint(tmp_path):
     )
     trained = json.loads((model_dir / "metrics.json").read_text())["test"]
     assert json.loads(out.read_text())["hr@10"] == trained["hr@10"]
+
+
+def test_impossible_settings_end_in_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["demo-data", "--users", "0", "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "at least 1 user" in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()
