@@ -199,7 +199,8 @@ class _ModelFolder(pl.RunLayout):
 
 def cmd_embed(args: argparse.Namespace) -> int:
     layout = _EmbeddingsFolder(Path(args.out))
-    result = pl.embed(load_data(args.data), layout, Path(args.model), pl.EmbedConfig(args.cutoff, args.batch_size))
+    cfg = pl.EmbedConfig(args.cutoff, args.batch_size, args.engine, args.spark_master)
+    result = pl.embed(load_data(args.data), layout, Path(args.model), cfg)
     r = result.report
     print(f"cut-off   {result.cutoff}  model {result.model_version} ({result.encoder})")
     print(
@@ -310,7 +311,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     elif args.run:
         layout = pl.RunLayout(Path(args.run))
         try:
-            manifest = pl.publish(Path(args.data), repo, layout, pl.PublishConfig(args.allow_drift, args.force_older))
+            cfg = pl.PublishConfig(args.allow_drift, args.force_older, args.writers)
+            manifest = pl.publish(Path(args.data), repo, layout, cfg)
         except ChecksFailed as exc:
             _print_report(exc.report)
             raise
@@ -320,6 +322,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise InputError("publish needs --run (or --listings-only)")
     rows = ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items())
     print(f"published run {manifest['run_id']} ({args.profile}) in {manifest['seconds']:.1f} s: {rows}")
+    for w in manifest.get("materialized", []):
+        if "rows_per_s" in w:
+            print(f"  online {w['view']}: {w['rows']:,} rows in {w['seconds']:.1f} s by {w['writers']} writer(s)")
     return 0
 
 
@@ -412,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutoff", help="only clicks before this count (default: the model's training cut-off)")
     p.add_argument("--batch-size", type=int, default=pl.EmbedConfig.batch_size)
     p.add_argument("--out", required=True, help="folder for user_embeddings.parquet and listing_embeddings.parquet")
+    p.add_argument(
+        "--engine", choices=pl.ENGINES, default="local", help="spark: users in partitions on Spark (Parquet folders)"
+    )
+    p.add_argument("--spark-master", help="with --engine spark: local[N], spark://host:port, yarn (default local[*])")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("embed-users", help="embed users from raw clicks (new users too), no retraining")
@@ -456,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data folder (its listings are published as lst features)")
     p.add_argument("--allow-drift", metavar="REASON", help="publish despite drift failures; the reason is recorded")
     p.add_argument("--force-older", metavar="REASON", help="publish a run older than the latest one; recorded")
+    p.add_argument("--writers", type=int, help="processes writing the online store (default: 1 for SQLite, 1 per core)")
     _add_repo_options(p)
     p.set_defaults(func=cmd_publish)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +38,7 @@ from embeddings.split import Split, leave_last_out, temporal_split
 from embeddings.train import TrainConfig
 
 SPLITS = ("auto", "temporal", "leave-last-out")
+ENGINES = ("local", "spark")
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -105,6 +107,12 @@ class FeatureStoreConfig:
 class EmbedConfig:
     cutoff: str | None = None  # only clicks before this count (default: the model's training cut-off)
     batch_size: int = 256
+    engine: str = "local"  # local (this process) or spark (user partitions on Spark; see embeddings.spark_embed)
+    spark_master: str | None = None  # for engine spark: e.g. local[4], spark://host:7077 (default: local[*])
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError(f"embed engine must be one of {ENGINES}, got {self.engine!r}")
 
 
 @dataclass
@@ -131,6 +139,7 @@ class PicturesConfig:
 class PublishConfig:
     allow_drift: str | None = None  # a reason: publish despite drift failures (never data/vector/score ones)
     force_older: str | None = None  # a reason: publish a run older than the latest published one
+    writers: int | None = None  # processes writing the online store; default: 1 for SQLite, one per core for Redis
 
 
 @dataclass
@@ -307,19 +316,49 @@ def embed(
     else:
         cutoff = data.events["event_timestamp"].max() + pd.Timedelta(microseconds=1)
     embedder = Embedder(rec, data.listings)
-    users = embedder.embed_users(data.events, cutoff, batch_size=cfg.batch_size)
-    if users.empty:
-        raise InputError(f"{data.source}: no user has a usable click before the cut-off {cutoff}")
-    items = embedder.embed_items(cutoff if data.has_listings else None)
-    users, profiles = Embedder.split_heads(users)
-    write_parquet(users, layout.user_embeddings)
-    if profiles is not None:
-        write_parquet(profiles, layout.user_profiles)
+    if cfg.engine == "spark":
+        users, profiles = _embed_users_on_spark(data, layout, model or layout.model, rec, cutoff, cfg)
+        embedder.report.users = len(users)
+        embedder.report.users_without_history = data.events["user_id"].nunique() - len(users)
     else:
-        layout.user_profiles.unlink(missing_ok=True)  # an earlier model's profiles do not belong to this one
+        users = embedder.embed_users(data.events, cutoff, batch_size=cfg.batch_size)
+        if users.empty:
+            raise InputError(f"{data.source}: no user has a usable click before the cut-off {cutoff}")
+        users, profiles = Embedder.split_heads(users)
+        _remove(layout.user_embeddings)  # an earlier Spark run's folder
+        write_parquet(users, layout.user_embeddings)
+        if profiles is not None:
+            _remove(layout.user_profiles)
+            write_parquet(profiles, layout.user_profiles)
+    if profiles is None:
+        _remove(layout.user_profiles)  # an earlier model's profiles do not belong to this one
+    items = embedder.embed_items(cutoff if data.has_listings else None)
     write_parquet(items, layout.listing_embeddings)
     write_json(layout.reference, rec.reference)
     return EmbedResult(users, profiles, items, cutoff, embedder.version, embedder.encoder, embedder.report)
+
+
+def _embed_users_on_spark(data: Dataset, layout: RunLayout, model, rec: SASRecRecommender, cutoff, cfg: EmbedConfig):
+    """User (and profile) vectors by :func:`embeddings.spark_embed.embed_users_spark`, written as folders of
+    Parquet partitions at the run layout's paths, and read back for the stages after this one."""
+    from embeddings.spark_embed import embed_users_spark, spark_session
+
+    if isinstance(model, SASRecRecommender) or not data.source.is_dir():
+        raise InputError("the Spark engine embeds from a checkpoint file and a data folder's events.parquet")
+    profiles_out = layout.user_profiles if "profile" in rec.heads else None
+    embed_users_spark(
+        data.source / "events.parquet", model, layout.user_embeddings, cutoff, data.listings,
+        profiles_out=profiles_out, spark=spark_session(cfg.spark_master or "local[*]"), batch_size=cfg.batch_size,
+    )  # fmt: skip
+    users = read_parquet(layout.user_embeddings)
+    return users, read_parquet(profiles_out) if profiles_out else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -520,6 +559,7 @@ def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: Publish
         user_profiles=tables.profiles,
         extra_manifest=extra,
         force_older=cfg.force_older,
+        writers=cfg.writers,
     )
 
 

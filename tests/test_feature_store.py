@@ -18,7 +18,7 @@ from embeddings.embed import Embedder
 from embeddings.errors import PublishError
 from embeddings.feature_store import Repo, historical_features, listings_from_store, online_features
 from embeddings.feature_store._writer import publish_lock, write_run
-from embeddings.feature_store.repo import redis_client
+from embeddings.feature_store.repo import VIEWS, redis_client
 from embeddings.models.sasrec import SASRecConfig
 from embeddings.preference import fit_preference
 from embeddings.split import temporal_split
@@ -349,3 +349,53 @@ def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week, t
         feature_store=repo,
     )
     assert model.fit(split).history[0]["loss"] > 0
+
+
+def test_parallel_writers_write_what_feasts_materialize_writes(repo, runs, redis_cluster, monkeypatch, publish):
+    """The publisher's materialization (column-wise conversion, writer processes) against Feast's own
+    ``materialize`` into the same Redis Cluster: the same protos for every view, the same online values."""
+    import pyarrow as pa
+    from feast.utils import _convert_arrow_to_proto
+
+    from embeddings.feature_store._materialize import _pull, arrow_to_rows, materialize
+
+    nodes, password = redis_cluster
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", nodes)
+    monkeypatch.setenv("REDIS_CLUSTER_PASSWORD", password)
+    cluster = Repo(repo.path, "redis-cluster")
+    manifest = publish(cluster, *runs[DAY5])
+    views = [w["view"] for w in manifest["materialized"]]
+    assert set(VIEWS.values()) - set(views) == {"user_profile_embedding"}  # this model has no profile head
+    store = cluster.store()
+    start, end = DAY5 - pd.Timedelta(days=30), DAY5 + pd.Timedelta(seconds=1)
+    for view in views:
+        fv = store.get_feature_view(view)
+        table = _pull(store, fv, start, end)
+        assert table.num_rows > 0
+        keys = {e.name: e.dtype.to_value_type() for e in fv.entity_columns}
+        assert arrow_to_rows(table, fv) == _convert_arrow_to_proto(table, fv, keys), view
+    fv = store.get_feature_view("listing_lst_features")  # nulls go through Feast's own rules
+    table = _pull(store, fv, start, end).slice(0, 3)
+    nulls = table.set_column(
+        table.schema.get_field_index("district"), "district", pa.array([None, "x", None], pa.string())
+    ).set_column(table.schema.get_field_index("price"), "price", pa.array([1.5, None, 2.0], pa.float64()))
+    keys = {e.name: e.dtype.to_value_type() for e in fv.entity_columns}
+    assert arrow_to_rows(nulls, fv) == _convert_arrow_to_proto(nulls, fv, keys)
+
+    users = list(runs[DAY5][1]["user_id"])
+    client = cluster.redis()
+    client.flushall()
+    store.materialize(
+        start.to_pydatetime(), end.to_pydatetime(), feature_views=["user_embedding", "user_rent_sale_preference"]
+    )
+    feasts = online_features(cluster, users)
+    client.flushall()
+    done = materialize(
+        store, ["user_embedding", "user_rent_sale_preference"], start, end, writers=2, parallel_min_rows=1,
+        progress=False, newest=True,
+    )  # fmt: skip
+    assert [w.writers for w in done] == [2, 2] and done[0].rows == len(users)
+    ours = online_features(cluster, users)
+    pd.testing.assert_frame_equal(ours.drop(columns="embedding"), feasts.drop(columns="embedding"))
+    for a, b in zip(ours["embedding"], feasts["embedding"], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -25,6 +25,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,7 +34,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from embeddings.errors import InputError, NothingToPublish, PublishError
-from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_PROFILES, VIEWS, Repo
+from embeddings.feature_store._materialize import default_writers, materialize
+from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_PROFILES, SPARK_PROFILES, VIEWS, Repo
 from embeddings.io import kill_point, utc, write_atomic, write_json
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -168,12 +170,16 @@ def write_run(
     force_older: str | None = None,
     fail_before_swap: bool = False,
     user_profiles: pd.DataFrame | None = None,
+    writers: int | None = None,
 ) -> dict:
     """Write one run (or, with only ``listings``, new lst feature versions); returns the manifest.
 
     ``force_older`` (a reason, recorded) publishes a run older than the latest published one.
     ``fail_before_swap`` stops just before the online update, for tests of the failure path.
+    ``writers``: processes writing the online store (default: one for SQLite, one per core otherwise).
     """
+    if writers is not None and writers < 1:
+        raise InputError(f"writers must be at least 1, got {writers}")
     with publish_lock(repo):
         return _write_run(
             repo,
@@ -185,11 +191,21 @@ def write_run(
             force_older,
             fail_before_swap,
             user_profiles,
+            writers,
         )
 
 
 def _write_run(
-    repo, listings, user_embeddings, listing_embeddings, preference, extra, force_older, fail_before_swap, profiles
+    repo,
+    listings,
+    user_embeddings,
+    listing_embeddings,
+    preference,
+    extra,
+    force_older,
+    fail_before_swap,
+    profiles,
+    writers,
 ):
     began = time.perf_counter()
     published_at = pd.Timestamp.now(tz="UTC").floor("s")
@@ -228,7 +244,8 @@ def _write_run(
     if not run:
         raise NothingToPublish("nothing to publish: every listing version is already in the feature store")
 
-    store = _materialize(repo, run, fail_before_swap)
+    offline_s = time.perf_counter() - began
+    store, writes = _materialize(repo, run, fail_before_swap, writers)
     manifest = {
         "run_id": run_id,
         "cutoff": cutoff.isoformat(),
@@ -241,6 +258,8 @@ def _write_run(
         "project": store.project,
         "published_at": published_at.isoformat(),
         "seconds": round(time.perf_counter() - began, 3),
+        "offline_write_seconds": round(offline_s, 3),
+        "materialized": writes,
         **({"forced_older": force_older} if force_older else {}),
         **(extra or {}),
     }
@@ -269,8 +288,13 @@ def _interval(run: dict[str, pd.DataFrame]):
     return start.to_pydatetime() - timedelta(seconds=1), end.to_pydatetime()
 
 
-def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: bool):
-    """Apply the repo and load the run's interval into the online store (atomically for SQLite)."""
+def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: bool, writers: int | None):
+    """Apply the repo and load the run's interval into the online store (atomically for SQLite).
+
+    The Spark profile materializes with Feast's Spark engine; the others with :mod:`._materialize` (Feast's
+    offline pull and online writer, parallel writer processes for Redis). Returns the store and, per view,
+    rows, seconds, writers and rows/s.
+    """
     repo.data.mkdir(parents=True, exist_ok=True)
     start, end = _interval(run)
     views = [VIEWS[name] for name, df in run.items() if len(df)]
@@ -280,8 +304,7 @@ def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: boo
         store.apply(definitions)
         if fail_before_swap:
             raise PublishError("publish stopped before the online update (test hook)")
-        store.materialize(start, end, feature_views=views)
-        return store
+        return store, _load(repo, store, views, start, end, writers)
     live = repo.online_db
     for stale in repo.data.glob(".online_store.*.staging.db"):  # left by a killed publish; we hold the lock
         stale.unlink()
@@ -294,14 +317,24 @@ def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: boo
                 src.backup(dst)  # a consistent copy even while readers are connected
         store = repo.store(online_path=staging)
         store.apply(definitions)
-        store.materialize(start, end, feature_views=views)
+        writes = _load(repo, store, views, start, end, 1)
         if fail_before_swap:
             raise PublishError("publish stopped before the online store swap (test hook)")
         kill_point("publish:before-swap")
         _swap_tables(staging, live)
     finally:
         staging.unlink(missing_ok=True)
-    return repo.store()
+    return repo.store(), writes
+
+
+def _load(repo: Repo, store, views: list[str], start, end, writers: int | None) -> list[dict]:
+    if repo.profile not in SPARK_PROFILES:
+        writers = writers or default_writers(store.config.online_store.type)
+        done = materialize(store, views, start, end, writers=writers, newest=True)
+        return [{**asdict(w), "rows_per_s": round(w.rows_per_s)} for w in done]
+    began = time.perf_counter()
+    store.materialize(start, end, feature_views=views)  # Feast's Spark engine
+    return [{"view": ", ".join(views), "seconds": round(time.perf_counter() - began, 3), "engine": "spark"}]
 
 
 def _swap_tables(staging: Path, live: Path) -> None:

@@ -23,6 +23,7 @@ PROFILES = {
 }
 REDIS_PROFILES = ("redis", "redis-cluster", "spark")
 CLUSTER_PROFILES = ("redis-cluster", "spark")  # online store: a Redis Cluster
+SPARK_PROFILES = ("spark",)  # offline store and materialization engine: Spark
 TABLES = ("listings", "listing_embeddings", "user_embeddings", "user_profiles", "user_preference")
 VIEWS = {
     "listings": "listing_lst_features",
