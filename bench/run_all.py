@@ -213,13 +213,18 @@ def summary(folder: Path = RESULTS) -> str:
             "train: one epoch, loss auto = logQ above 10,000 listings, then validation and full-catalogue test "
             "ranking)\n"
         )
-        lines.append("| users | listings | events | stage | wall | peak RSS | events/s |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| users | listings | events | stage | wall | peak RSS | events/s | notes |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for w in scale["worlds"]:
-            for stage, r in w["stages"].items():
+            for stage, r in [*w["stages"].items(), *w.get("profiles", {}).items()]:
                 lines.append(
                     f"| {w['users']:,} | {w['listings']:,} | {w['events']:,} | {stage} | {_f(r['seconds'], 1)} s | "
-                    f"{r['peak_rss_mb']:,.0f} MB | {_f(r['rows_per_s'])} |"
+                    f"{r['peak_rss_mb']:,.0f} MB | {_f(r['rows_per_s'])} | {_scale_note(r)} |"
+                )
+            if "whole_job_s" in w:
+                lines.append(
+                    f"| {w['users']:,} | | | **whole job** (local profile) | **{w['whole_job_s'] / 60:.1f} min** | "
+                    f"{w['peak_rss_mb']:,.0f} MB | | |"
                 )
         if scale.get("growth_exponent"):
             grow = ", ".join(f"{k} {v:.2f}" for k, v in scale["growth_exponent"].items())
@@ -236,6 +241,30 @@ def summary(folder: Path = RESULTS) -> str:
                     f"{_f(r['positions_per_s_per_process'])} | {r['peak_rss_mb']:,.0f} MB | {_f(r['hr@10'])} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def _scale_note(r: dict) -> str:
+    """What a scale row measured besides its wall time."""
+    notes = []
+    if "materialize_s" in r:
+        written = f"offline write {_f(r['offline_write_s'], 1)} s, materialize {_f(r['materialize_s'], 1)} s"
+        notes.append(f"{r['rows']:,} rows: {written}")
+        notes += [
+            f"{m['view']} {m['rows_per_s']:,} rows/s ({m['writers']} writers)"
+            for m in r["materialized"]
+            if "rows_per_s" in m and m["rows"] >= 10_000
+        ]
+    if "pit_s" in r:
+        notes.append(f"{r['rows']:,} entity rows joined in {_f(r['pit_s'], 2)} s")
+    if "p99_ms" in r:
+        notes.append(f"one user: p50 {_f(r['p50_ms'], 3)} ms, p99 {_f(r['p99_ms'], 3)} ms")
+    if "split_s" in r:
+        notes.append(f"split alone {_f(r['split_s'], 1)} s (the rest: loading through the contract)")
+    if "epoch_s" in r:
+        notes.append(f"epoch {_f(r['epoch_s'], 1)} s, HR@10 {_f(r['hr@10'])}")
+    if "max_abs_diff_vs_local" in r:
+        notes.append(f"max abs difference from the local vectors {r['max_abs_diff_vs_local']:.1e}")
+    return "; ".join(notes)
 
 
 def update_readme(table: str) -> None:

@@ -143,6 +143,9 @@ def _offline_table(name: str, df: pd.DataFrame, published_at: pd.Timestamp) -> p
     if name == "user_profiles":  # names of their own, so a service with both views has no clashing features
         df = df[["user_id", "embedding", "model_version", "event_timestamp"]].rename(columns=PROFILE_COLUMNS)
     df["published_at"] = published_at
+    for col in df.columns:  # microseconds: Spark's offline store cannot read nanosecond Parquet timestamps
+        if isinstance(df[col].dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(df[col]):
+            df[col] = df[col].astype("datetime64[us, UTC]" if getattr(df[col].dt, "tz", None) else "datetime64[us]")
     return df
 
 
