@@ -255,6 +255,47 @@ def lookups(repo: Repo, name: str, users: list[str], n: int, env: dict) -> list[
     return rows
 
 
+def materialize_side_by_side(repo: Repo, scratch: Path) -> list[dict]:
+    """User embeddings into a fresh three-master Redis Cluster: Feast's ``materialize`` against the publisher's
+    (``embeddings.feature_store._materialize``) with one and two writers, in one run."""
+    from scale import start_cluster, stop_cluster
+
+    from embeddings.feature_store._materialize import materialize
+
+    cluster = start_cluster(scratch / "cluster")
+    if cluster is None:
+        return []
+    os.environ.update(cluster)
+    try:
+        cluster_repo = Repo(repo.path, "redis-cluster")
+        store = cluster_repo.store()
+        store.apply(cluster_repo.definitions())
+        start, end = (
+            (CUTOFF - pd.Timedelta(seconds=1)).to_pydatetime(),
+            (CUTOFF + pd.Timedelta(seconds=1)).to_pydatetime(),
+        )
+        client = cluster_repo.redis()
+        ways = {
+            "feast materialize": lambda: store.materialize(start, end, feature_views=["user_embedding"]),
+            "publisher, 1 writer": lambda: materialize(store, ["user_embedding"], start, end, 1, False, newest=True),
+            "publisher, 2 writers": lambda: materialize(store, ["user_embedding"], start, end, 2, False, newest=True),
+        }
+        rows = []
+        for name, run in ways.items():
+            client.flushall()
+            began = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - began
+            n = sum(client.dbsize(target_nodes=node) for node in client.get_primaries())
+            rows.append({"writer": name, "rows": n, "seconds": seconds, "rows_per_s": n / seconds})
+        for r in rows:
+            r["over_feast"] = r["rows_per_s"] / rows[0]["rows_per_s"]
+        print(table(rows, ["writer", "rows", "seconds", "rows_per_s", "over_feast"]))
+        return rows
+    finally:
+        stop_cluster(scratch / "cluster")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
@@ -361,6 +402,7 @@ def main() -> None:
     else:
         print("redis-server not installed: Redis rows skipped (apt-get install redis-server)")
     out["lookups"] = rows
+    out["materialize_redis_cluster"] = materialize_side_by_side(repo, scratch)
     print()
     print(table(rows, LOOKUP_COLUMNS + ["n"]))
     print(

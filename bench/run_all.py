@@ -172,6 +172,12 @@ def summary(folder: Path = RESULTS) -> str:
                 f"{'p50 ' + _f(floor, 3) + ' ms (' + FLOOR[r['path']] + ')' if floor else 'not measured'} | "
                 f"{_f(r.get('p50_over_floor'), 1)}x | {peer_note} |"
             )
+        for r in fs.get("materialize_redis_cluster", [])[1:]:
+            lines.append(
+                f"| materialize user embeddings (Redis Cluster), {r['writer']} | {_f(r['rows_per_s'])} rows/s | "
+                f"Feast's materialize, same run: {_f(fs['materialize_redis_cluster'][0]['rows_per_s'])} rows/s | "
+                f"{_f(r['over_feast'], 1)}x faster | - |"
+            )
     probes = _load("probes", folder)
     if probes:
         lines.append(
@@ -219,7 +225,7 @@ def summary(folder: Path = RESULTS) -> str:
             for stage, r in [*w["stages"].items(), *w.get("profiles", {}).items()]:
                 lines.append(
                     f"| {w['users']:,} | {w['listings']:,} | {w['events']:,} | {stage} | {_f(r['seconds'], 1)} s | "
-                    f"{r['peak_rss_mb']:,.0f} MB | {_f(r['rows_per_s'])} | {_scale_note(r)} |"
+                    f"{r['peak_rss_mb']:,.0f} MB | {_f(r.get('rows_per_s'))} | {_scale_note(r)} |"
                 )
             if "whole_job_s" in w:
                 lines.append(
@@ -250,7 +256,7 @@ def _scale_note(r: dict) -> str:
         written = f"offline write {_f(r['offline_write_s'], 1)} s, materialize {_f(r['materialize_s'], 1)} s"
         notes.append(f"{r['rows']:,} rows: {written}")
         notes += [
-            f"{m['view']} {m['rows_per_s']:,} rows/s ({m['writers']} writers)"
+            f"{m['view']} {m['rows_per_s']:,} rows/s ({m['writers']} writer{'s' if m['writers'] > 1 else ''})"
             for m in r["materialized"]
             if "rows_per_s" in m and m["rows"] >= 10_000
         ]
