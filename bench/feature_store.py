@@ -304,8 +304,8 @@ def main() -> None:
     n_users = 10_000 if args.quick else args.users
     n_requests = 100 if args.quick else 500
     scratch = Path(tempfile.mkdtemp(prefix="lst-feast-bench-"))
+    shutil.copytree(REPO, scratch / "feature_repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
     repo = Repo(scratch / "feature_repo")
-    shutil.copytree(REPO, repo.path, ignore=shutil.ignore_patterns("data", "__pycache__"))
     listings, users_df, items, pref = synthetic_run(n_users)
     users = list(users_df["user_id"])
     out: dict = {"users": n_users}
