@@ -325,11 +325,11 @@ def embed(
         if users.empty:
             raise InputError(f"{data.source}: no user has a usable click before the cut-off {cutoff}")
         users, profiles = Embedder.split_heads(users)
-        _remove(layout.user_embeddings)  # an earlier Spark run's folder
-        write_parquet(users, layout.user_embeddings)
-        if profiles is not None:
-            _remove(layout.user_profiles)
-            write_parquet(profiles, layout.user_profiles)
+        for table, path in ((users, layout.user_embeddings), (profiles, layout.user_profiles)):
+            if table is not None:
+                if path.is_dir():  # an earlier Spark run's partitions (a file is replaced atomically)
+                    shutil.rmtree(path)
+                write_parquet(table, path)
     if profiles is None:
         _remove(layout.user_profiles)  # an earlier model's profiles do not belong to this one
     items = embedder.embed_items(cutoff if data.has_listings else None)
