@@ -141,6 +141,10 @@ class PublishConfig:
     force_older: str | None = None  # a reason: publish a run older than the latest published one
     writers: int | None = None  # processes writing the online store; default: 1 for SQLite, one per core for Redis
 
+    def __post_init__(self) -> None:  # before the checks, which take minutes on a site-size week
+        if self.writers is not None and self.writers < 1:
+            raise InputError(f"writers must be at least 1, got {self.writers}")
+
 
 @dataclass
 class JobConfig:

@@ -45,12 +45,18 @@ def spark_session(master: str | None = "local[2]", app: str = "lst-embeddings"):
     """A Spark session in UTC, writing Parquet timestamps as microseconds (the session already running, if any,
     is reused with those settings). Spark's Python workers run this interpreter."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise InputError("the Spark engine needs pyspark: pip install -e '.[spark]' (and Java 17)") from exc
 
     builder = SparkSession.builder.appName(app).config("spark.ui.enabled", "false")
     if master:
         builder = builder.master(master)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # no Java, a master that does not answer: Py4J's and Spark's own errors
+        raise InputError(f"Spark did not start (master {master or 'default'}; it needs Java 17): {exc}") from exc
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")

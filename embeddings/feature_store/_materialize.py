@@ -46,7 +46,7 @@ class ViewWrite:
 
 
 def default_writers(online_store_type: str) -> int:
-    return 1 if online_store_type == "sqlite" else max(2, os.cpu_count() or 1)
+    return 1 if online_store_type == "sqlite" else os.cpu_count() or 1
 
 
 def materialize(

@@ -181,8 +181,6 @@ def write_run(
     ``fail_before_swap`` stops just before the online update, for tests of the failure path.
     ``writers``: processes writing the online store (default: one for SQLite, one per core otherwise).
     """
-    if writers is not None and writers < 1:
-        raise InputError(f"writers must be at least 1, got {writers}")
     with publish_lock(repo):
         return _write_run(
             repo,
