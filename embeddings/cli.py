@@ -17,12 +17,13 @@ from embeddings.data import load_data
 from embeddings.errors import ChecksFailed, InputError, LstError
 from embeddings.feature_store import PROFILES, REPO, Repo
 from embeddings.io import utc, write_json
-from embeddings.models.sasrec import ITEM_ENCODERS, SASRecConfig
-from embeddings.train import LOSSES, WINDOWS, TrainConfig
+from embeddings.models.sasrec import ITEM_ENCODERS, POSITIONS, SASRecConfig
+from embeddings.train import LOSSES, LR_SCHEDULES, WINDOWS, TrainConfig
 
 # flags whose names differ from their dataclass field, and fields that are not command-line options
 FLAGS = {"n_blocks": "--blocks", "n_heads": "--heads", "n_negatives": "--negatives", "time_budget_s": "--time-budget"}
-CHOICES = {"item_encoder": tuple(ITEM_ENCODERS), "loss": LOSSES, "windows": WINDOWS}
+CHOICES = {"item_encoder": tuple(ITEM_ENCODERS), "loss": LOSSES, "windows": WINDOWS, "positions": POSITIONS,
+           "lr_schedule": LR_SCHEDULES}  # fmt: skip
 NOT_OPTIONS = {"n_items", "n_features", "eval_every", "bf16", "seed", "epochs"}
 
 

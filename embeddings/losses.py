@@ -27,23 +27,24 @@ class _FullSoftmaxCE(torch.autograd.Function):
         grad_h = torch.empty(n, h.shape[1], dtype=torch.float32, device=device)
         grad_e = torch.zeros(e.shape, dtype=torch.float32, device=device) if want_e else None
         total = torch.zeros((), dtype=torch.float64, device=device)
+        tiny = torch.finfo(torch.float32).tiny
         for start in range(0, n, chunk):
             hc, yc = h[start : start + chunk], targets[start : start + chunk]
             rows = torch.arange(len(yc), device=device)
-            logits = (hc @ e.T).float()
+            logits = hc @ e.T
             if unavailable is not None:
                 logits.masked_fill_(unavailable, float("-inf"))
-            top = logits.amax(dim=1, keepdim=True)
-            target_logit = logits[rows, yc]
-            probs = logits.sub_(top).exp_()  # one pass for both the loss and the gradient
-            norm = probs.sum(dim=1, keepdim=True)
-            total += (top[:, 0] + norm[:, 0].log() - target_logit).sum().double()
-            probs.div_(norm)
+            # one fused pass (max, exp, sum, divide in float, written in ``dtype``) gives the probabilities:
+            # the loss is -log p(target), the gradient softmax minus one-hot
+            probs = torch.softmax(logits, dim=1)
+            total -= probs[rows, yc].float().clamp_min(tiny).log().sum().double()
             probs[rows, yc] -= 1.0
-            g = probs.div_(n).to(dtype)
-            grad_h[start : start + chunk] = (g @ e).float()
+            grad_h[start : start + chunk] = (probs @ e).float()
             if want_e:
-                grad_e += (g.T @ hc).float()
+                grad_e += (probs.T @ hc).float()
+        grad_h /= n
+        if want_e:
+            grad_e /= n
         ctx.save_for_backward(grad_h, grad_e if want_e else torch.empty(0))
         ctx.want_e = want_e
         return (total / n).float()
@@ -60,7 +61,7 @@ def full_softmax_ce(
     targets: torch.Tensor,
     unavailable: torch.Tensor | None = None,
     low_precision: bool = False,
-    chunk: int = 2048,
+    chunk: int = 512,
 ) -> torch.Tensor:
     """Mean cross-entropy of ``targets`` (item indices) given hidden states (P, d) and item vectors (n, d).
 

@@ -48,11 +48,12 @@ LOSSES = ("auto", "softmax", "sampled", "logq")
 # (3,416 items) 0.2502 against 0.2728
 AUTO_FULL_SOFTMAX_MAX_ITEMS = 10_000
 WINDOWS = ("last", "all")
+LR_SCHEDULES = ("constant", "cosine")
 # settings that change the trajectory of a run: resuming with other values would not continue it
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
-    "valid_users",
+    "valid_users", "lr_schedule",
 )  # fmt: skip
 
 
@@ -67,6 +68,7 @@ class TrainConfig:
     epochs: int = 200  # upper bound; early stopping usually ends training sooner
     batch_size: int = 128
     lr: float = 2e-3
+    lr_schedule: str = "constant"  # constant | cosine: warm up over the first epoch, then decay to 0 at `epochs`
     weight_decay: float = 0.0
     loss: str = "auto"  # softmax (full) | sampled (uniform negatives) | logq (in-batch + uniform, logQ) | auto
     n_negatives: int = 256  # uniform negatives per batch for loss=sampled and loss=logq
@@ -85,6 +87,8 @@ class TrainConfig:
             self.bf16 = self.device.startswith("cuda") or _fast_bf16()
         if self.windows not in WINDOWS:
             raise InputError(f"windows must be one of {WINDOWS}, got {self.windows!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.valid_users < 1:
@@ -101,6 +105,16 @@ def training_windows(train: Sequences, max_len: int, every: bool) -> Sequences:
     back = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)  # 0 = the user's newest window
     ends = train.ends[user] - back * max_len
     return Sequences(train.items, np.maximum(train.starts[user], ends - max_len - 1), ends)
+
+
+def lr_factor(schedule: str, progress: float, epochs: int) -> float:
+    """The learning rate's multiplier ``progress`` epochs into training (fractions within an epoch): ``constant``
+    1; ``cosine`` a linear warm-up over the first epoch, then half a cosine down to 0 at ``epochs``."""
+    if schedule == "constant":
+        return 1.0
+    if progress < 1:
+        return max(progress, 1e-3)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - 1) / max(epochs - 1, 1))))
 
 
 def training_device(name: str) -> torch.device:
@@ -212,7 +226,8 @@ class _Loop:
         ):
             raise InputError(f"{last} belongs to another model or catalogue; remove it or pick another folder")
         saved = state.get("train_config", {})
-        changed = [k for k in RESUME_MUST_MATCH if k in saved and saved[k] != getattr(self.tc, k)]
+        must_match = RESUME_MUST_MATCH + (("epochs",) if self.tc.lr_schedule != "constant" else ())  # the horizon
+        changed = [k for k in must_match if k in saved and saved[k] != getattr(self.tc, k)]
         if changed:
             diff = ", ".join(f"{k} {saved[k]!r} -> {getattr(self.tc, k)!r}" for k in changed)
             raise InputError(f"{last}: cannot resume with other settings ({diff}); remove it to start over")
@@ -275,6 +290,8 @@ class _Loop:
                 mine = slice(0, 1) if idle else slice(rank, None, world)
                 inputs, targets = inputs[mine], targets[mine]
             n_pos = int((targets > 0).sum())
+            for group in self.optimizer.param_groups:
+                group["lr"] = tc.lr * lr_factor(tc.lr_schedule, epoch + step / n_batches, tc.epochs)
             inputs, targets = self.to_device(inputs), self.to_device(targets)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
                 loss = self.step(inputs, targets, n_pos, torch_rng)
@@ -372,12 +389,18 @@ def fit(rec: SASRecRecommender, split: Split, resume: bool = True) -> SASRecReco
     """Train ``rec`` on ``split`` (resuming from ``rec.checkpoint_dir/last.pt`` when there is one).
 
     Deterministic algorithms are on while it trains: with several threads the embedding gradients are
-    otherwise summed in a varying order, and a seeded run would not repeat bit for bit (measured: no cost).
+    otherwise summed in a varying order, and a seeded run would not repeat bit for bit (measured: no cost,
+    once the NaN filling of new tensors that comes with that mode is off).
     """
     dist.setup(rec.train_config.device)
     was = torch.are_deterministic_algorithms_enabled()
+    was_filling = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # deterministic mode also fills every new tensor with NaN (in case a kernel reads memory it never wrote):
+    # 15,000 fills an ML-1M epoch, a fifth of its time; no kernel used here reads unwritten memory
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         return _Loop(rec, split).run(resume)
     finally:
         torch.use_deterministic_algorithms(was)
+        torch.utils.deterministic.fill_uninitialized_memory = was_filling

@@ -13,9 +13,18 @@ from embeddings.features import listing_features
 from embeddings.losses import full_softmax_ce, log_inclusion, logq_softmax_ce
 from embeddings.models.base import Popularity
 from embeddings.models.lightfm_model import LightFMConfig
-from embeddings.models.sasrec import SASRec, SASRecConfig, SASRecRecommender, load_checkpoint
+from embeddings.models.sasrec import (
+    Block,
+    SASRec,
+    SASRecConfig,
+    SASRecRecommender,
+    dropout,
+    load_checkpoint,
+    rotary_table,
+    rotate,
+)
 from embeddings.split import temporal_split
-from embeddings.train import TrainConfig
+from embeddings.train import TrainConfig, lr_factor
 from embeddings.zoo import make_model
 
 FAST = TrainConfig(epochs=3, batch_size=32, patience=10, bf16=False)
@@ -32,9 +41,10 @@ def features(tiny_week, split):
     return listing_features(tiny_week[0], split.item_ids, split.cutoff).smooth()[0]
 
 
-def test_sasrec_shapes_and_causality():
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_sasrec_shapes_and_causality(positions):
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(n_items=50, max_len=12, dim=16, n_blocks=2, n_heads=2)).eval()
+    model = SASRec(SASRecConfig(n_items=50, max_len=12, dim=16, n_blocks=2, n_heads=2, positions=positions)).eval()
     tokens = torch.randint(1, 51, (3, 12))
     hidden = model(tokens)
     assert hidden.shape == (3, 12, 16) and model.logits(hidden).shape == (3, 12, 50)
@@ -45,9 +55,43 @@ def test_sasrec_shapes_and_causality():
     assert not torch.allclose(hidden[:, 7:], after[:, 7:])
 
 
-def test_padding_does_not_change_real_positions():
+def test_cpu_attention_is_scaled_dot_product_attention():
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(n_items=20, max_len=10, dim=8)).eval()
+    block = Block(SASRecConfig(n_items=5, max_len=12, dim=16, n_heads=2)).eval()
+    x = torch.randn(3, 9, 16)
+    b, t, d = x.shape
+    q, k, v = (z.view(b, t, 2, 8).transpose(1, 2) for z in block.qkv(x).split(d, dim=2))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+    assert torch.allclose(block.attention(x), block.proj(ref), atol=1e-6)
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_is_identity_in_eval():
+    torch.manual_seed(0)
+    x = torch.ones(200, 500, requires_grad=True)
+    y = dropout(x, 0.2, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.8))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.8)  # the gradient flows through kept elements only
+    assert dropout(x, 0.2, training=False) is x
+    rows = dropout(torch.ones(4000, 7), 0.5, training=True) != 0  # every lane of a draw is random
+    assert all(abs(rows[:, j].float().mean().item() - 0.5) < 0.03 for j in range(7))
+
+
+def test_rotary_scores_depend_only_on_distance():
+    table = rotary_table(30, 8)
+    q, k = torch.randn(8).expand(30, 8), torch.randn(8).expand(30, 8)
+    rq, rk = rotate(q, table), rotate(k, table)
+    assert torch.allclose(rq[5] @ rk[3], rq[27] @ rk[25], atol=1e-5)
+    assert not torch.allclose(rq[5] @ rk[3], rq[5] @ rk[1], atol=1e-3)
+    assert torch.allclose(rq.norm(dim=1), q.norm(dim=1), atol=1e-5)  # a rotation
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_padding_does_not_change_real_positions(positions):
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=20, max_len=10, dim=8, positions=positions)).eval()
     short = torch.tensor([[3, 4, 5]])
     padded = torch.tensor([[3, 4, 5, 0, 0, 0]])
     assert torch.allclose(model(short)[0], model(padded)[0, :3], atol=1e-6)
@@ -125,8 +169,15 @@ def test_checkpoint_cannot_execute_code(tmp_path):
     assert "weights_only=False" not in str(caught.value)  # never advise the unsafe retry
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split):
-    cfg = TrainConfig(epochs=4, batch_size=32, patience=100, bf16=False, seed=1)
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    f = [lr_factor("cosine", p, epochs=5) for p in (0.0, 0.5, 1.0, 3.0, 5.0)]
+    assert f[0] < f[1] < f[2] == 1.0 and f[3] == pytest.approx(0.5) and f[4] == pytest.approx(0.0)
+    assert lr_factor("constant", 3.7, epochs=5) == 1.0
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split, schedule):
+    cfg = TrainConfig(epochs=4, batch_size=32, patience=100, bf16=False, seed=1, lr_schedule=schedule)
     straight = SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path / "a").fit(split)
 
     def interrupt(epoch, stats):

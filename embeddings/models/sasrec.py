@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from embeddings.train import TrainConfig
 
 FORMAT = "lst-embeddings/sasrec/1"
+POSITIONS = ("learned", "rotary")
 
 
 @dataclass
@@ -63,6 +64,7 @@ class SASRecConfig:
     n_heads: int = 1  # attention heads (dim must divide by it)
     dropout: float = 0.2
     ffn_mult: int = 1  # hidden width of the position-wise MLP, in multiples of dim (SASRec: 1)
+    positions: str = "learned"  # learned: a vector per place counted back from the newest click | rotary (RoPE)
     item_encoder: str = "id"  # id | lst-frozen | hybrid: where item vectors come from
     frozen_linear: bool = False  # lst-frozen: one shared trainable dim x dim map over the frozen vectors
     profile_horizon: int = 0  # >0: a profile head trained on any of the next N clicks (0: intent vector only)
@@ -76,6 +78,10 @@ class SASRecConfig:
             raise InputError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.profile_horizon < 0:
             raise InputError(f"profile_horizon must be >= 0, got {self.profile_horizon}")
+        if self.positions not in POSITIONS:
+            raise InputError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.positions == "rotary" and (self.dim // self.n_heads) % 2:
+            raise InputError(f"rotary positions need an even head width, got {self.dim // self.n_heads}")
 
     @property
     def encoder(self) -> type[ItemEncoder]:
@@ -185,32 +191,70 @@ class HybridEncoder(ItemEncoder):
 ITEM_ENCODERS: dict[str, type[ItemEncoder]] = {e.kind: e for e in (IdEncoder, FrozenLstEncoder, HybridEncoder)}
 
 
+def rotary_table(max_len: int, width: int) -> torch.Tensor:
+    """(2, max_len, width) cosines and sines of RoPE (Su et al., 2021): pair ``i`` of a head turns by
+    ``position / 10000 ** (2 i / width)``, so a query-key product depends only on how far apart they are."""
+    freq = 10000.0 ** (-torch.arange(0, width, 2, dtype=torch.float64) / width)
+    angle = torch.outer(torch.arange(max_len, dtype=torch.float64), freq).repeat(1, 2)
+    return torch.stack([angle.cos(), angle.sin()]).float()
+
+
+def rotate(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Queries or keys (..., t, width) turned by their position (``table`` from :func:`rotary_table`)."""
+    t = x.shape[-2]
+    first, second = x.chunk(2, dim=-1)
+    return x * table[0, :t] + torch.cat([-second, first], dim=-1) * table[1, :t]
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout`` with a mask from 15 random bits per element (``p`` rounded to 1/32768).
+
+    One 64-bit draw gives four elements their bits, where ``F.dropout`` draws once per element: on a CPU
+    this is 4x faster, and dropout was a tenth of an ML-1M epoch. (A draw is in [0, 2**63), so each
+    16-bit lane's top bit is dropped.)
+    """
+    if not training or p == 0:
+        return x
+    draws = torch.empty(x.numel() // 4 + 1, dtype=torch.int64, device=x.device).random_()
+    bits = draws.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF
+    return (x * (bits >= round(p * 32768))).mul_(1 / (1 - p))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: causal self-attention, then a position-wise MLP."""
 
     def __init__(self, cfg: SASRecConfig):
         super().__init__()
-        self.n_heads = cfg.n_heads
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
         self.ln1 = nn.LayerNorm(cfg.dim)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.ln2 = nn.LayerNorm(cfg.dim)
         hidden = cfg.dim * cfg.ffn_mult
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
-        self.drop = nn.Dropout(cfg.dropout)
+        # additive causal mask for the CPU path, RoPE's angles (neither saved with the weights)
+        self.register_buffer("causal", torch.full((cfg.max_len, cfg.max_len), -math.inf).triu(1), persistent=False)
+        rotary = rotary_table(cfg.max_len, cfg.dim // cfg.n_heads) if cfg.positions == "rotary" else None
+        self.register_buffer("rotary", rotary, persistent=False)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
+        h = self.n_heads
         q, k, v = self.qkv(x).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True
-        )  # no attention dropout: it costs more than it helps on CPU
+        q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in (q, k, v))  # no attention dropout
+        if self.rotary is not None:
+            q, k = rotate(q, self.rotary.to(q.dtype)), rotate(k, self.rotary.to(k.dtype))
+        if x.device.type == "cpu":  # plain attention: 1.7x faster than the CPU flash kernel at t = 200 (fwd + bwd)
+            q, k, v = (z.reshape(b * h, t, d // h) for z in (q, k, v))
+            scores = torch.baddbmm(self.causal[:t, :t], q, k.transpose(1, 2), alpha=(d // h) ** -0.5)
+            y = (scores.softmax(-1) @ v).view(b, h, t, d // h)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attention(self.ln1(x)))
-        return x + self.drop(self.mlp(self.ln2(x)))
+        x = x + dropout(self.attention(self.ln1(x)), self.dropout, self.training)
+        return x + dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
 
 
 class SASRec(nn.Module):
@@ -218,9 +262,9 @@ class SASRec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.items = cfg.encoder(cfg, features)
-        self.positions = nn.Embedding(cfg.max_len, cfg.dim)
-        nn.init.normal_(self.positions.weight, std=0.02)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.positions = nn.Embedding(cfg.max_len, cfg.dim) if cfg.positions == "learned" else None
+        if self.positions is not None:
+            nn.init.normal_(self.positions.weight, std=0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.ln_f = nn.LayerNorm(cfg.dim)
         self.profile = nn.Linear(cfg.dim, cfg.dim) if cfg.profile_horizon else None
@@ -232,12 +276,14 @@ class SASRec(nn.Module):
         """Hidden state (batch, time, dim) after each position of right-padded ``tokens``."""
         if item_vectors is None:
             item_vectors = self.items()
-        # positions count back from each sequence's last item, as with SASRec's left padding: the newest click
-        # is always position 0, so "how recent" means the same for every user and at every length
-        lengths = (tokens > 0).sum(1, keepdim=True)
-        back = (lengths - 1 - torch.arange(tokens.shape[1], device=tokens.device)).clamp_min(0)
-        x = item_vectors[tokens] * self.items.input_scale + self.positions(back)
-        x = self.drop(x) * (tokens > 0).unsqueeze(-1)
+        x = item_vectors[tokens] * self.items.input_scale
+        if self.positions is not None:
+            # learned positions count back from each sequence's last item, as with SASRec's left padding: the
+            # newest click is always position 0, so "how recent" means the same for every user and length
+            lengths = (tokens > 0).sum(1, keepdim=True)
+            back = (lengths - 1 - torch.arange(tokens.shape[1], device=tokens.device)).clamp_min(0)
+            x = x + self.positions(back)
+        x = dropout(x, self.cfg.dropout, self.training) * (tokens > 0).unsqueeze(-1)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)
