@@ -25,6 +25,7 @@ SCRIPTS = [
     "ml1m_file_check",
     "lightfm_baseline",
     "sasrec_quality",
+    "sasrec_levers",
     "embed_throughput",
     "feature_store",
     "peers/rectools_sasrec",
@@ -32,6 +33,7 @@ SCRIPTS = [
     "losses",
     "peers/rectools_sasrec:video",
     "video",
+    "world_grid",
     "scale",
 ]
 ARGS = {"peers/rectools_sasrec:video": ["--data", "video", "--max-len", "50", "--budget-min", "8"]}
@@ -177,6 +179,38 @@ def summary(folder: Path = RESULTS) -> str:
                 f"| materialize user embeddings (Redis Cluster), {r['writer']} | {_f(r['rows_per_s'])} rows/s | "
                 f"Feast's materialize, same run: {_f(fs['materialize_redis_cluster'][0]['rows_per_s'])} rows/s | "
                 f"{_f(r['over_feast'], 1)}x faster | - |"
+            )
+    levers = _load("sasrec_levers", folder)
+    if levers:
+        lines.append(
+            "\n**SASRec levers on ML-1M, one at a time** (`bench/sasrec_levers.py`: each against the baseline "
+            "dim 64, 2 blocks, dropout 0.2, learned positions, constant lr 2e-3; same training-time budget, early "
+            "stopping on validation NDCG@10; test of the best validation model)\n"
+        )
+        lines.append("| lever | HR@10 | NDCG@10 | HR@10 / baseline | best epoch / run | epoch |")
+        lines.append("|---|---|---|---|---|---|")
+        base = next((r for r in levers["levers"] if r["lever"] == "baseline"), None)
+        for r in levers["levers"]:
+            ratio = r["hr@10"] / base["hr@10"] if base else None
+            lines.append(
+                f"| {r['lever']} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | {_f(ratio, 3)} | "
+                f"{r['best_epoch']} / {r['epochs_run']} | {_f(r['epoch_s_median'], 1)} s |"
+            )
+    grid = _load("world_grid", folder)
+    if grid:
+        lines.append(
+            f"\n**Synthetic weeks of other sizes** (`bench/world_grid.py`, seed {grid['seed']}: HR@10 of SASRec "
+            "over LightFM's, temporal split)\n"
+        )
+        lines.append(
+            "| users x listings | clicks per listing | cold test share | LightFM HR@10 | id | lst-frozen | hybrid |"
+        )
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in grid["worlds"]:
+            lines.append(
+                f"| {r['users']:,} x {r['listings']:,} | {_f(r['train_clicks_per_listing'], 1)} | "
+                f"{_f(r['test_cold_share'], 3)} | {_f(r['lightfm_hr@10'])} | {_f(r['id_over_lightfm'], 2)}x | "
+                f"{_f(r['lst-frozen_over_lightfm'], 2)}x | {_f(r['hybrid_over_lightfm'], 2)}x |"
             )
     probes = _load("probes", folder)
     if probes:
