@@ -88,7 +88,7 @@ def summary(folder: Path = RESULTS) -> str:
         m = ml.get(key) if ml else None
         if m:
             lines.append(
-                f"| {data} | ours: SASRec (id), best of {m['epochs_run']} epochs | {_f(m['hr@10'])} | "
+                f"| {data} | ours: SASRec (id, preset ml1m), best of {m['epochs_run']} epochs | {_f(m['hr@10'])} | "
                 f"{_f(m['ndcg@10'])} | - | - |"
             )
         if key == "ml1m" and peer:

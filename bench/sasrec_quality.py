@@ -1,10 +1,10 @@
 """SASRec quality and speed: ML-1M against the published figures, synthetic week against LightFM.
 
-    python bench/sasrec_quality.py [--quick] [--ml1m PATH] [--budget-min 20] [--as-given-budget-min 6]
-                                   [--skip-ml1m] [--skip-week]
+    python bench/sasrec_quality.py [--quick] [--ml1m PATH] [--budget-min 30] [--skip-ml1m] [--skip-week]
 
 ML-1M: the SASRec papers' file, leave-last-out as published, full ranking, seen items excluded,
-dim 64, 2 blocks, max_len 200, trained on every 200-item window of each history. The test HR@10 is
+dim 64, 2 blocks, the `--preset ml1m` settings (max_len 200, every 200-item window of each history,
+rotary positions), at most 30 minutes of training by default. The test HR@10 is
 checked after each of the first 8 epochs, then every 4 (evaluation time is not counted as training
 time), to find the training time until HR@10 reaches 0.30 and the curve RecTools is set against;
 the reported quality is the model with the best validation NDCG@10. Seconds per epoch are set
@@ -36,12 +36,13 @@ from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
 from embeddings.models.sasrec import SASRecConfig  # noqa: E402
 from embeddings.split import leave_last_out, temporal_split  # noqa: E402
 from embeddings.synthetic import WeekConfig, generate_week  # noqa: E402
-from embeddings.train import TrainConfig, training_windows  # noqa: E402
+from embeddings.train import PRESETS, TrainConfig, training_windows  # noqa: E402
 from embeddings.zoo import make_model  # noqa: E402
 
-# every window of each history, not only its last 200 items: 35 % of ML-1M's clicks are never a target
-# otherwise; the same epoch time buys a higher plateau (HR@10 0.315 against 0.305 in one comparison run)
-WINDOWS = "all"
+# the `--preset ml1m` settings: every window of each history, not only its last 200 items (35 % of ML-1M's
+# clicks are never a target otherwise), rotary positions, ... (bench/sasrec_levers.py measured each change)
+PRESET_MODEL, PRESET_TRAIN = PRESETS["ml1m"]
+WINDOWS = PRESET_TRAIN["windows"]
 PUBLISHED = {"SASRec, full CE (paper)": (0.3152, 0.1821), "RecTools SASRec": (0.3058, 0.1779)}
 
 
@@ -63,10 +64,9 @@ def ml1m(path: str, quick: bool, budget_min: float) -> dict:
         keep = events["user_id"].drop_duplicates().head(1000)
         events = events[events["user_id"].isin(keep)]
     split = leave_last_out(events)
-    cfg = SASRecConfig(max_len=200, dim=64, n_blocks=2, n_heads=1, dropout=0.2)
-    train = TrainConfig(
-        epochs=4 if quick else 300, patience=10, eval_every=2, time_budget_s=budget_min * 60, windows=WINDOWS
-    )
+    cfg = SASRecConfig(**{"dim": 64, "n_blocks": 2, "n_heads": 1, **PRESET_MODEL})
+    settings = {"epochs": 300, "patience": 10, **PRESET_TRAIN, "eval_every": 2, "time_budget_s": budget_min * 60}
+    train = TrainConfig(**{**settings, "epochs": 4} if quick else settings)
     curve, clock = [], {"train_s": 0.0, "reached_0.30_s": None}
     model = make_model("sasrec", split, None, sasrec=cfg, train=train)
 
@@ -103,6 +103,8 @@ def ml1m(path: str, quick: bool, budget_min: float) -> dict:
     )
     return {
         "windows": WINDOWS,
+        "model_config": {k: v for k, v in vars(model.model.cfg).items() if k not in ("n_items", "n_features")},
+        "train_config": {k: getattr(train, k) for k in ("lr", "lr_schedule", "batch_size", "epochs", "windows")},
         "positions_per_epoch": int(lengths.sum()),
         "positions_per_epoch_last_window": int(window_lengths(split, False).sum()),  # what RecTools trains on
         "users": split.n_users,
@@ -148,7 +150,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--ml1m", default=str(ML1M))
-    p.add_argument("--budget-min", type=float, default=20.0, help="training time budget, ML-1M headline run")
+    p.add_argument("--budget-min", type=float, default=30.0, help="training time budget, ML-1M headline run")
     p.add_argument("--skip-ml1m", action="store_true")
     p.add_argument("--skip-week", action="store_true")
     args = p.parse_args()

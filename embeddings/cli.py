@@ -18,7 +18,7 @@ from embeddings.errors import ChecksFailed, InputError, LstError
 from embeddings.feature_store import PROFILES, REPO, Repo
 from embeddings.io import utc, write_json
 from embeddings.models.sasrec import ITEM_ENCODERS, POSITIONS, SASRecConfig
-from embeddings.train import LOSSES, LR_SCHEDULES, WINDOWS, TrainConfig
+from embeddings.train import LOSSES, LR_SCHEDULES, PRESETS, WINDOWS, TrainConfig
 
 # flags whose names differ from their dataclass field, and fields that are not command-line options
 FLAGS = {"n_blocks": "--blocks", "n_heads": "--heads", "n_negatives": "--negatives", "time_budget_s": "--time-budget"}
@@ -37,13 +37,14 @@ def _field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def _add_dataclass_options(group, cls) -> None:
-    """One option per field of ``cls``, its default and help taken from the dataclass."""
+def _add_dataclass_options(group, cls, preset: dict) -> None:
+    """One option per field of ``cls``, its default (the preset's, else the dataclass's) and help from the class."""
     docs = _field_docs(cls)
     for f in fields(cls):
         if f.name in NOT_OPTIONS:
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
+        default = preset.get(f.name, default)
         flag = FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
         help_ = docs.get(f.name, "") + (f" (default: {default})" if default is not None else "")
         if isinstance(default, bool):
@@ -354,7 +355,7 @@ def _add_repo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=tuple(PROFILES), default="local", help="redis: REDIS_HOST/PORT/PASSWORD/SSL")
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+def _add_model_options(p: argparse.ArgumentParser, preset: str | None) -> None:
     p.add_argument("--data", required=True, help="folder with listings.parquet + events.parquet, or a user-item .txt")
     p.add_argument(
         "--split", choices=pl.SPLITS, default="auto", help="auto: temporal with listings, else leave-last-out"
@@ -368,11 +369,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="training epochs (LightFM default 30, SASRec 200 with early stopping)")
     p.add_argument("--factors", type=int, default=64, help="LightFM factors")
     p.add_argument("--fp32", action="store_true", help="no bfloat16 autocast (default: on where the CPU has it)")
-    _add_dataclass_options(p.add_argument_group("SASRec model"), SASRecConfig)
-    _add_dataclass_options(p.add_argument_group("SASRec training"), TrainConfig)
+    p.add_argument(
+        "--preset", choices=tuple(PRESETS), help="SASRec settings for other data (ml1m: long histories); flags win"
+    )
+    model, train = PRESETS.get(preset, ({}, {}))
+    _add_dataclass_options(p.add_argument_group("SASRec model"), SASRecConfig, model)
+    _add_dataclass_options(p.add_argument_group("SASRec training"), TrainConfig, train)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``preset`` (a name in ``zoo.PRESETS``) changes the SASRec options' defaults."""
     parser = argparse.ArgumentParser(prog="lst-embeddings", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -398,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+", default=["lightfm"], choices=("popular", "lightfm", "lightfm+lst", "sasrec"))
     p.add_argument("--checkpoint", help="sasrec: evaluate this trained model instead of training one")
     p.add_argument("--json", help="write the metrics here as JSON (flat keys such as hr@10)")
-    _add_model_options(p)
+    _add_model_options(p, preset)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train SASRec, keep checkpoints (resumes an interrupted run), report test metrics")
@@ -409,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="training processes (torchrun + DistributedDataParallel, gloo on CPU)"
     )
     _add_repo_options(p)
-    _add_model_options(p)
+    _add_model_options(p, preset)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("embed", help="user embeddings as of a cut-off and listing embeddings, to Parquet")
@@ -487,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # a preset sets defaults, so it is read first: flags given beside it still win
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset", choices=tuple(PRESETS))
+    args = build_parser(early.parse_known_args(argv)[0].preset).parse_args(argv)
     try:
         return args.func(args)
     except LstError as exc:

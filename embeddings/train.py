@@ -49,11 +49,18 @@ LOSSES = ("auto", "softmax", "sampled", "logq")
 AUTO_FULL_SOFTMAX_MAX_ITEMS = 10_000
 WINDOWS = ("last", "all")
 LR_SCHEDULES = ("constant", "cosine")
+# named SASRec settings (SASRecConfig, TrainConfig fields) for `train` / `evaluate --preset`; without one the
+# dataclass defaults hold, which are for short click sequences over a large catalogue (a week of listing clicks;
+# bench/video.py)
+PRESETS: dict[str, tuple[dict, dict]] = {
+    # long histories over a small catalogue (ML-1M: 165 clicks a user, 3,416 items; bench/sasrec_quality.py)
+    "ml1m": ({"max_len": 200, "dropout": 0.2, "positions": "rotary"}, {"windows": "all"}),
+}
 # settings that change the trajectory of a run: resuming with other values would not continue it
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
-    "valid_users", "lr_schedule",
+    "valid_users", "lr_schedule", "batch_positions",
 )  # fmt: skip
 
 
@@ -66,7 +73,8 @@ def _fast_bf16() -> bool:
 @dataclass
 class TrainConfig:
     epochs: int = 200  # upper bound; early stopping usually ends training sooner
-    batch_size: int = 128
+    batch_size: int = 128  # windows a batch (without batch_positions)
+    batch_positions: int = 0  # >0: a batch holds as many windows as fit this many padded positions
     lr: float = 2e-3
     lr_schedule: str = "constant"  # constant | cosine: warm up over the first epoch, then decay to 0 at `epochs`
     weight_decay: float = 0.0
@@ -93,6 +101,8 @@ class TrainConfig:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.valid_users < 1:
             raise InputError("epochs, batch_size and valid_users must be at least 1")
+        if self.batch_positions < 0:
+            raise InputError(f"batch_positions must be >= 0, got {self.batch_positions}")
 
 
 def training_windows(train: Sequences, max_len: int, every: bool) -> Sequences:
@@ -149,19 +159,38 @@ def future_targets(targets: torch.Tensor, horizon: int, generator: torch.Generat
     return torch.where(targets > 0, targets.gather(1, pick), torch.zeros_like(targets))
 
 
-def _batches(windows: Sequences, max_len: int, batch_size: int, rng: np.random.Generator):
-    """(inputs, targets) token batches: windows shuffled, then grouped by length within chunks; each batch is
-    gathered from the flat item array in one step (tokens = item + 1, right-padded with 0)."""
+def batch_plan(
+    windows: Sequences, max_len: int, batch_size: int, rng: np.random.Generator, batch_positions: int = 0
+) -> list[np.ndarray]:
+    """Window indices of each batch, in training order: windows shuffled, then sorted by length within chunks
+    of about 32 batches and cut into batches of ``batch_size`` windows or, with ``batch_positions``, of as many
+    windows as fit that many padded positions (short windows: more of them a batch, so a step's fixed costs,
+    such as updating every item vector, are shared by more clicks). A batch is as wide as its longest window."""
     order = rng.permutation(len(windows))
-    lengths = windows.lengths[order]
-    chunk = batch_size * 32
+    width = np.clip(windows.lengths[order] - 1, 1, max_len)
+    if batch_positions:
+        ends = np.searchsorted(np.cumsum(width), np.arange(32 * batch_positions, width.sum(), 32 * batch_positions))
+        bounds = [0, *ends.tolist(), len(order)]
+    else:
+        bounds = [*range(0, len(order), batch_size * 32), len(order)]
     batches = []
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk][np.argsort(-lengths[start : start + chunk], kind="stable")]
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        sort = np.argsort(-width[lo:hi], kind="stable")
+        part, part_width = order[lo:hi][sort], width[lo:hi][sort]
+        i = 0
+        while i < len(part):
+            rows = max(1, batch_positions // int(part_width[i])) if batch_positions else batch_size
+            batches.append(part[i : i + rows])
+            i += rows
+    return [batches[b] for b in rng.permutation(len(batches))]
+
+
+def _batches(windows: Sequences, max_len: int, plan: list[np.ndarray]):
+    """(inputs, targets) token batches of ``plan``; each gathered from the flat item array in one step
+    (tokens = item + 1, right-padded with 0)."""
     tokens = np.append(windows.items + 1, 0)  # a trailing 0: where padding reads from
-    for b in rng.permutation(len(batches)):
-        starts, n = windows.starts[batches[b]], windows.lengths[batches[b]] - 1
+    for batch in plan:
+        starts, n = windows.starts[batch], windows.lengths[batch] - 1
         width = np.arange(max(1, min(max_len, int(n.max()))))
         at = np.where(width < n[:, None], starts[:, None] + width, len(tokens) - 1)
         yield torch.from_numpy(tokens[at]), torch.from_numpy(tokens[np.where(width < n[:, None], at + 1, at)])
@@ -279,10 +308,11 @@ class _Loop:
         torch.manual_seed(tc.seed * 1_000_003 + epoch)
         self.model.train()
         windows = training_windows(self.split.train, cfg.max_len, tc.windows == "all")
-        n_batches = math.ceil(len(windows) / tc.batch_size)
+        plan = batch_plan(windows, cfg.max_len, tc.batch_size, rng, tc.batch_positions)
+        n_batches = len(plan)
         running = torch.zeros((), dtype=torch.float64, device=self.device)
         total_loss, total_pos, t0 = 0.0, 0, time.perf_counter()
-        bar = progress(_batches(windows, cfg.max_len, tc.batch_size, rng), total=n_batches, desc=f"epoch {epoch + 1}")
+        bar = progress(_batches(windows, cfg.max_len, plan), total=n_batches, desc=f"epoch {epoch + 1}")
         rank, world = dist.rank(), dist.world_size()
         for step, (inputs, targets) in enumerate(bar):
             idle = rank >= len(inputs)  # a batch with fewer rows than ranks: this one takes part with weight 0

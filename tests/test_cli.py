@@ -47,3 +47,19 @@ def test_impossible_settings_end_in_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "at least 1 user" in err and "Traceback" not in err
     assert not (tmp_path / "w").exists()
+
+
+def test_preset_sets_defaults_and_flags_given_beside_it_win():
+    from embeddings.cli import _from_args, build_parser
+    from embeddings.models.sasrec import SASRecConfig
+    from embeddings.train import PRESETS, TrainConfig
+
+    model, train = PRESETS["ml1m"]
+    argv = ["train", "--out", "x", "--data", "y", "--preset", "ml1m"]
+    args = build_parser("ml1m").parse_args(argv)
+    assert all(getattr(_from_args(SASRecConfig, args), k) == v for k, v in model.items())
+    assert all(getattr(_from_args(TrainConfig, args), k) == v for k, v in train.items())
+    args = build_parser("ml1m").parse_args([*argv, "--max-len", "30"])
+    assert _from_args(SASRecConfig, args).max_len == 30
+    plain = build_parser().parse_args(argv[:5])
+    assert _from_args(SASRecConfig, plain) == SASRecConfig() and _from_args(TrainConfig, plain) == TrainConfig()

@@ -255,7 +255,7 @@ def test_flat_sequences_give_the_batches_the_list_code_gave(tiny_week, every):
     """Sequences as one item array + bounds (no object per user or event) feed training the very same batches,
     in the same order, as the per-user arrays did; and the split built from them is the list-built one."""
     from embeddings.split import Sequences, temporal_split
-    from embeddings.train import _batches, training_windows
+    from embeddings.train import _batches, batch_plan, training_windows
 
     listings, events, _ = tiny_week
     split = temporal_split(events, listings)
@@ -271,11 +271,25 @@ def test_flat_sequences_give_the_batches_the_list_code_gave(tiny_week, every):
         assert s.tolist() == want.tolist()
     lists = [np.array(s) for s in split.train]
     for max_len in (3, 8, 200):
-        ours = list(_batches(training_windows(split.train, max_len, every), max_len, 16, np.random.default_rng(7)))
+        windows = training_windows(split.train, max_len, every)
+        ours = list(_batches(windows, max_len, batch_plan(windows, max_len, 16, np.random.default_rng(7))))
         ref = list(_list_batches(_list_windows(lists, max_len, every), max_len, 16, np.random.default_rng(7)))
         assert len(ours) == len(ref) > 10
         for (x, y), (rx, ry) in zip(ours, ref, strict=True):
             assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_batches_by_positions_hold_each_window_once_within_the_budget(split):
+    from embeddings.train import _batches, batch_plan, training_windows
+
+    windows = training_windows(split.train, 20, every=True)
+    plan = batch_plan(windows, 20, 16, np.random.default_rng(0), batch_positions=60)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(len(windows)))
+    for batch, (inputs, targets) in zip(plan, _batches(windows, 20, plan), strict=True):
+        assert inputs.numel() <= 60 or len(batch) == 1  # padded positions within the budget
+        assert inputs.shape[1] == (targets > 0).sum(1).max()  # as wide as its longest window, no wider
+    short = max(len(b) for b in plan)
+    assert short > 16  # short windows: more of them a batch than batch_size would give
 
 
 def test_logq_correction_by_hand():
