@@ -145,6 +145,14 @@ def summary(folder: Path = RESULTS) -> str:
                 f"{_f(ours, 1)} s | - | - | RecTools {_f(theirs, 1)} s "
                 f"({_f(theirs / ours if ours and theirs else None, 1)}x ours) |"
             )
+    video = _load("video", folder)
+    ours_video = next((r for r in video["rows"] if "s_per_million_positions" in r), None) if video else None
+    if ours_video and video.get("cost_per_position_over_ml1m"):
+        lines.append(
+            f"| SASRec training, Video, per real position | {_f(ours_video['s_per_million_positions'], 1)} s per "
+            f"million | ML-1M's per position (same run of the benches) | "
+            f"{_f(video['cost_per_position_over_ml1m'], 2)}x | - |"
+        )
     if thr:
         lines.append(
             f"| user embeddings, len 200, dim 64 | {_f(thr['best_users_per_s'])} users/s | "

@@ -22,7 +22,7 @@ from embeddings.train import LOSSES, LR_SCHEDULES, PRESETS, WINDOWS, TrainConfig
 
 # flags whose names differ from their dataclass field, and fields that are not command-line options
 FLAGS = {"n_blocks": "--blocks", "n_heads": "--heads", "n_negatives": "--negatives", "time_budget_s": "--time-budget"}
-CHOICES = {"item_encoder": tuple(ITEM_ENCODERS), "loss": LOSSES, "windows": WINDOWS, "positions": POSITIONS,
+CHOICES = {"item_encoder": (*ITEM_ENCODERS, "auto"), "loss": LOSSES, "windows": WINDOWS, "positions": POSITIONS,
            "lr_schedule": LR_SCHEDULES}  # fmt: skip
 NOT_OPTIONS = {"n_items", "n_features", "eval_every", "bf16", "seed", "epochs"}
 

@@ -348,3 +348,14 @@ def test_evaluation_batches_shrink_on_a_large_catalogue_with_the_same_ranks(spli
     small = ev.rank_cases(Counting(), split.test)[0]
     assert max(seen) == 3 and sum(seen) == len(split.test) + 1  # one probe row, then 3 users per batch
     np.testing.assert_array_equal(small, whole)
+
+
+def test_auto_encoder_uses_lst_features_when_the_data_has_listings(split, tiny_week, features):
+    from embeddings.models.sasrec import AUTO_ENCODER
+
+    assert SASRecRecommender(SASRecConfig(), FAST, features).config.item_encoder == AUTO_ENCODER == "lst-frozen"
+    assert SASRecRecommender(SASRecConfig(), FAST).config.item_encoder == "id"
+    assert make_model("sasrec", split, tiny_week[0], train=FAST).name == f"sasrec[{AUTO_ENCODER}]"
+    assert make_model("sasrec", split, None, train=FAST).name == "sasrec[id]"
+    with pytest.raises(InputError, match="resolved when the data is known"):
+        _ = SASRecConfig().encoder
