@@ -26,6 +26,7 @@ SCRIPTS = [
     "lightfm_baseline",
     "sasrec_quality",
     "sasrec_levers",
+    "sasrec_levers:video",
     "embed_throughput",
     "feature_store",
     "peers/rectools_sasrec",
@@ -36,7 +37,10 @@ SCRIPTS = [
     "world_grid",
     "scale",
 ]
-ARGS = {"peers/rectools_sasrec:video": ["--data", "video", "--max-len", "50", "--budget-min", "8"]}
+ARGS = {
+    "peers/rectools_sasrec:video": ["--data", "video", "--max-len", "50", "--budget-min", "8"],
+    "sasrec_levers:video": ["--data", "video"],
+}
 
 
 def _load(name: str, folder: Path = RESULTS) -> dict | None:
@@ -188,21 +192,26 @@ def summary(folder: Path = RESULTS) -> str:
                 f"Feast's materialize, same run: {_f(fs['materialize_redis_cluster'][0]['rows_per_s'])} rows/s | "
                 f"{_f(r['over_feast'], 1)}x faster | - |"
             )
-    levers = _load("sasrec_levers", folder)
-    if levers:
+    for name, what in (
+        ("sasrec_levers", "ML-1M, against dim 64, 2 blocks, dropout 0.2, learned positions, constant lr 2e-3"),
+        ("sasrec_levers_video", "Video, against the earlier `train` defaults: dropout 0.2, max_len 50, logQ"),
+    ):
+        levers = _load(name, folder)
+        if not levers:
+            continue
         lines.append(
-            "\n**SASRec levers on ML-1M, one at a time** (`bench/sasrec_levers.py`: each against the baseline "
-            "dim 64, 2 blocks, dropout 0.2, learned positions, constant lr 2e-3; same training-time budget, early "
-            "stopping on validation NDCG@10; test of the best validation model)\n"
+            f"\n**SASRec levers, one at a time** (`bench/sasrec_levers.py`; {what}; the same training-time budget "
+            "each, early stopping on validation NDCG@10, test of the best validation model)\n"
         )
-        lines.append("| lever | HR@10 | NDCG@10 | HR@10 / baseline | best epoch / run | epoch |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| lever | HR@10 | NDCG@10 | HR@10 / baseline | best epoch / run | epoch | µs per position |")
+        lines.append("|---|---|---|---|---|---|---|")
         base = next((r for r in levers["levers"] if r["lever"] == "baseline"), None)
         for r in levers["levers"]:
             ratio = r["hr@10"] / base["hr@10"] if base else None
             lines.append(
                 f"| {r['lever']} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | {_f(ratio, 3)} | "
-                f"{r['best_epoch']} / {r['epochs_run']} | {_f(r['epoch_s_median'], 1)} s |"
+                f"{r['best_epoch']} / {r['epochs_run']} | {_f(r['epoch_s_median'], 1)} s | "
+                f"{_f(r.get('us_per_position'), 1)} |"
             )
     grid = _load("world_grid", folder)
     if grid:

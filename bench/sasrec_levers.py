@@ -1,13 +1,14 @@
-"""One change at a time: each lever on ML-1M against the baseline, for the same training-time budget.
+"""One change at a time: each lever against the baseline, for the same training-time budget.
 
-    python bench/sasrec_levers.py [--only NAME ...] [--budget-min 10] [--ml1m PATH] [--quick]
+    python bench/sasrec_levers.py [--data ml1m|video] [--only NAME ...] [--budget-min 10|6] [--quick]
 
-The baseline is the model of ``bench/sasrec_quality.py`` (dim 64, 2 blocks, 1 head, dropout 0.2, learned
-positions, max_len 200, every 200-item window, full softmax, lr 2e-3, batch 128). Each lever changes one thing
-and trains until early stopping (validation NDCG@10 every 2 epochs, patience 10) or the budget; the model with
-the best validation NDCG@10 is tested (leave-last-out, full ranking). A lever is kept only if it beats the
-baseline on the test set by more than the run-to-run noise. Results merge into
-bench/results/sasrec_levers.json by name, so levers can be run one at a time.
+ML-1M (long histories): the baseline is dim 64, 2 blocks, 1 head, dropout 0.2, learned positions, max_len 200,
+every 200-item window, full softmax, lr 2e-3, batch 128; early stopping on validation NDCG@10 every 2 epochs,
+patience 10. Video (short sequences, ``video.txt`` beside the ML-1M file): the ``train`` defaults as they were
+(dropout 0.2, max_len 50, loss auto = logQ), validation every epoch. Each lever trains until early stopping or
+the budget; the model with the best validation NDCG@10 is tested (leave-last-out, full ranking). A lever is
+kept only if it beats the baseline on the test set by more than the run-to-run noise. Results merge by name
+into bench/results/sasrec_levers.json (ML-1M) or sasrec_levers_video.json, so levers run one at a time.
 """
 
 from __future__ import annotations
@@ -27,26 +28,41 @@ from embeddings.models.sasrec import SASRecConfig, SASRecRecommender  # noqa: E4
 from embeddings.split import leave_last_out  # noqa: E402
 from embeddings.train import TrainConfig  # noqa: E402
 
-BASE_MODEL = {"max_len": 200, "dim": 64, "n_blocks": 2, "n_heads": 1, "dropout": 0.2}
-BASE_TRAIN = {"epochs": 1000, "windows": "all", "eval_every": 2, "patience": 10}
 ROTARY = {"positions": "rotary"}
 COSINE = {"lr_schedule": "cosine", "epochs": 50, "patience": 1000}  # a fixed horizon instead of early stopping
-# name: (model changes, training changes) from the baseline. Levers are tried one at a time, each on top of the
-# ones kept before it (rotary positions, the first one kept, is part of every later lever)
-LEVERS: dict[str, tuple[dict, dict]] = {
-    "baseline": ({}, {}),
-    "rotary positions": (ROTARY, {}),
-    "rotary + dropout 0.4": ({**ROTARY, "dropout": 0.4}, {}),
-    "rotary + cosine lr, 50 epochs": (ROTARY, COSINE),
-    "rotary + dim 128, dropout 0.4": ({**ROTARY, "dim": 128, "dropout": 0.4}, {}),
-    "rotary + 4 blocks, dropout 0.4": ({**ROTARY, "n_blocks": 4, "dropout": 0.4}, {}),
+# per data: (base model, base training, {name: (model changes, training changes)}). Levers are tried one at a
+# time, each on top of the ones kept before it (ML-1M: rotary positions, the first one kept, is in every later one)
+DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
+    "ml1m": (
+        {"max_len": 200, "dim": 64, "n_blocks": 2, "n_heads": 1, "dropout": 0.2, "positions": "learned"},
+        {"epochs": 1000, "windows": "all", "eval_every": 2, "patience": 10},
+        {
+            "baseline": ({}, {}),
+            "rotary positions": (ROTARY, {}),
+            "rotary + dropout 0.4": ({**ROTARY, "dropout": 0.4}, {}),
+            "rotary + cosine lr, 50 epochs": (ROTARY, COSINE),
+            "rotary + dim 128, dropout 0.4": ({**ROTARY, "dim": 128, "dropout": 0.4}, {}),
+            "rotary + 4 blocks, dropout 0.4": ({**ROTARY, "n_blocks": 4, "dropout": 0.4}, {}),
+        },
+    ),
+    "video": (
+        {"max_len": 50, "dropout": 0.2, "item_encoder": "id", "positions": "learned"},
+        {"patience": 10},
+        {
+            "baseline": ({}, {}),
+            "dropout 0.5": ({"dropout": 0.5}, {}),
+            "dropout 0.5 + rotary": ({"dropout": 0.5, **ROTARY}, {}),
+            "dropout 0.5 + batches of 8,192 positions": ({"dropout": 0.5}, {"batch_positions": 8192}),
+        },
+    ),
 }
 
 
-def run(name: str, split, budget_s: float) -> dict:
-    model_kw, train_kw = LEVERS[name]
+def run(data: str, name: str, split, budget_s: float) -> dict:
+    base_model, base_train, levers = DATA[data]
+    model_kw, train_kw = levers[name]
     model = SASRecRecommender(
-        SASRecConfig(**{**BASE_MODEL, **model_kw}), TrainConfig(**{**BASE_TRAIN, **train_kw}, time_budget_s=budget_s)
+        SASRecConfig(**{**base_model, **model_kw}), TrainConfig(**{**base_train, **train_kw}, time_budget_s=budget_s)
     )
     began = time.perf_counter()
     model.fit(split)
@@ -63,6 +79,8 @@ def run(name: str, split, budget_s: float) -> dict:
         "best_valid_ndcg@10": model.best["ndcg@10"],
         "epochs_run": len(seconds),
         "epoch_s_median": sorted(seconds)[len(seconds) // 2],
+        "us_per_position": sum(seconds) / max(1, sum(h["positions"] for h in model.history)) * 1e6,
+        "loss_function": model.history[-1]["loss_function"] if model.history else None,
         "train_s": sum(seconds),
         "wall_s": wall,
     }
@@ -70,30 +88,38 @@ def run(name: str, split, budget_s: float) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--only", nargs="+", choices=tuple(LEVERS), help="run these levers (default: all)")
-    p.add_argument("--budget-min", type=float, default=10.0)
-    p.add_argument("--ml1m", default=str(ML1M))
+    p.add_argument("--data", choices=tuple(DATA), default="ml1m")
+    p.add_argument("--only", nargs="+", help="run these levers (default: all of --data's)")
+    p.add_argument("--budget-min", type=float, help="training-time budget a lever (default: ML-1M 10, Video 6)")
+    p.add_argument("--ml1m", default=str(ML1M), help="the ML-1M file; video.txt is read beside it")
     p.add_argument("--quick", action="store_true", help="500 users, 1 minute a lever")
     args = p.parse_args()
-    events = load_data(args.ml1m).events
+    levers = DATA[args.data][2]
+    if unknown := set(args.only or ()) - set(levers):
+        p.error(f"unknown levers for {args.data}: {sorted(unknown)}; choose from {list(levers)}")
+    path = Path(args.ml1m) if args.data == "ml1m" else Path(args.ml1m).with_name("video.txt")
+    if not path.exists():
+        print(f"{path} not found: skipped")
+        return
+    events = load_data(path).events
     if args.quick:
         events = events[events["user_id"].isin(events["user_id"].drop_duplicates().head(500))]
     split = leave_last_out(events)
-    budget = 60.0 if args.quick else args.budget_min * 60
-    path = RESULTS / "sasrec_levers.json"
-    done = {r["lever"]: r for r in json.loads(path.read_text())["levers"]} if path.exists() else {}
-    for name in args.only or LEVERS:
-        print(f"lever: {name}", flush=True)
-        done[name] = {**run(name, split, budget), "budget_s": budget}
-        rows = [done[n] for n in LEVERS if n in done]
-        write("sasrec_levers", {"quick": args.quick, "levers": rows})
+    budget = 60.0 if args.quick else (args.budget_min or (10.0 if args.data == "ml1m" else 6.0)) * 60
+    name = "sasrec_levers" if args.data == "ml1m" else f"sasrec_levers_{args.data}"
+    out = RESULTS / f"{name}.json"
+    done = {r["lever"]: r for r in json.loads(out.read_text())["levers"]} if out.exists() else {}
+    for lever in args.only or levers:
+        print(f"lever: {lever}", flush=True)
+        done[lever] = {**run(args.data, lever, split, budget), "budget_s": budget}
+        write(name, {"quick": args.quick, "data": args.data, "levers": [done[n] for n in levers if n in done]})
+    rows = [done[n] for n in levers if n in done]
     base = done.get("baseline")
-    rows = [done[n] for n in LEVERS if n in done]
     for r in rows:
         r["hr@10_over_baseline"] = r["hr@10"] / base["hr@10"] if base else None
     cols = ["lever", "hr@10", "ndcg@10", "hr@10_over_baseline", "best_epoch", "epochs_run", "epoch_s_median"]
     print(table(rows, cols))
-    print(f"wrote {write('sasrec_levers', {'quick': args.quick, 'levers': rows})}")
+    print(f"wrote {write(name, {'quick': args.quick, 'data': args.data, 'levers': rows})}")
 
 
 if __name__ == "__main__":
