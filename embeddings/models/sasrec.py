@@ -206,8 +206,8 @@ AUTO_ENCODER = "lst-frozen"
 def rotary_table(max_len: int, width: int) -> torch.Tensor:
     """(2, max_len, width) cosines and sines of RoPE (Su et al., 2021): pair ``i`` of a head turns by
     ``position / 10000 ** (2 i / width)``, so a query-key product depends only on how far apart they are."""
-    freq = 10000.0 ** (-torch.arange(0, width, 2, dtype=torch.float64) / width)
-    angle = torch.outer(torch.arange(max_len, dtype=torch.float64), freq).repeat(1, 2)
+    freq = 10000.0 ** (-torch.arange(0, width, 2, dtype=torch.float64, device="cpu") / width)
+    angle = torch.outer(torch.arange(max_len, dtype=torch.float64, device="cpu"), freq).repeat(1, 2)
     return torch.stack([angle.cos(), angle.sin()]).float()
 
 
@@ -244,8 +244,10 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.dim)
         hidden = cfg.dim * cfg.ffn_mult
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
-        # additive causal mask for the CPU path, RoPE's angles (neither saved with the weights)
-        self.register_buffer("causal", torch.full((cfg.max_len, cfg.max_len), -math.inf).triu(1), persistent=False)
+        # additive causal mask for the CPU path, RoPE's angles (neither saved with the weights); made on the host
+        # like every parameter, moved with the model by .to(device)
+        causal = torch.full((cfg.max_len, cfg.max_len), -math.inf, device="cpu").triu(1)
+        self.register_buffer("causal", causal, persistent=False)
         rotary = rotary_table(cfg.max_len, cfg.dim // cfg.n_heads) if cfg.positions == "rotary" else None
         self.register_buffer("rotary", rotary, persistent=False)
 
@@ -272,7 +274,7 @@ class Block(nn.Module):
 class SASRec(nn.Module):
     def __init__(self, cfg: SASRecConfig, features: torch.Tensor | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = cfg.resolve(has_features=features is not None)
         self.items = cfg.encoder(cfg, features)
         self.positions = nn.Embedding(cfg.max_len, cfg.dim) if cfg.positions == "learned" else None
         if self.positions is not None:
