@@ -378,7 +378,7 @@ def _add_model_options(p: argparse.ArgumentParser, preset: str | None) -> None:
 
 
 def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
-    """The command line; ``preset`` (a name in ``zoo.PRESETS``) changes the SASRec options' defaults."""
+    """The command line; ``preset`` (a name in ``train.PRESETS``) changes the SASRec options' defaults."""
     parser = argparse.ArgumentParser(prog="lst-embeddings", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 

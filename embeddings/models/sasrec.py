@@ -257,7 +257,8 @@ class Block(nn.Module):
         q, k, v = self.qkv(x).split(d, dim=2)
         q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in (q, k, v))  # no attention dropout
         if self.rotary is not None:
-            q, k = rotate(q, self.rotary.to(q.dtype)), rotate(k, self.rotary.to(k.dtype))
+            table = self.rotary.to(q.dtype)
+            q, k = rotate(q, table), rotate(k, table)
         if x.device.type == "cpu":  # plain attention: 1.7x faster than the CPU flash kernel at t = 200 (fwd + bwd)
             q, k, v = (z.reshape(b * h, t, d // h) for z in (q, k, v))
             scores = torch.baddbmm(self.causal[:t, :t], q, k.transpose(1, 2), alpha=(d // h) ** -0.5)
