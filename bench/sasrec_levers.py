@@ -53,6 +53,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "dropout 0.5": ({"dropout": 0.5}, {}),
             "dropout 0.5 + rotary": ({"dropout": 0.5, **ROTARY}, {}),
             "dropout 0.5 + batches of 8,192 positions": ({"dropout": 0.5}, {"batch_positions": 8192}),
+            "dropout 0.5 + batches of 4,096 positions": ({"dropout": 0.5}, {"batch_positions": 4096}),
         },
     ),
 }

@@ -15,13 +15,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# rows (positions) and candidate items go through the matmuls padded to a multiple of this: the number of real
+# positions changes every step, and in bfloat16 on CPUs with AMX each new matmul shape costs a kernel build
+ROWS = 64
+
+
+def _padded(x: torch.Tensor, value: float = 0) -> torch.Tensor:
+    """``x`` with rows appended (``value``) up to a multiple of :data:`ROWS`."""
+    pad = -len(x) % ROWS
+    return F.pad(x, (0, 0) * (x.dim() - 1) + (0, pad), value=value) if pad else x
+
 
 class _FullSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, vectors, targets, unavailable, low_precision: bool, chunk: int):
         n = len(targets)
         dtype = torch.bfloat16 if low_precision else torch.float32
-        h, e = hidden.to(dtype), vectors.to(dtype)
+        h, e = _padded(hidden.to(dtype)), vectors.to(dtype)  # zero rows: no gradient to the items
         want_e = ctx.needs_input_grad[1]
         device = hidden.device
         grad_h = torch.empty(n, h.shape[1], dtype=torch.float32, device=device)
@@ -39,7 +49,7 @@ class _FullSoftmaxCE(torch.autograd.Function):
             probs = torch.softmax(logits, dim=1)
             total -= probs[rows, yc].float().clamp_min(tiny).log().sum().double()
             probs[rows, yc] -= 1.0
-            grad_h[start : start + chunk] = (probs @ e).float()
+            grad_h[start : start + chunk] = (probs @ e)[: len(yc)].float()
             if want_e:
                 grad_e += (probs.T @ hc).float()
         grad_h /= n
@@ -75,7 +85,7 @@ def sampled_softmax_ce(
 ) -> torch.Tensor:
     """Cross-entropy of the target against shared ``negatives`` (item indices); a collision is masked."""
     pos = (hidden * vectors[targets]).sum(-1, keepdim=True)
-    neg = hidden @ vectors[negatives].T
+    neg = (_padded(hidden) @ vectors[negatives].T)[: len(targets)]
     neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([pos, neg], dim=1).float()
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
@@ -92,8 +102,9 @@ def logq_softmax_ce(
     ``log_q[item]``: the log of the probability that the sampling proposes it (see :func:`log_inclusion`).
     Each item is a candidate once, so no accidental hit needs masking."""
     candidates, where = torch.unique(torch.cat([targets, extra]), return_inverse=True)
-    logits = hidden @ vectors[candidates].T - log_q[candidates].to(hidden.dtype)
-    return F.cross_entropy(logits.float(), where[: len(targets)])
+    shift = _padded(-log_q[candidates].to(hidden.dtype), float("-inf"))  # padding candidates: never chosen
+    logits = _padded(hidden) @ vectors[_padded(candidates)].T + shift
+    return F.cross_entropy(logits[: len(targets)].float(), where[: len(targets)])
 
 
 def log_inclusion(popularity: torch.Tensor, positions: int, n_uniform: int, available: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,10 @@ LOSSES = ("auto", "softmax", "sampled", "logq")
 # 300,000; HR@10 after the same training time: Video (23,715 items) 0.0924 against full softmax's 0.0946, ML-1M
 # (3,416 items) 0.2502 against 0.2728
 AUTO_FULL_SOFTMAX_MAX_ITEMS = 10_000
+# batch widths are rounded up to a multiple of this: in bfloat16 on CPUs with AMX, oneDNN builds a kernel for
+# each new matmul shape (~3.7 ms each on a Sapphire Rapids VM), and batches cut to their exact width made most
+# of a short-sequence step's matmuls new shapes (Video: 33 ms a step where 13 ms is the work; see losses.ROWS)
+WIDTH_STEP = 8
 WINDOWS = ("last", "all")
 LR_SCHEDULES = ("constant", "cosine")
 # named SASRec settings (SASRecConfig, TrainConfig fields) for `train` / `evaluate --preset`; without one the
@@ -167,7 +171,7 @@ def batch_plan(
     windows as fit that many padded positions (short windows: more of them a batch, so a step's fixed costs,
     such as updating every item vector, are shared by more clicks). A batch is as wide as its longest window."""
     order = rng.permutation(len(windows))
-    width = np.clip(windows.lengths[order] - 1, 1, max_len)
+    width = np.clip(windows.lengths[order] - 1, 1, max_len)  # sorted by its own width, sized by its batch's
     if batch_positions:
         ends = np.searchsorted(np.cumsum(width), np.arange(32 * batch_positions, width.sum(), 32 * batch_positions))
         bounds = [0, *ends.tolist(), len(order)]
@@ -179,19 +183,27 @@ def batch_plan(
         part, part_width = order[lo:hi][sort], width[lo:hi][sort]
         i = 0
         while i < len(part):
-            rows = max(1, batch_positions // int(part_width[i])) if batch_positions else batch_size
+            rows = (
+                max(1, batch_positions // int(batch_width(part_width[i], max_len))) if batch_positions else batch_size
+            )
             batches.append(part[i : i + rows])
             i += rows
     return [batches[b] for b in rng.permutation(len(batches))]
 
 
+def batch_width(longest: int, max_len: int) -> int:
+    """Width of a batch whose longest window has ``longest`` targets: rounded up to a multiple of
+    :data:`WIDTH_STEP`, at most ``max_len``."""
+    return min(max_len, -(-max(1, int(longest)) // WIDTH_STEP) * WIDTH_STEP)
+
+
 def _batches(windows: Sequences, max_len: int, plan: list[np.ndarray]):
-    """(inputs, targets) token batches of ``plan``; each gathered from the flat item array in one step
-    (tokens = item + 1, right-padded with 0)."""
+    """(inputs, targets) token batches of ``plan``, :func:`batch_width` wide; each gathered from the flat item
+    array in one step (tokens = item + 1, right-padded with 0)."""
     tokens = np.append(windows.items + 1, 0)  # a trailing 0: where padding reads from
     for batch in plan:
         starts, n = windows.starts[batch], windows.lengths[batch] - 1
-        width = np.arange(max(1, min(max_len, int(n.max()))))
+        width = np.arange(batch_width(n.max(), max_len))
         at = np.where(width < n[:, None], starts[:, None] + width, len(tokens) - 1)
         yield torch.from_numpy(tokens[at]), torch.from_numpy(tokens[np.where(width < n[:, None], at + 1, at)])
 
@@ -298,7 +310,8 @@ class _Loop:
         horizon = self.model.cfg.profile_horizon
         if horizon:
             future = future_targets(targets, horizon, rng)
-            loss = loss + self.tc.profile_weight * ce(self.model.profile_of(states[real]), future[real])
+            # the head on every position, padding too: a fixed shape a batch width (see WIDTH_STEP)
+            loss = loss + self.tc.profile_weight * ce(self.model.profile_of(states)[real], future[real])
         return loss
 
     def epoch(self, epoch: int) -> dict:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from embeddings.errors import InputError
 from embeddings.evaluate import evaluate
 from embeddings.features import listing_features
-from embeddings.losses import full_softmax_ce, log_inclusion, logq_softmax_ce
+from embeddings.losses import full_softmax_ce, log_inclusion, logq_softmax_ce, sampled_softmax_ce
 from embeddings.models.base import Popularity
 from embeddings.models.lightfm_model import LightFMConfig
 from embeddings.models.sasrec import (
@@ -247,7 +247,9 @@ def _list_batches(windows, max_len, batch_size, rng):
         batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     for b in rng.permutation(len(batches)):
         chosen = [windows[i] for i in batches[b]]
-        yield pad_right([w[:-1] for w in chosen], max_len), pad_right([w[1:] for w in chosen], max_len)
+        x, y = pad_right([w[:-1] for w in chosen], max_len), pad_right([w[1:] for w in chosen], max_len)
+        wide = min(max_len, -(-x.shape[1] // 8) * 8)  # widths rounded up to a multiple of 8
+        yield F.pad(x, (0, wide - x.shape[1])), F.pad(y, (0, wide - y.shape[1]))
 
 
 @pytest.mark.parametrize("every", [False, True])
@@ -280,14 +282,15 @@ def test_flat_sequences_give_the_batches_the_list_code_gave(tiny_week, every):
 
 
 def test_batches_by_positions_hold_each_window_once_within_the_budget(split):
-    from embeddings.train import _batches, batch_plan, training_windows
+    from embeddings.train import WIDTH_STEP, _batches, batch_plan, training_windows
 
     windows = training_windows(split.train, 20, every=True)
-    plan = batch_plan(windows, 20, 16, np.random.default_rng(0), batch_positions=60)
+    plan = batch_plan(windows, 20, 16, np.random.default_rng(0), batch_positions=200)
     assert sorted(np.concatenate(plan).tolist()) == list(range(len(windows)))
     for batch, (inputs, targets) in zip(plan, _batches(windows, 20, plan), strict=True):
-        assert inputs.numel() <= 60 or len(batch) == 1  # padded positions within the budget
-        assert inputs.shape[1] == (targets > 0).sum(1).max()  # as wide as its longest window, no wider
+        assert inputs.numel() <= 200 or len(batch) == 1  # padded positions within the budget
+        longest = int((targets > 0).sum(1).max())
+        assert inputs.shape[1] == min(20, -(-longest // WIDTH_STEP) * WIDTH_STEP)  # no wider than its rounding
     short = max(len(b) for b in plan)
     assert short > 16  # short windows: more of them a batch than batch_size would give
 
@@ -303,6 +306,29 @@ def test_logq_correction_by_hand():
     # without the correction the popular candidate 2 would win by more: the correction lowers the loss here
     plain = logq_softmax_ce(hidden, vectors, torch.tensor([0]), torch.tensor([2, 0]), torch.zeros(3))
     assert plain.item() == pytest.approx(-math.log(e / (e + e**2)), rel=1e-6)
+
+
+def test_sampled_losses_match_their_plain_formulas():
+    """Rows and candidates go through the matmuls padded (a fixed set of shapes): loss and gradients are
+    those of the unpadded formulas."""
+    torch.manual_seed(0)
+    h = torch.randn(37, 8, requires_grad=True)
+    v = torch.randn(50, 8, requires_grad=True)
+    targets, extra = torch.randint(1, 50, (37,)), torch.randint(1, 50, (9,))
+    log_q = torch.rand(50).log()
+    candidates = torch.unique(torch.cat([targets, extra]))
+    where = (targets[:, None] == candidates[None, :]).float().argmax(1)
+    plain_logq = lambda h, v: F.cross_entropy(h @ v[candidates].T - log_q[candidates], where)  # noqa: E731
+    pos = lambda h, v: (h * v[targets]).sum(-1, keepdim=True)  # noqa: E731
+    neg = lambda h, v: (h @ v[extra].T).masked_fill(extra[None, :] == targets[:, None], float("-inf"))  # noqa: E731
+    plain_sampled = lambda h, v: F.cross_entropy(torch.cat([pos(h, v), neg(h, v)], 1), torch.zeros(37).long())  # noqa: E731
+    for ours, plain in (
+        (lambda h, v: logq_softmax_ce(h, v, targets, extra, log_q), plain_logq),
+        (lambda h, v: sampled_softmax_ce(h, v, targets, extra), plain_sampled),
+    ):
+        got = torch.autograd.functional.vjp(ours, (h, v))
+        want = torch.autograd.functional.vjp(plain, (h, v))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_inclusion_probability_of_in_batch_and_uniform_sampling():
