@@ -22,8 +22,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# ONLY="sasrec_quality video": those scripts only (names as in bench/run_all.py's SCRIPTS), then the table
 bench: $(VENV)/.installed
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(if $(ONLY),--only $(ONLY))
 
 bench-quick: $(VENV)/.installed
 	$(PY) bench/run_all.py --quick

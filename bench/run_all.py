@@ -194,7 +194,10 @@ def summary(folder: Path = RESULTS) -> str:
             )
     for name, what in (
         ("sasrec_levers", "ML-1M, against dim 64, 2 blocks, dropout 0.2, learned positions, constant lr 2e-3"),
-        ("sasrec_levers_video", "Video, against the earlier `train` defaults: dropout 0.2, max_len 50, logQ"),
+        (
+            "sasrec_levers_video",
+            "Video, against the earlier `train` defaults: dropout 0.2, max_len 50, logQ, batches of 128 windows",
+        ),
     ):
         levers = _load(name, folder)
         if not levers:
@@ -203,13 +206,17 @@ def summary(folder: Path = RESULTS) -> str:
             f"\n**SASRec levers, one at a time** (`bench/sasrec_levers.py`; {what}; the same training-time budget "
             "each, early stopping on validation NDCG@10, test of the best validation model)\n"
         )
-        lines.append("| lever | HR@10 | NDCG@10 | HR@10 / baseline | best epoch / run | epoch | µs per position |")
-        lines.append("|---|---|---|---|---|---|---|")
-        base = next((r for r in levers["levers"] if r["lever"] == "baseline"), None)
+        lines.append(
+            "| lever | machine | HR@10 | NDCG@10 | HR@10 / baseline | best epoch / run | epoch | µs per position |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
+        cpu = levers["machine"]["cpu"]  # rows without their own were measured on the file's machine
+        base = {r.get("cpu", cpu): r for r in levers["levers"] if r["lever"] == "baseline"}
         for r in levers["levers"]:
-            ratio = r["hr@10"] / base["hr@10"] if base else None
+            same = base.get(r.get("cpu", cpu))  # ratios within one machine
+            ratio = r["hr@10"] / same["hr@10"] if same else None
             lines.append(
-                f"| {r['lever']} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | {_f(ratio, 3)} | "
+                f"| {r['lever']} | {r.get('cpu', cpu)} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | {_f(ratio, 3)} | "
                 f"{r['best_epoch']} / {r['epochs_run']} | {_f(r['epoch_s_median'], 1)} s | "
                 f"{_f(r.get('us_per_position'), 1)} |"
             )

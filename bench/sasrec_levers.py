@@ -5,10 +5,11 @@
 ML-1M (long histories): the baseline is dim 64, 2 blocks, 1 head, dropout 0.2, learned positions, max_len 200,
 every 200-item window, full softmax, lr 2e-3, batch 128; early stopping on validation NDCG@10 every 2 epochs,
 patience 10. Video (short sequences, ``video.txt`` beside the ML-1M file): the ``train`` defaults as they were
-(dropout 0.2, max_len 50, loss auto = logQ), validation every epoch. Each lever trains until early stopping or
-the budget; the model with the best validation NDCG@10 is tested (leave-last-out, full ranking). A lever is
-kept only if it beats the baseline on the test set by more than the run-to-run noise. Results merge by name
-into bench/results/sasrec_levers.json (ML-1M) or sasrec_levers_video.json, so levers run one at a time.
+(dropout 0.2, max_len 50, loss auto = logQ, batches of 128 windows), validation every epoch. Each lever trains
+until early stopping or the budget; the model with the best validation NDCG@10 is tested (leave-last-out, full
+ranking). A lever is kept only if it beats the baseline on the test set by more than the run-to-run noise.
+Results merge by lever and machine into bench/results/sasrec_levers.json (ML-1M) or sasrec_levers_video.json,
+so levers run one at a time; ratios are taken within one machine only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, RESULTS, table, write  # noqa: E402
+from common import ML1M, RESULTS, machine, table, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
 from embeddings.evaluate import evaluate  # noqa: E402
@@ -35,7 +36,7 @@ COSINE = {"lr_schedule": "cosine", "epochs": 50, "patience": 1000}  # a fixed ho
 DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
     "ml1m": (
         {"max_len": 200, "dim": 64, "n_blocks": 2, "n_heads": 1, "dropout": 0.2, "positions": "learned"},
-        {"epochs": 1000, "windows": "all", "eval_every": 2, "patience": 10},
+        {"epochs": 1000, "windows": "all", "eval_every": 2, "patience": 10, "batch_size": 128},
         {
             "baseline": ({}, {}),
             "rotary positions": (ROTARY, {}),
@@ -47,13 +48,13 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
     ),
     "video": (
         {"max_len": 50, "dropout": 0.2, "item_encoder": "id", "positions": "learned"},
-        {"patience": 10},
+        {"patience": 10, "batch_size": 128},
         {
             "baseline": ({}, {}),
             "dropout 0.5": ({"dropout": 0.5}, {}),
             "dropout 0.5 + rotary": ({"dropout": 0.5, **ROTARY}, {}),
-            "dropout 0.5 + batches of 8,192 positions": ({"dropout": 0.5}, {"batch_positions": 8192}),
-            "dropout 0.5 + batches of 4,096 positions": ({"dropout": 0.5}, {"batch_positions": 4096}),
+            "dropout 0.5 + batches of 8,192 positions": ({"dropout": 0.5}, {"batch_size": 0, "batch_positions": 8192}),
+            "dropout 0.5 + batches of 4,096 positions": ({"dropout": 0.5}, {"batch_size": 0, "batch_positions": 4096}),
         },
     ),
 }
@@ -109,16 +110,28 @@ def main() -> None:
     budget = 60.0 if args.quick else (args.budget_min or (10.0 if args.data == "ml1m" else 6.0)) * 60
     name = "sasrec_levers" if args.data == "ml1m" else f"sasrec_levers_{args.data}"
     out = RESULTS / f"{name}.json"
-    done = {r["lever"]: r for r in json.loads(out.read_text())["levers"]} if out.exists() else {}
+    earlier = json.loads(out.read_text()) if out.exists() else {"levers": []}
+    # a row per lever and machine (rows without a "cpu" are the file's machine's): only rows of one machine
+    # are set against each other
+    cpu = machine()["cpu"]
+    done: dict[tuple[str, str], dict] = {}
+    for r in earlier["levers"]:
+        r.setdefault("cpu", earlier["machine"]["cpu"])
+        done[r["lever"], r["cpu"]] = r
+    order = {n: i for i, n in enumerate(levers)}
+
+    def ordered() -> list[dict]:  # this machine's rows first, each machine's in the order of DATA
+        return sorted(done.values(), key=lambda r: (r["cpu"] != cpu, r["cpu"], order.get(r["lever"], len(order))))
+
     for lever in args.only or levers:
         print(f"lever: {lever}", flush=True)
-        done[lever] = {**run(args.data, lever, split, budget), "budget_s": budget}
-        write(name, {"quick": args.quick, "data": args.data, "levers": [done[n] for n in levers if n in done]})
-    rows = [done[n] for n in levers if n in done]
-    base = done.get("baseline")
+        done[lever, cpu] = {**run(args.data, lever, split, budget), "budget_s": budget, "cpu": cpu}
+        write(name, {"quick": args.quick, "data": args.data, "levers": ordered()})
+    rows = ordered()
     for r in rows:
+        base = done.get(("baseline", r["cpu"]))
         r["hr@10_over_baseline"] = r["hr@10"] / base["hr@10"] if base else None
-    cols = ["lever", "hr@10", "ndcg@10", "hr@10_over_baseline", "best_epoch", "epochs_run", "epoch_s_median"]
+    cols = ["lever", "cpu", "hr@10", "ndcg@10", "hr@10_over_baseline", "best_epoch", "epochs_run", "epoch_s_median"]
     print(table(rows, cols))
     print(f"wrote {write(name, {'quick': args.quick, 'data': args.data, 'levers': rows})}")
 

@@ -33,7 +33,7 @@ def _field_docs(cls) -> dict[str, str]:
     for line in inspect.getsource(cls).splitlines():
         m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
         if m:
-            docs[m.group(1)] = m.group(2)
+            docs[m.group(1)] = m.group(2).replace("%", "%%")  # argparse formats help text with %
     return docs
 
 

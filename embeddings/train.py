@@ -58,7 +58,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # bench/video.py)
 PRESETS: dict[str, tuple[dict, dict]] = {
     # long histories over a small catalogue (ML-1M: 165 clicks a user, 3,416 items; bench/sasrec_quality.py)
-    "ml1m": ({"max_len": 200, "dropout": 0.2, "positions": "rotary"}, {"windows": "all"}),
+    "ml1m": ({"max_len": 200, "dropout": 0.2, "positions": "rotary"}, {"windows": "all", "batch_size": 128}),
 }
 # settings that change the trajectory of a run: resuming with other values would not continue it
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
@@ -77,8 +77,10 @@ def _fast_bf16() -> bool:
 @dataclass
 class TrainConfig:
     epochs: int = 200  # upper bound; early stopping usually ends training sooner
-    batch_size: int = 128  # windows a batch (without batch_positions)
-    batch_positions: int = 0  # >0: a batch holds as many windows as fit this many padded positions
+    batch_size: int = 0  # windows a batch; 0: as many as fit batch_positions padded positions
+    # with batch_size 0: short sequences share a step's fixed costs and logQ gets more in-batch candidates (Video:
+    # HR@10 0.1113 against 0.1011 with 128 windows a batch, epoch 4.4 s against 5.3 s; the synthetic week level)
+    batch_positions: int = 4096
     lr: float = 2e-3
     lr_schedule: str = "constant"  # constant | cosine: warm up over the first epoch, then decay to 0 at `epochs`
     weight_decay: float = 0.0
@@ -103,10 +105,13 @@ class TrainConfig:
             raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.valid_users < 1:
-            raise InputError("epochs, batch_size and valid_users must be at least 1")
-        if self.batch_positions < 0:
-            raise InputError(f"batch_positions must be >= 0, got {self.batch_positions}")
+        if self.epochs < 1 or self.valid_users < 1:
+            raise InputError("epochs and valid_users must be at least 1")
+        if self.batch_size < 0 or (self.batch_size == 0 and self.batch_positions < 1):
+            raise InputError(
+                f"a batch needs batch_size >= 1 windows, or batch_size 0 and batch_positions >= 1 positions; "
+                f"got batch_size {self.batch_size}, batch_positions {self.batch_positions}"
+            )
 
 
 def training_windows(train: Sequences, max_len: int, every: bool) -> Sequences:
@@ -167,12 +172,12 @@ def batch_plan(
     windows: Sequences, max_len: int, batch_size: int, rng: np.random.Generator, batch_positions: int = 0
 ) -> list[np.ndarray]:
     """Window indices of each batch, in training order: windows shuffled, then sorted by length within chunks
-    of about 32 batches and cut into batches of ``batch_size`` windows or, with ``batch_positions``, of as many
-    windows as fit that many padded positions (short windows: more of them a batch, so a step's fixed costs,
-    such as updating every item vector, are shared by more clicks). A batch is as wide as its longest window."""
+    of about 32 batches and cut into batches of ``batch_size`` windows or, with ``batch_size`` 0, of as many
+    windows as fit ``batch_positions`` padded positions (short windows: more of them a batch, so a step's fixed
+    costs, such as updating every item vector, are shared by more clicks). A batch is :func:`batch_width` wide."""
     order = rng.permutation(len(windows))
     width = np.clip(windows.lengths[order] - 1, 1, max_len)  # sorted by its own width, sized by its batch's
-    if batch_positions:
+    if not batch_size:
         ends = np.searchsorted(np.cumsum(width), np.arange(32 * batch_positions, width.sum(), 32 * batch_positions))
         bounds = [0, *ends.tolist(), len(order)]
     else:
@@ -183,9 +188,7 @@ def batch_plan(
         part, part_width = order[lo:hi][sort], width[lo:hi][sort]
         i = 0
         while i < len(part):
-            rows = (
-                max(1, batch_positions // int(batch_width(part_width[i], max_len))) if batch_positions else batch_size
-            )
+            rows = batch_size or max(1, batch_positions // batch_width(part_width[i], max_len))
             batches.append(part[i : i + rows])
             i += rows
     return [batches[b] for b in rng.permutation(len(batches))]

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from embeddings.cli import main
 
 
@@ -63,3 +65,16 @@ def test_preset_sets_defaults_and_flags_given_beside_it_win():
     assert _from_args(SASRecConfig, args).max_len == 30
     plain = build_parser().parse_args(argv[:5])
     assert _from_args(SASRecConfig, plain) == SASRecConfig() and _from_args(TrainConfig, plain) == TrainConfig()
+
+
+def test_every_command_prints_its_help(capsys):
+    """Help text comes partly from the config classes' field comments: each command's --help renders."""
+    from embeddings.cli import build_parser
+
+    commands = build_parser(None)._subparsers._group_actions[0].choices
+    for name in commands:
+        with pytest.raises(SystemExit) as ended:
+            main([name, "--help"])
+        assert ended.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out
+    assert {"train", "evaluate", "embed", "run"} <= set(commands)

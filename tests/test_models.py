@@ -19,6 +19,7 @@ from embeddings.models.sasrec import (
     SASRecConfig,
     SASRecRecommender,
     dropout,
+    fit_frozen_transform,
     load_checkpoint,
     rotary_table,
     rotate,
@@ -285,7 +286,7 @@ def test_batches_by_positions_hold_each_window_once_within_the_budget(split):
     from embeddings.train import WIDTH_STEP, _batches, batch_plan, training_windows
 
     windows = training_windows(split.train, 20, every=True)
-    plan = batch_plan(windows, 20, 16, np.random.default_rng(0), batch_positions=200)
+    plan = batch_plan(windows, 20, 0, np.random.default_rng(0), batch_positions=200)
     assert sorted(np.concatenate(plan).tolist()) == list(range(len(windows)))
     for batch, (inputs, targets) in zip(plan, _batches(windows, 20, plan), strict=True):
         assert inputs.numel() <= 200 or len(batch) == 1  # padded positions within the budget
@@ -385,3 +386,22 @@ def test_auto_encoder_uses_lst_features_when_the_data_has_listings(split, tiny_w
     assert make_model("sasrec", split, None, train=FAST).name == "sasrec[id]"
     with pytest.raises(InputError, match="resolved when the data is known"):
         _ = SASRecConfig().encoder
+
+
+def test_frozen_projection_has_one_sign_whatever_the_thread_count():
+    """Principal components have no sign of their own and LAPACK's pick moved with the thread count (one training
+    process against two gave other frozen vectors): each is flipped to make its largest entry positive."""
+    torch.manual_seed(0)
+    features = torch.randn(500, 40) @ torch.randn(40, 40)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            runs.append(fit_frozen_transform(features, 16))
+    finally:
+        torch.set_num_threads(threads)
+    (_, proj, _), (_, proj2, _) = runs
+    torch.testing.assert_close(proj, proj2, atol=1e-5, rtol=1e-5)
+    largest = proj.gather(0, proj.abs().argmax(0, keepdim=True))
+    assert (largest > 0).all()

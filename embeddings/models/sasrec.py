@@ -104,7 +104,10 @@ def fit_frozen_transform(features: torch.Tensor, dim: int) -> tuple[torch.Tensor
     mean = x.mean(0)
     if x.shape[1] > dim:
         _, _, v = torch.linalg.svd(x - mean, full_matrices=False)
-        proj = v[:dim].T
+        # a component's sign is arbitrary and LAPACK's pick changed with the thread count (one process against
+        # two training processes): fix it, largest entry positive
+        v = v[:dim] * v[:dim].gather(1, v[:dim].abs().argmax(1, keepdim=True)).sign()
+        proj = v.T
     else:
         proj = torch.eye(x.shape[1], dim, dtype=torch.float64)
     y = (x - mean) @ proj
