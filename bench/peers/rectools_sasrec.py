@@ -147,7 +147,11 @@ def main() -> None:
         print(f"  epoch {epoch + 1:3d}  train {train_s:6.0f} s  test HR@10 {hr:.4f}  NDCG@10 {ndcg:.4f}", flush=True)
     train_s = snapshots.train_s
     best = max(curve, key=lambda c: c["test_ndcg@10"])
+    sys.path.insert(0, str(HERE.parent))
+    from common import machine  # torch and the standard library only: importable from the peer's venv
+
     out = {
+        "machine": machine(),
         "peer": "RecTools SASRecModel",
         "data": args.data,
         "rectools": __import__("rectools").__version__,
