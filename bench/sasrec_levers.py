@@ -42,6 +42,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "rotary positions": (ROTARY, {}),
             "rotary + dropout 0.4": ({**ROTARY, "dropout": 0.4}, {}),
             "rotary + cosine lr, 50 epochs": (ROTARY, COSINE),
+            "rotary + dim 128": ({**ROTARY, "dim": 128}, {}),
             "rotary + dim 128, dropout 0.4": ({**ROTARY, "dim": 128, "dropout": 0.4}, {}),
             "rotary + 4 blocks, dropout 0.4": ({**ROTARY, "n_blocks": 4, "dropout": 0.4}, {}),
         },
