@@ -68,14 +68,13 @@ def summary(folder: Path = RESULTS) -> str:
     lines = []
     week, ml, lfm = (_load(n, folder) for n in ("sasrec_week", "sasrec_ml1m", "lightfm_baseline"))
     peer, thr, fs = (_load(n, folder) for n in ("rectools_sasrec", "embed_throughput", "feature_store"))
-    machines: dict[str, list[str]] = {}  # results are re-run a script at a time: say which machine made which
+    machines: dict[tuple, list[str]] = {}  # results are re-run a script at a time: say which machine made which
     for path in sorted(folder.glob("*.json")):
         m = json.loads(path.read_text()).get("machine")
         if m:
-            key = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, measured {m['date']}"
-            machines.setdefault(key, []).append(path.stem)
-    for key, names in sorted(machines.items(), key=lambda kv: kv[0].rsplit(" ", 1)[-1], reverse=True):
-        lines.append(f"Machine: {key} ({', '.join(names)}).\n")
+            machines.setdefault((m["date"], m["cpu"], m["cores"], m["torch"]), []).append(path.stem)
+    for (date, cpu, cores, torch_version), names in sorted(machines.items(), reverse=True):  # newest first
+        lines.append(f"Machine: {cpu}, {cores} cores, torch {torch_version}, measured {date} ({', '.join(names)}).\n")
     lines.append("**Quality: HR@10 / NDCG@10, full ranking, seen items excluded**\n")
     lines.append("| data | model | HR@10 | NDCG@10 | cold HR@10 | over LightFM |")
     lines.append("|---|---|---|---|---|---|")
