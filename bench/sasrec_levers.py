@@ -8,7 +8,7 @@ patience 10. Video (short sequences, ``video.txt`` beside the ML-1M file): the `
 (dropout 0.2, max_len 50, loss auto = logQ, batches of 128 windows), validation every epoch. Each lever trains
 until early stopping or the budget; the model with the best validation NDCG@10 is tested (leave-last-out, full
 ranking). A lever is kept only if it beats the baseline on the test set by more than the run-to-run noise.
-Results merge by lever and machine into bench/results/sasrec_levers.json (ML-1M) or sasrec_levers_video.json,
+Results merge by lever, machine and budget into bench/results/sasrec_levers.json (ML-1M) or sasrec_levers_video.json,
 so levers run one at a time; ratios are taken within one machine only.
 """
 
@@ -118,21 +118,34 @@ def main() -> None:
     done: dict[tuple[str, str], dict] = {}
     for r in earlier["levers"]:
         r.setdefault("cpu", earlier["machine"]["cpu"])
-        done[r["lever"], r["cpu"]] = r
+        done[r["lever"], r["cpu"], r["budget_s"]] = r
     order = {n: i for i, n in enumerate(levers)}
 
     def ordered() -> list[dict]:  # this machine's rows first, each machine's in the order of DATA
-        return sorted(done.values(), key=lambda r: (r["cpu"] != cpu, r["cpu"], order.get(r["lever"], len(order))))
+        return sorted(
+            done.values(),
+            key=lambda r: (r["cpu"] != cpu, r["cpu"], r["budget_s"], order.get(r["lever"], len(order))),
+        )
 
     for lever in args.only or levers:
         print(f"lever: {lever}", flush=True)
-        done[lever, cpu] = {**run(args.data, lever, split, budget), "budget_s": budget, "cpu": cpu}
+        done[lever, cpu, budget] = {**run(args.data, lever, split, budget), "budget_s": budget, "cpu": cpu}
         write(name, {"quick": args.quick, "data": args.data, "levers": ordered()})
     rows = ordered()
     for r in rows:
-        base = done.get(("baseline", r["cpu"]))
+        base = done.get(("baseline", r["cpu"], r["budget_s"]))
         r["hr@10_over_baseline"] = r["hr@10"] / base["hr@10"] if base else None
-    cols = ["lever", "cpu", "hr@10", "ndcg@10", "hr@10_over_baseline", "best_epoch", "epochs_run", "epoch_s_median"]
+    cols = [
+        "lever",
+        "cpu",
+        "budget_s",
+        "hr@10",
+        "ndcg@10",
+        "hr@10_over_baseline",
+        "best_epoch",
+        "epochs_run",
+        "epoch_s_median",
+    ]
     print(table(rows, cols))
     print(f"wrote {write(name, {'quick': args.quick, 'data': args.data, 'levers': rows})}")
 
