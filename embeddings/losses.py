@@ -7,7 +7,8 @@ epoch's cost; doing it this way roughly halves it. ``sampled_softmax_ce`` uses s
 negatives, for catalogues too large for the full softmax. ``logq_softmax_ce`` uses the batch's own
 targets plus uniform draws as candidates and subtracts from each candidate's logit the log of the
 probability that the sampling proposes it (the logQ correction of Yi et al., RecSys 2019: in-batch
-candidates are drawn by popularity, and without it popular items are pushed down too hard).
+candidates are drawn by popularity, and without it popular items are pushed down too hard), through the
+same fused softmax with the correction as a bias.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ def _padded(x: torch.Tensor, value: float = 0) -> torch.Tensor:
 
 class _FullSoftmaxCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, vectors, targets, unavailable, low_precision: bool, chunk: int):
+    def forward(ctx, hidden, vectors, targets, bias, low_precision: bool, chunk: int):
         n = len(targets)
         dtype = torch.bfloat16 if low_precision else torch.float32
         h, e = _padded(hidden.to(dtype)), vectors.to(dtype)  # zero rows: no gradient to the items
+        bias = None if bias is None else bias.to(dtype)
         want_e = ctx.needs_input_grad[1]
         device = hidden.device
         grad_h = torch.empty(n, h.shape[1], dtype=torch.float32, device=device)
@@ -41,9 +43,7 @@ class _FullSoftmaxCE(torch.autograd.Function):
         for start in range(0, n, chunk):
             hc, yc = h[start : start + chunk], targets[start : start + chunk]
             rows = torch.arange(len(yc), device=device)
-            logits = hc @ e.T
-            if unavailable is not None:
-                logits.masked_fill_(unavailable, float("-inf"))
+            logits = hc @ e.T if bias is None else torch.addmm(bias, hc, e.T)  # the bias added in the matmul
             # one fused pass (max, exp, sum, divide in float, written in ``dtype``) gives the probabilities:
             # the loss is -log p(target), the gradient softmax minus one-hot
             probs = torch.softmax(logits, dim=1)
@@ -72,12 +72,17 @@ def full_softmax_ce(
     unavailable: torch.Tensor | None = None,
     low_precision: bool = False,
     chunk: int = 512,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of ``targets`` (item indices) given hidden states (P, d) and item vectors (n, d).
 
-    ``unavailable`` (n,) bool masks items out of the softmax (e.g. listings not yet published).
+    ``unavailable`` (n,) bool masks items out of the softmax (e.g. listings not yet published); ``bias`` (n,) is
+    added to every row's logits (no gradient).
     """
-    return _FullSoftmaxCE.apply(hidden, vectors, targets, unavailable, low_precision, chunk)
+    if unavailable is not None:
+        bias = torch.zeros(len(vectors), device=vectors.device) if bias is None else bias.float()
+        bias = bias.masked_fill(unavailable, float("-inf"))
+    return _FullSoftmaxCE.apply(hidden, vectors, targets, bias, low_precision, chunk)
 
 
 def sampled_softmax_ce(
@@ -97,14 +102,16 @@ def logq_softmax_ce(
     targets: torch.Tensor,
     extra: torch.Tensor,
     log_q: torch.Tensor,
+    low_precision: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy over the candidate set {batch targets} U {``extra`` items}, each candidate's logit minus
     ``log_q[item]``: the log of the probability that the sampling proposes it (see :func:`log_inclusion`).
-    Each item is a candidate once, so no accidental hit needs masking."""
+    Each item is a candidate once, so no accidental hit needs masking. Computed by the fused softmax of
+    :func:`full_softmax_ce` over the candidates, with ``-log_q`` as its bias."""
     candidates, where = torch.unique(torch.cat([targets, extra]), return_inverse=True)
-    shift = _padded(-log_q[candidates].to(hidden.dtype), float("-inf"))  # padding candidates: never chosen
-    logits = _padded(hidden) @ vectors[_padded(candidates)].T + shift
-    return F.cross_entropy(logits[: len(targets)].float(), where[: len(targets)])
+    shift = _padded(-log_q[candidates].float(), float("-inf"))  # padding candidates: never chosen
+    chosen = vectors[_padded(candidates)]
+    return _FullSoftmaxCE.apply(hidden, chosen, where[: len(targets)], shift, low_precision, 512)
 
 
 def log_inclusion(popularity: torch.Tensor, positions: int, n_uniform: int, available: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from embeddings.models.sasrec import (
     rotate,
 )
 from embeddings.split import temporal_split
-from embeddings.train import TrainConfig, lr_factor
+from embeddings.train import TrainConfig, _Loop, lr_factor
 from embeddings.zoo import make_model
 
 FAST = TrainConfig(epochs=3, batch_size=32, patience=10, bf16=False)
@@ -42,10 +42,11 @@ def features(tiny_week, split):
     return listing_features(tiny_week[0], split.item_ids, split.cutoff).smooth()[0]
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-def test_sasrec_shapes_and_causality(positions):
+@pytest.mark.parametrize(("positions", "layer"), [("learned", "sasrec"), ("rotary", "sasrec"), ("rotary", "ligr")])
+def test_sasrec_shapes_and_causality(positions, layer):
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(n_items=50, max_len=12, dim=16, n_blocks=2, n_heads=2, positions=positions)).eval()
+    cfg = SASRecConfig(n_items=50, max_len=12, dim=16, n_blocks=2, n_heads=2, positions=positions, layer=layer)
+    model = SASRec(cfg).eval()
     tokens = torch.randint(1, 51, (3, 12))
     hidden = model(tokens)
     assert hidden.shape == (3, 12, 16) and model.logits(hidden).shape == (3, 12, 50)
@@ -64,6 +65,17 @@ def test_cpu_attention_is_scaled_dot_product_attention():
     q, k, v = (z.view(b, t, 2, 8).transpose(1, 2) for z in block.qkv(x).split(d, dim=2))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
     assert torch.allclose(block.attention(x), block.proj(ref), atol=1e-6)
+
+
+def test_ligr_block_gates_each_residual_branch():
+    torch.manual_seed(0)
+    block = Block(SASRecConfig(n_items=5, max_len=12, dim=16, n_heads=2, layer="ligr", ffn_mult=2)).eval()
+    x = torch.randn(3, 9, 16)
+    x1 = x + torch.sigmoid(block.gate_attention(x)) * block.attention(block.ln1(x))
+    gate, value = (block.ln2(x1) @ block.mlp.up.weight.T).chunk(2, dim=-1)
+    want = x1 + torch.sigmoid(block.gate_mlp(x1)) * ((F.silu(gate) * value) @ block.mlp.down.weight.T)
+    torch.testing.assert_close(block(x), want)
+    assert block.mlp.up.weight.shape == (2 * 32, 16)  # hidden width ffn_mult x dim, gate and value
 
 
 def test_dropout_keeps_one_minus_p_scaled_and_is_identity_in_eval():
@@ -89,10 +101,10 @@ def test_rotary_scores_depend_only_on_distance():
     assert torch.allclose(rq.norm(dim=1), q.norm(dim=1), atol=1e-5)  # a rotation
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-def test_padding_does_not_change_real_positions(positions):
+@pytest.mark.parametrize(("positions", "layer"), [("learned", "sasrec"), ("rotary", "sasrec"), ("learned", "ligr")])
+def test_padding_does_not_change_real_positions(positions, layer):
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(n_items=20, max_len=10, dim=8, positions=positions)).eval()
+    model = SASRec(SASRecConfig(n_items=20, max_len=10, dim=8, positions=positions, layer=layer)).eval()
     short = torch.tensor([[3, 4, 5]])
     padded = torch.tensor([[3, 4, 5, 0, 0, 0]])
     assert torch.allclose(model(short)[0], model(padded)[0, :3], atol=1e-6)
@@ -116,6 +128,33 @@ def test_fused_softmax_matches_cross_entropy(low_precision):
     assert loss.item() == pytest.approx(ref.item(), rel=tol)
     assert torch.allclose(h.grad, h2.grad, atol=tol) and torch.allclose(e.grad, e2.grad, atol=tol)
     assert torch.all(e.grad[[3, 5]] == 0)  # masked items get no gradient
+
+
+def test_fused_softmax_bias_is_added_to_every_row():
+    """A bias per item (logQ's correction) shifts each logit before the softmax; it gets no gradient."""
+    torch.manual_seed(1)
+    h = torch.randn(70, 8, requires_grad=True)
+    e = torch.randn(13, 8, requires_grad=True)
+    y = torch.randint(0, 13, (70,))
+    bias = torch.randn(13)
+    loss = full_softmax_ce(h, e, y, chunk=32, bias=bias)
+    loss.backward()
+    h2, e2 = h.detach().clone().requires_grad_(), e.detach().clone().requires_grad_()
+    F.cross_entropy(h2 @ e2.T + bias, y).backward()
+    assert loss.item() == pytest.approx(F.cross_entropy(h2 @ e2.T + bias, y).item(), rel=1e-5)
+    torch.testing.assert_close((h.grad, e.grad), (h2.grad, e2.grad), atol=1e-5, rtol=1e-5)
+
+
+def test_logq_in_bfloat16_is_close_to_float32():
+    torch.manual_seed(2)
+    h = torch.randn(100, 16, requires_grad=True)
+    v = torch.randn(300, 16, requires_grad=True)
+    targets, extra, log_q = torch.randint(1, 300, (100,)), torch.randint(1, 300, (40,)), torch.rand(300).log()
+    got = torch.autograd.functional.vjp(lambda h, v: logq_softmax_ce(h, v, targets, extra, log_q, True), (h, v))
+    want = torch.autograd.functional.vjp(lambda h, v: logq_softmax_ce(h, v, targets, extra, log_q), (h, v))
+    assert got[0].item() == pytest.approx(want[0].item(), rel=2e-2)
+    for g, w in zip(got[1], want[1], strict=True):
+        assert (g - w).abs().max() < 2e-2 * w.abs().max()
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sampled", "logq"])
@@ -176,9 +215,25 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert lr_factor("constant", 3.7, epochs=5) == 1.0
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split, schedule):
-    cfg = TrainConfig(epochs=4, batch_size=32, patience=100, bf16=False, seed=1, lr_schedule=schedule)
+def test_moving_average_of_the_weights(split):
+    loop = _Loop(SASRecRecommender(SASRecConfig(max_len=20, dim=16), TrainConfig(ema=0.5, bf16=False)), split)
+    before = {n: p.detach().clone() for n, p in loop.model.named_parameters()}
+    with torch.no_grad():
+        for p in loop.model.parameters():
+            p.add_(1.0)
+    loop.steps = 1000  # past the warm-up of the decay: 0.5
+    loop.average()
+    for name, p in loop.model.named_parameters():
+        torch.testing.assert_close(loop.ema[name], before[name] + 0.5)
+        torch.testing.assert_close(p.detach(), before[name] + 1.0)  # training goes on from its own weights
+    averaged = loop.averaged()
+    assert set(averaged) == set(loop.model.state_dict())  # buffers (frozen vectors, masks) as they are
+    assert all(torch.equal(averaged[n], loop.ema[n]) for n in before)
+
+
+@pytest.mark.parametrize(("schedule", "ema"), [("constant", 0.0), ("cosine", 0.0), ("constant", 0.9)])
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split, schedule, ema):
+    cfg = TrainConfig(epochs=4, batch_size=32, patience=100, bf16=False, seed=1, lr_schedule=schedule, ema=ema)
     straight = SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path / "a").fit(split)
 
     def interrupt(epoch, stats):

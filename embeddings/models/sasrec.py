@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 FORMAT = "lst-embeddings/sasrec/1"
 POSITIONS = ("learned", "rotary")
+LAYERS = ("sasrec", "ligr")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class SASRecConfig:
     dropout: float = 0.5  # short sequences overfit fast (Video: HR@10 +12 % over 0.2); the ml1m preset has 0.2
     ffn_mult: int = 1  # hidden width of the position-wise MLP, in multiples of dim (SASRec: 1)
     positions: str = "learned"  # learned: a vector per place counted back from the newest click | rotary (RoPE)
+    layer: str = "sasrec"  # sasrec: residual + GELU MLP | ligr: gated residuals + SwiGLU MLP (LiGR, as in eSASRec)
     item_encoder: str = "auto"  # id | lst-frozen | hybrid | auto (lst-frozen with listings' lst features, else id)
     frozen_linear: bool = False  # lst-frozen: one shared trainable dim x dim map over the frozen vectors
     profile_horizon: int = 0  # >0: a profile head trained on any of the next N clicks (0: intent vector only)
@@ -78,6 +80,8 @@ class SASRecConfig:
             raise InputError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.profile_horizon < 0:
             raise InputError(f"profile_horizon must be >= 0, got {self.profile_horizon}")
+        if self.layer not in LAYERS:
+            raise InputError(f"layer must be one of {LAYERS}, got {self.layer!r}")
         if self.positions not in POSITIONS:
             raise InputError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.positions == "rotary" and (self.dim // self.n_heads) % 2:
@@ -235,8 +239,23 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return (x * (bits >= round(p * 32768))).mul_(1 / (1 - p))
 
 
+class SwiGLU(nn.Module):
+    """Position-wise MLP with a SiLU-gated hidden layer (Shazeer, 2020), no biases."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.up = nn.Linear(dim, 2 * hidden, bias=False)  # gate and value in one matmul
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * value)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: causal self-attention, then a position-wise MLP."""
+    """Pre-norm transformer block: causal self-attention, then a position-wise MLP. ``layer="ligr"`` (LiGR,
+    Borisyuk et al. 2025; eSASRec's layer) scales each residual branch by a sigmoid gate of the block's
+    input and uses a SwiGLU MLP."""
 
     def __init__(self, cfg: SASRecConfig):
         super().__init__()
@@ -246,7 +265,12 @@ class Block(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.ln2 = nn.LayerNorm(cfg.dim)
         hidden = cfg.dim * cfg.ffn_mult
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
+        if cfg.layer == "ligr":
+            self.mlp: nn.Module = SwiGLU(cfg.dim, hidden)
+            self.gate_attention, self.gate_mlp = nn.Linear(cfg.dim, cfg.dim), nn.Linear(cfg.dim, cfg.dim)
+        else:
+            self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
+            self.gate_attention = self.gate_mlp = None
         # additive causal mask for the CPU path, RoPE's angles (neither saved with the weights); made on the host
         # like every parameter, moved with the model by .to(device)
         causal = torch.full((cfg.max_len, cfg.max_len), -math.inf, device="cpu").triu(1)
@@ -271,8 +295,10 @@ class Block(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + dropout(self.attention(self.ln1(x)), self.dropout, self.training)
-        return x + dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
+        a = dropout(self.attention(self.ln1(x)), self.dropout, self.training)
+        x = x + (a if self.gate_attention is None else torch.sigmoid(self.gate_attention(x)) * a)
+        m = dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
+        return x + (m if self.gate_mlp is None else torch.sigmoid(self.gate_mlp(x)) * m)
 
 
 class SASRec(nn.Module):
