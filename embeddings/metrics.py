@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 
 def mask_seen(scores: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
@@ -27,14 +28,21 @@ def mask_seen(scores: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray
 def target_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """0-based rank of each target in its row (pessimistic on ties); ``inf`` when unscorable.
 
-    Pass ``histories`` to exclude seen items; they must not contain the target.
+    Pass ``histories`` to exclude seen items; they must not contain the target. The rank is the count of items
+    scored at or above the target, less the seen ones among them (each counted once): one pass over the scores,
+    in torch (all threads), without copying them.
     """
-    scores = np.array(scores, dtype=np.float32, copy=True)
-    if histories is not None:
-        mask_seen(scores, histories)
-    t = scores[np.arange(len(targets)), targets][:, None]
-    ranks = (scores > t).sum(1) + (scores == t).sum(1) - 1
-    return np.where(np.isfinite(t[:, 0]), ranks, np.inf).astype(np.float64)
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float32))
+    rows = torch.arange(len(targets), device="cpu")  # scores are host arrays
+    t = s[rows, torch.as_tensor(np.asarray(targets, dtype=np.int64))]
+    ranks = (s >= t[:, None]).sum(1) - 1
+    if histories is not None and len(histories):
+        row = np.repeat(np.arange(len(histories), dtype=np.int64), [len(h) for h in histories])
+        seen = np.unique(row * s.shape[1] + np.concatenate(histories).astype(np.int64))  # (row, item), once each
+        seen_row, seen_item = torch.from_numpy(seen // s.shape[1]), torch.from_numpy(seen % s.shape[1])
+        above = s[seen_row, seen_item] >= t[seen_row]
+        ranks -= torch.bincount(seen_row[above], minlength=len(targets))
+    return torch.where(torch.isfinite(t), ranks.double(), torch.inf).numpy()
 
 
 def sampled_ranks(

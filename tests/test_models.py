@@ -251,6 +251,19 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split,
         assert torch.equal(a, b), name
 
 
+def test_user_vectors_come_back_in_input_order_whatever_the_batching():
+    """Histories are batched in order of length (less padding); each vector still belongs to its own history."""
+    torch.manual_seed(0)
+    rec = SASRecRecommender(SASRecConfig(max_len=12, dim=16, n_items=30))
+    rec.model = SASRec(rec.config).eval()
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(0, 30, n) for n in (9, 1, 30, 0, 4, 12, 2, 7)]
+    together = rec.user_vectors(histories, batch_size=3)
+    alone = torch.cat([rec.user_vectors([h]) for h in histories])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    assert torch.all(together[3] == 0)  # an empty history
+
+
 def test_every_model_shares_the_evaluation(split, tiny_week):
     listings = tiny_week[0]
     results = {}

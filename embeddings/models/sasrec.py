@@ -498,21 +498,24 @@ class SASRecRecommender:
         if unknown := set(heads) - set(self.heads):
             raise InputError(f"this model has no {sorted(unknown)} head; it has {self.heads}")
         out = {head: torch.zeros(len(histories), self.model.cfg.dim, device="cpu") for head in heads}  # host
+        # histories in order of length, so a batch is padded to the length of similar ones, not of the longest
+        lengths = np.fromiter((min(len(h), self.model.cfg.max_len) for h in histories), np.int64, len(histories))
+        order = np.argsort(lengths, kind="stable")
         starts = range(0, len(histories), batch_size)
         if show_progress:
             starts = progress(starts, desc="user embeddings", unit="batch")
         for start in starts:
-            part = histories[start : start + batch_size]
-            tokens = pad_right(part, self.model.cfg.max_len).to(device)
+            idx = order[start : start + batch_size]
+            tokens = pad_right([histories[i] for i in idx], self.model.cfg.max_len).to(device)
             last = (tokens > 0).sum(1) - 1
             hidden = self.model(tokens, vectors)
-            rows = hidden[torch.arange(len(part), device=device), last.clamp_min(0)]
+            rows = hidden[torch.arange(len(idx), device=device), last.clamp_min(0)]
             has = (last >= 0)[:, None]
+            at = torch.from_numpy(idx)
             if "intent" in out:
-                out["intent"][start : start + len(part)] = torch.where(has, rows, torch.zeros_like(rows)).cpu()
+                out["intent"][at] = torch.where(has, rows, torch.zeros_like(rows)).cpu()
             if "profile" in out:
-                prof = self.model.profile_of(rows)
-                out["profile"][start : start + len(part)] = torch.where(has, prof, torch.zeros_like(prof)).cpu()
+                out["profile"][at] = torch.where(has, self.model.profile_of(rows), torch.zeros_like(rows)).cpu()
         return out
 
     def user_vectors(
@@ -527,9 +530,10 @@ class SASRecRecommender:
 
     @torch.no_grad()
     def score(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
-        scores = self.model.logits(self.user_vectors(histories).to(self.device)).float().cpu().numpy()
-        scores[:, ~self._scorable] = -np.inf
-        return scores
+        scores = self.model.logits(self.user_vectors(histories).to(self.device)).float()
+        if not self._scorable.all():  # index the few unscorable columns, not a mask over all of them
+            scores[:, torch.from_numpy(np.flatnonzero(~self._scorable)).to(scores.device)] = -torch.inf
+        return scores.cpu().numpy()
 
     # -------------------------------------------------------------- persistence
     def export(self, metrics: dict | None = None) -> dict:
