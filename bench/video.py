@@ -7,7 +7,8 @@ excluded: the regime closest to a week of listing clicks. Ours with the ``train`
 picks logQ-corrected sampled softmax for this catalogue), for the same training-time budget as the peer
 (``python bench/peers/rectools_sasrec.py --data video --max-len 50 --budget-min 8``, its own venv).
 Cost per real position is set against ML-1M's measured in the same process right after (``--ml1m-epochs`` epochs of
-``--preset ml1m`` training, default 3; 0 falls back to ``sasrec_ml1m.json``). Writes bench/results/video.json.
+``--preset ml1m`` training with SASRec's layers, as the Video model has; default 3; 0 falls back to
+``sasrec_ml1m.json``). Writes bench/results/video.json.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from embeddings.zoo import make_model  # noqa: E402
 
 
 def ml1m_cost_per_position(path: Path, epochs: int) -> float | None:
-    """Seconds a real position of ML-1M costs with ``--preset ml1m`` (median epoch, validation not counted), timed
-    here; with ``epochs`` 0 or no ML-1M file, from the last ``sasrec_quality.py`` run."""
+    """Seconds a real position of ML-1M costs with ``--preset ml1m`` but SASRec's layers, as the Video model has
+    (median epoch, validation not counted), timed here; with ``epochs`` 0 or no ML-1M file, from the last
+    ``sasrec_quality.py`` run."""
     if epochs and path.exists():
         model_kw, train_kw = PRESETS["ml1m"]
+        model_kw = {**model_kw, "layer": "sasrec", "ffn_mult": 1}  # the layers the Video model has: same work a token
         split = leave_last_out(load_data(path).events)
         train = TrainConfig(**train_kw, epochs=epochs, patience=epochs)
         rec = make_model("sasrec", split, None, sasrec=SASRecConfig(**model_kw), train=train).fit(split)
