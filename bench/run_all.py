@@ -204,20 +204,23 @@ def summary(folder: Path = RESULTS) -> str:
         if not levers:
             continue
         lines.append(
-            f"\n**SASRec levers, one at a time** (`bench/sasrec_levers.py`; {what}; the same training-time budget "
-            "each, early stopping on validation NDCG@10, test of the best validation model)\n"
+            f"\n**SASRec levers, one at a time** (`bench/sasrec_levers.py`; {what}; a training-time budget, "
+            "ratios to the baseline of the same machine and budget, early stopping on validation NDCG@10, test of "
+            "the best validation model)\n"
         )
         lines.append(
-            "| lever | machine | HR@10 | NDCG@10 | HR@10 / baseline | best epoch / run | epoch | µs per position |"
+            "| lever | machine | budget | HR@10 | NDCG@10 | HR@10 / baseline | best epoch / run | epoch "
+            "| µs per position |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         cpu = levers["machine"]["cpu"]  # rows without their own were measured on the file's machine
-        base = {r.get("cpu", cpu): r for r in levers["levers"] if r["lever"] == "baseline"}
+        base = {(r.get("cpu", cpu), r["budget_s"]): r for r in levers["levers"] if r["lever"] == "baseline"}
         for r in levers["levers"]:
-            same = base.get(r.get("cpu", cpu))  # ratios within one machine
+            same = base.get((r.get("cpu", cpu), r["budget_s"]))  # ratios within one machine and budget
             ratio = r["hr@10"] / same["hr@10"] if same else None
             lines.append(
-                f"| {r['lever']} | {r.get('cpu', cpu)} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | {_f(ratio, 3)} | "
+                f"| {r['lever']} | {r.get('cpu', cpu)} | {_f(r['budget_s'] / 60, 0)} min | {_f(r['hr@10'])} | "
+                f"{_f(r['ndcg@10'])} | {_f(ratio, 3)} | "
                 f"{r['best_epoch']} / {r['epochs_run']} | {_f(r['epoch_s_median'], 1)} s | "
                 f"{_f(r.get('us_per_position'), 1)} |"
             )
