@@ -45,8 +45,6 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "rotary + dim 128": ({**ROTARY, "dim": 128}, {}),
             "rotary + dim 128, dropout 0.4": ({**ROTARY, "dim": 128, "dropout": 0.4}, {}),
             "rotary + 4 blocks, dropout 0.4": ({**ROTARY, "n_blocks": 4, "dropout": 0.4}, {}),
-            "rotary + weight average 0.998": (ROTARY, {"ema": 0.998}),
-            "rotary + dim 128 + weight average 0.998": ({**ROTARY, "dim": 128}, {"ema": 0.998}),
             "rotary + LiGR layers (SwiGLU x4)": ({**ROTARY, "layer": "ligr", "ffn_mult": 4}, {}),
         },
     ),

@@ -68,7 +68,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
-    "valid_users", "lr_schedule", "batch_positions", "ema",
+    "valid_users", "lr_schedule", "batch_positions",
 )  # fmt: skip
 
 
@@ -99,7 +99,6 @@ class TrainConfig:
     profile_weight: float = 1.0  # weight of the profile head's loss (models with profile_horizon > 0)
     device: str = "cpu"  # cpu | cuda | cuda:N: where training runs (the fitted model comes back on the CPU)
     valid_users: int = 50_000  # early stopping ranks at most this many validation users (a fixed random sample)
-    ema: float = 0.0  # >0: validate and keep an exponential moving average of the weights, this decay a step
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -110,8 +109,6 @@ class TrainConfig:
             raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if not 0 <= self.ema < 1:
-            raise InputError(f"ema must be in [0, 1), got {self.ema}")
         if self.epochs < 1 or self.valid_users < 1:
             raise InputError("epochs and valid_users must be at least 1")
         if self.batch_size < 0 or (self.batch_size == 0 and self.batch_positions < 1):
@@ -254,10 +251,6 @@ class _Loop:
         self.optimizer = torch.optim.AdamW(
             trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98), fused=True
         )
-        # the moving average of the trainable weights (TrainConfig.ema), by parameter name
-        self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-        self.ema = self.ema if self.tc.ema else {}
-        self.steps = 0
         self.best: dict = {"epoch": -1, "ndcg@10": -1.0}
         self.best_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.waited, self.start_epoch = 0, 0
@@ -288,8 +281,6 @@ class _Loop:
             raise InputError(f"{last}: cannot resume with other settings ({diff}); remove it to start over")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.ema = {k: v.to(self.device) for k, v in state.get("ema", {}).items()}
-        self.steps = state.get("steps", 0)
         self.start_epoch = state["epoch"] + 1
         self.best, self.waited, self.rec.history = state["best"], state["waited"], state["history"]
         best_path = self.resume_from / "best.pt"
@@ -364,7 +355,6 @@ class _Loop:
             self.optimizer.zero_grad(set_to_none=True)
             weighted.backward()
             self.optimizer.step()
-            self.average()
             running += loss.detach() * n_pos
             total_pos += n_pos
             if step % self.readback == 0 or step == n_batches - 1:
@@ -386,22 +376,6 @@ class _Loop:
             "seconds": seconds,
         }
 
-    @torch.no_grad()
-    def average(self) -> None:
-        """One step of the weights' moving average; its decay grows from 0.1 to ``ema`` over the first steps (an
-        average of the first few steps should not be mostly the random initial weights)."""
-        self.steps += 1
-        if self.ema:
-            decay = min(self.tc.ema, (1 + self.steps) / (10 + self.steps))
-            for name, p in self.model.named_parameters():
-                if name in self.ema:
-                    self.ema[name].lerp_(p.detach(), 1 - decay)
-
-    def averaged(self) -> dict[str, torch.Tensor]:
-        """The model's state with the moving average in place of the trainable weights (the state itself
-        without one)."""
-        return {**self.model.state_dict(), **self.ema}
-
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """A host batch on the training device: through pinned memory and without waiting, on a GPU."""
         if self.device.type != "cuda":
@@ -409,11 +383,7 @@ class _Loop:
         return batch.pin_memory().to(self.device, non_blocking=True)
 
     def validate(self, epoch: int, stats: dict) -> None:
-        """Rank the validation users with the weights that would be kept (the moving average, with one)."""
         self.model.eval()
-        training = {k: v.clone() for k, v in self.model.state_dict().items()} if self.ema else None
-        if training:
-            self.model.load_state_dict(self.averaged())
         metrics = dist.from_main(evaluate(self.rec, self.valid) if dist.is_main() else None)
         stats.update({f"valid_{k}": v for k, v in metrics.items() if k.startswith(("hr", "ndcg"))})
         if metrics["ndcg@10"] > self.best["ndcg@10"]:
@@ -423,8 +393,6 @@ class _Loop:
                 save_torch(self.rec.export(metrics={"valid": metrics, "epoch": epoch}), self.folder / "best.pt")
         else:
             self.waited += 1
-        if training:
-            self.model.load_state_dict(training)
 
     def checkpoint(self, epoch: int) -> None:
         """``last.pt``: the exported model plus what resuming needs."""
@@ -436,8 +404,6 @@ class _Loop:
                 "best": self.best,
                 "waited": self.waited,
                 "history": self.rec.history,
-                "ema": self.ema,
-                "steps": self.steps,
             }
             save_torch(state, self.folder / "last.pt")
             kill_point("train:epoch-end")
