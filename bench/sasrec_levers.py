@@ -57,6 +57,10 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "dropout 0.5 + rotary": ({"dropout": 0.5, **ROTARY}, {}),
             "dropout 0.5 + batches of 8,192 positions": ({"dropout": 0.5}, {"batch_size": 0, "batch_positions": 8192}),
             "dropout 0.5 + batches of 4,096 positions": ({"dropout": 0.5}, {"batch_size": 0, "batch_positions": 4096}),
+            "dropout 0.5 + 4,096 positions + LiGR layers (SwiGLU x4)": (
+                {"dropout": 0.5, "layer": "ligr", "ffn_mult": 4},
+                {"batch_size": 0, "batch_positions": 4096},
+            ),
         },
     ),
 }
