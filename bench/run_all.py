@@ -267,6 +267,8 @@ def summary(folder: Path = RESULTS) -> str:
                 f"{_f(r['speedup_over_full'], 1)}x | {r['peak_rss_mb']:,.0f} MB |"
             )
         if losses["quality"]:
+            when = losses.get("quality_measured") or losses["machine"]["date"]  # kept by --skip-quality runs
+            lines.append(f"\nQuality after the same training time, measured {when}:")
             lines.append("\n| data | loss | HR@10 | NDCG@10 | HR@10 / full softmax | epochs in the budget |")
             lines.append("|---|---|---|---|---|---|")
             for r in losses["quality"]:

@@ -42,10 +42,11 @@ from embeddings.progress import progress
 from embeddings.split import Sequences, Split
 
 LOSSES = ("auto", "softmax", "sampled", "logq")
-# loss=auto: full softmax up to this many items, logq above. bench/losses.py, one step of 128 x 50 positions: logq is
-# no faster at 5,000 items (its candidates are then most of the catalogue), 1.5x at 10,000, 2.1x at 20,000, 23x at
-# 300,000; HR@10 after the same training time: Video (23,715 items) 0.0924 against full softmax's 0.0946, ML-1M
-# (3,416 items) 0.2502 against 0.2728
+# loss=auto: full softmax up to this many items, logq above. bench/losses.py, one step of 128 x 50 positions, both
+# through the fused softmax (Intel VM, 2026-12-02): logq 1.9x faster at 5,000 items, 3.1x at 10,000, 5.9x at
+# 20,000, 52x at 300,000; but HR@10 after the same training time (2026-11-29, before logq was fused): Video (23,715
+# items) 0.0924 against full softmax's 0.0946, ML-1M (3,416 items) 0.2502 against 0.2728: where the full softmax
+# is affordable it is the better loss
 AUTO_FULL_SOFTMAX_MAX_ITEMS = 10_000
 # batch widths are rounded up to a multiple of this: in bfloat16 on CPUs with AMX, oneDNN builds a kernel for
 # each new matmul shape (~3.7 ms each on a Sapphire Rapids VM), and batches cut to their exact width made most
