@@ -111,7 +111,7 @@ def logq_softmax_ce(
     candidates, where = torch.unique(torch.cat([targets, extra]), return_inverse=True)
     shift = _padded(-log_q[candidates].float(), float("-inf"))  # padding candidates: never chosen
     chosen = vectors[_padded(candidates)]
-    return _FullSoftmaxCE.apply(hidden, chosen, where[: len(targets)], shift, low_precision, 512)
+    return full_softmax_ce(hidden, chosen, where[: len(targets)], low_precision=low_precision, bias=shift)
 
 
 def log_inclusion(popularity: torch.Tensor, positions: int, n_uniform: int, available: torch.Tensor) -> torch.Tensor:

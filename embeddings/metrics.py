@@ -17,14 +17,6 @@ import numpy as np
 import torch
 
 
-def mask_seen(scores: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
-    """Set the score of every item in each row's history to -inf (in place) and return ``scores``."""
-    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
-    if len(rows):
-        scores[rows, np.concatenate(histories)] = -np.inf
-    return scores
-
-
 def target_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """0-based rank of each target in its row (pessimistic on ties); ``inf`` when unscorable.
 
