@@ -51,10 +51,14 @@ def window_lengths(split, every: bool) -> np.ndarray:
     return training_windows(split.train, 200, every).lengths - 1
 
 
-def epoch_flops(lengths: np.ndarray, n_items: int, dim: int, blocks: int) -> float:
+def epoch_flops(lengths: np.ndarray, n_items: int, cfg: SASRecConfig) -> float:
     """Forward + backward FLOPs of one epoch: transformer on the windows' tokens, full softmax on real ones."""
-    per_token = blocks * (12 * dim * dim + 2 * lengths.mean() * dim)  # qkv, proj, mlp; causal attention
-    softmax = 2 * n_items * dim  # logits; the gradient costs two more of these
+    d, hidden = cfg.dim, cfg.dim * cfg.ffn_mult
+    # multiply-adds a token: qkv and output projection; SwiGLU's up (gate + value) and down plus LiGR's two
+    # gates, or the plain MLP's two layers
+    macs = 4 * d * d + (3 * d * hidden + 2 * d * d if cfg.layer == "ligr" else 2 * d * hidden)
+    per_token = cfg.n_blocks * (2 * macs + 2 * lengths.mean() * d)  # causal attention: half of QK^T and AV
+    softmax = 2 * n_items * d  # logits; the gradient costs two more of these
     return 3 * float(lengths.sum()) * (per_token + softmax)
 
 
@@ -93,7 +97,7 @@ def ml1m(path: str, quick: bool, budget_min: float) -> dict:
     final = evaluate(model, split.test)
     epoch_s = statistics.median(h["seconds"] for h in model.history)
     lengths = window_lengths(split, WINDOWS == "all")
-    flops = epoch_flops(lengths, split.n_items, 64, 2)
+    flops = epoch_flops(lengths, split.n_items, model.model.cfg)
     # the epoch's three big products (logits, their gradients for hidden states and for item vectors);
     # the best rate any of them reaches on this machine bounds the whole epoch from below
     rate = max(
