@@ -30,6 +30,7 @@ from embeddings.split import leave_last_out  # noqa: E402
 from embeddings.train import TrainConfig  # noqa: E402
 
 ROTARY = {"positions": "rotary"}
+LIGR = {**ROTARY, "layer": "ligr", "ffn_mult": 4}  # kept: the ml1m preset
 COSINE = {"lr_schedule": "cosine", "epochs": 50, "patience": 1000}  # a fixed horizon instead of early stopping
 # per data: (base model, base training, {name: (model changes, training changes)}). Levers are tried one at a
 # time, each on top of the ones kept before it (ML-1M: rotary positions, the first one kept, is in every later one)
@@ -45,7 +46,10 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "rotary + dim 128": ({**ROTARY, "dim": 128}, {}),
             "rotary + dim 128, dropout 0.4": ({**ROTARY, "dim": 128, "dropout": 0.4}, {}),
             "rotary + 4 blocks, dropout 0.4": ({**ROTARY, "n_blocks": 4, "dropout": 0.4}, {}),
-            "rotary + LiGR layers (SwiGLU x4)": ({**ROTARY, "layer": "ligr", "ffn_mult": 4}, {}),
+            "rotary + LiGR layers (SwiGLU x4)": (LIGR, {}),
+            "LiGR + 3 blocks": ({**LIGR, "n_blocks": 3}, {}),
+            "LiGR + 4 blocks": ({**LIGR, "n_blocks": 4}, {}),
+            "LiGR + 2 heads": ({**LIGR, "n_heads": 2}, {}),
         },
     ),
     "video": (

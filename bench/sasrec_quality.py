@@ -165,7 +165,9 @@ def main() -> None:
         print(
             table(out["week"], ["model", "hr@10", "ndcg@10", "cold_hr@10", "warm_hr@10", "hr@10_over_lightfm", "fit_s"])
         )
-    if not args.skip_ml1m and Path(args.ml1m).exists():
+    if not args.skip_ml1m and not Path(args.ml1m).exists():
+        print(f"\nML-1M skipped: {args.ml1m} not found (--ml1m PATH or ML1M=PATH)")
+    elif not args.skip_ml1m:
         print("\nML-1M (the papers' file), leave-last-out, full ranking")
         r = out["ml1m"] = ml1m(args.ml1m, args.quick, args.budget_min)
         print(table([{"model": "ours (SASRec, id)", **r}], ["model", "hr@10", "ndcg@10", "epoch_s_median"]))
