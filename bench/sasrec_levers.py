@@ -50,6 +50,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + 3 blocks": ({**LIGR, "n_blocks": 3}, {}),
             "LiGR + 4 blocks": ({**LIGR, "n_blocks": 4}, {}),
             "LiGR + 2 heads": ({**LIGR, "n_heads": 2}, {}),
+            "LiGR + dropout 0.3": ({**LIGR, "dropout": 0.3}, {}),
         },
     ),
     "video": (
