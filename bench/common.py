@@ -7,8 +7,12 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from embeddings.models.sasrec import SASRecConfig
 
 RESULTS = Path(os.environ.get("LST_BENCH_RESULTS", Path(__file__).parent / "results"))  # --quick runs: results/quick
 ML1M = Path(os.environ.get("ML1M", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m.txt"))
@@ -45,6 +49,15 @@ def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype = torch.bfloat16, rep
             a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * m * k * n * reps / best
+
+
+def block_flops_per_token(cfg: SASRecConfig, length: float) -> float:
+    """Forward FLOPs of one transformer block for a token of a ``length``-token sequence. Multiply-adds: qkv and
+    output projection; SwiGLU's up (gate + value) and down plus LiGR's two gates, or the plain MLP's two layers;
+    QK^T and AV over the half of the sequence a token attends to on average (causal)."""
+    d, hidden = cfg.dim, cfg.dim * cfg.ffn_mult
+    macs = 4 * d * d + (3 * d * hidden + 2 * d * d if cfg.layer == "ligr" else 2 * d * hidden)
+    return 2 * macs + 2 * length * d
 
 
 def write(name: str, payload: dict) -> Path:

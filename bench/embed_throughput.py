@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import matmul_rate, table, write  # noqa: E402
+from common import block_flops_per_token, matmul_rate, table, write  # noqa: E402
 
 from embeddings.models.sasrec import SASRec, SASRecConfig, SASRecRecommender  # noqa: E402
 
@@ -45,7 +45,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         rows.append({"batch": batch, "users": n_users, "seconds": seconds, "users_per_s": n_users / seconds})
         print(table(rows[-1:], ["batch", "users", "seconds", "users_per_s"]).splitlines()[-1], flush=True)
-    flops = blocks * (12 * L * d * d + 2 * L * L * d)
+    flops = blocks * L * block_flops_per_token(cfg, L)
     rate = matmul_rate(2048, 2048, 2048, torch.float32)
     bound = rate / flops
     best = max(r["users_per_s"] for r in rows)

@@ -48,7 +48,6 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "rotary + 4 blocks, dropout 0.4": ({**ROTARY, "n_blocks": 4, "dropout": 0.4}, {}),
             "rotary + LiGR layers (SwiGLU x4)": (LIGR, {}),
             "LiGR + 3 blocks": ({**LIGR, "n_blocks": 3}, {}),
-            "LiGR + 4 blocks": ({**LIGR, "n_blocks": 4}, {}),
             "LiGR + 2 heads": ({**LIGR, "n_heads": 2}, {}),
             "LiGR + dropout 0.3": ({**LIGR, "dropout": 0.3}, {}),
             "LiGR + weight decay 0.1": (LIGR, {"weight_decay": 0.1}),

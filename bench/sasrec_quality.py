@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, matmul_rate, table, write  # noqa: E402
+from common import ML1M, block_flops_per_token, matmul_rate, table, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
 from embeddings.evaluate import evaluate  # noqa: E402
@@ -53,12 +53,8 @@ def window_lengths(split, every: bool) -> np.ndarray:
 
 def epoch_flops(lengths: np.ndarray, n_items: int, cfg: SASRecConfig) -> float:
     """Forward + backward FLOPs of one epoch: transformer on the windows' tokens, full softmax on real ones."""
-    d, hidden = cfg.dim, cfg.dim * cfg.ffn_mult
-    # multiply-adds a token: qkv and output projection; SwiGLU's up (gate + value) and down plus LiGR's two
-    # gates, or the plain MLP's two layers
-    macs = 4 * d * d + (3 * d * hidden + 2 * d * d if cfg.layer == "ligr" else 2 * d * hidden)
-    per_token = cfg.n_blocks * (2 * macs + 2 * lengths.mean() * d)  # causal attention: half of QK^T and AV
-    softmax = 2 * n_items * d  # logits; the gradient costs two more of these
+    per_token = cfg.n_blocks * block_flops_per_token(cfg, lengths.mean())
+    softmax = 2 * n_items * cfg.dim  # logits; the gradient costs two more of these
     return 3 * float(lengths.sum()) * (per_token + softmax)
 
 
