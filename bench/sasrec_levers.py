@@ -51,6 +51,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + 2 heads": ({**LIGR, "n_heads": 2}, {}),
             "LiGR + dropout 0.3": ({**LIGR, "dropout": 0.3}, {}),
             "LiGR + weight decay 0.1": (LIGR, {"weight_decay": 0.1}),
+            "LiGR + cosine lr, 96 epochs": (LIGR, {"lr_schedule": "cosine", "epochs": 96, "patience": 1000}),
         },
     ),
     "video": (
