@@ -52,6 +52,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + dropout 0.3": ({**LIGR, "dropout": 0.3}, {}),
             "LiGR + weight decay 0.1": (LIGR, {"weight_decay": 0.1}),
             "LiGR + cosine lr, 96 epochs": (LIGR, {"lr_schedule": "cosine", "epochs": 96, "patience": 1000}),
+            "LiGR + batches of 64 windows": (LIGR, {"batch_size": 64}),
         },
     ),
     "video": (
