@@ -32,6 +32,7 @@ SCRIPTS = [
     "peers/rectools_sasrec",
     "probes",
     "losses",
+    "epoch_profile",
     "peers/rectools_sasrec:video",
     "video",
     "world_grid",
@@ -276,6 +277,34 @@ def summary(folder: Path = RESULTS) -> str:
                     f"| {r['data']} | {r['loss']} | {_f(r['hr@10'])} | {_f(r['ndcg@10'])} | "
                     f"{_f(r['hr@10_vs_full'], 3)} | {r['epochs']} |"
                 )
+    prof = _load("epoch_profile", folder)
+    if prof:
+        kinds = list(dict.fromkeys(k for phase in prof["self_ms_by_phase_and_kind"].values() for k in phase))
+        b = prof["batch"]
+        lines.append(
+            f"\n**Where a training step's time goes** (`bench/epoch_profile.py`; the `--preset ml1m` model, one step "
+            f"of {b['windows']} x {b['length']} positions over {b['items']:,} items; ms a step, median of "
+            f"{prof['steps']}; by kind of op: `torch.profiler` self time)\n"
+        )
+        lines.append("| phase | ms | " + " | ".join(kinds) + " |")
+        lines.append("|---|---|" + "---|" * len(kinds))
+        for phase, ms in prof["phases_ms"].items():
+            if phase == "step":
+                continue
+            by = prof["self_ms_by_phase_and_kind"].get(phase, {})
+            lines.append(f"| {phase} | {ms:.1f} | " + " | ".join(f"{by.get(k, 0.0):.1f}" for k in kinds) + " |")
+        line = (
+            f"\nStep {prof['phases_ms']['step']:.1f} ms against a compute bound of {prof['bound_ms']:.1f} ms "
+            f"({sum(prof['flops'].values()) / 1e9:.1f} GFLOP at {prof['bf16_matmul_flops_per_s'] / 1e9:,.0f} GFLOP/s): "
+            f"{prof['ratio_to_bound']:.1f}x; its matmuls took {prof['matmul_self_ms']:.1f} ms."
+        )
+        if prof.get("compiled_blocks"):
+            c = prof["compiled_blocks"]
+            line += (
+                f" The blocks through `torch.compile`: {c['step']:.1f} ms, "
+                f"{prof['phases_ms']['step'] / c['step']:.2f}x the eager step, after {c['compile_s']:.0f} s compiling."
+            )
+        lines.append(line)
     scale = _load("scale", folder)
     if scale:
         lines.append(
