@@ -54,6 +54,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + cosine lr, 96 epochs": (LIGR, {"lr_schedule": "cosine", "epochs": 96, "patience": 1000}),
             "LiGR + batches of 64 windows": (LIGR, {"batch_size": 64}),
             "LiGR, seed 1 (run-to-run noise)": (LIGR, {"seed": 1}),
+            "LiGR + dropout 0.1": ({**LIGR, "dropout": 0.1}, {}),
         },
     ),
     "video": (
