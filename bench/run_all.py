@@ -279,7 +279,9 @@ def summary(folder: Path = RESULTS) -> str:
                 )
     prof = _load("epoch_profile", folder)
     if prof:
-        kinds = list(dict.fromkeys(k for phase in prof["self_ms_by_phase_and_kind"].values() for k in phase))
+        seen = {k for phase in prof["self_ms_by_phase_and_kind"].values() for k in phase}
+        order = ("matmul", "softmax", "dtype casts", "layer norm", "dropout masks", "embedding gradient")
+        kinds = [k for k in order if k in seen] + sorted(seen - set(order))
         b = prof["batch"]
         lines.append(
             f"\n**Where a training step's time goes** (`bench/epoch_profile.py`; the `--preset ml1m` model, one step "
@@ -302,7 +304,8 @@ def summary(folder: Path = RESULTS) -> str:
             c = prof["compiled_blocks"]
             line += (
                 f" The blocks through `torch.compile`: {c['step']:.1f} ms, "
-                f"{prof['phases_ms']['step'] / c['step']:.2f}x the eager step, after {c['compile_s']:.0f} s compiling."
+                f"{prof['phases_ms']['step'] / c['step']:.2f}x the eager step, after {c['compile_s']:.0f} s "
+                "compiling (cold cache)."
             )
         lines.append(line)
     scale = _load("scale", folder)
