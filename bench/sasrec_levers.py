@@ -55,6 +55,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + batches of 64 windows": (LIGR, {"batch_size": 64}),
             "LiGR, seed 1 (run-to-run noise)": (LIGR, {"seed": 1}),
             "LiGR + dropout 0.1": ({**LIGR, "dropout": 0.1}, {}),
+            "LiGR + max_len 256": ({**LIGR, "max_len": 256}, {}),
         },
     ),
     "video": (
