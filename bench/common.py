@@ -60,6 +60,22 @@ def block_flops_per_token(cfg: SASRecConfig, length: float) -> float:
     return 2 * macs + 2 * length * d
 
 
+def training_flops(cfg: SASRecConfig, positions: float, length: float, n_items: int) -> dict[str, float]:
+    """Forward + backward matmul FLOPs of training on ``positions`` tokens of ``length``-token windows: the
+    transformer on every token, the full softmax on every position (logits, and their gradients for hidden
+    states and for item vectors: two more products of the same size)."""
+    return {
+        "transformer": 3 * positions * cfg.n_blocks * block_flops_per_token(cfg, length),
+        "loss": 3 * positions * 2 * n_items * cfg.dim,
+    }
+
+
+def loss_matmul_rate(n_items: int, dim: int) -> float:
+    """The best bfloat16 FLOP/s of the full softmax's three products (logits, their gradients for hidden states
+    and for item vectors) on this machine: what bounds training from below."""
+    return max(matmul_rate(16384, dim, n_items), matmul_rate(16384, n_items, dim), matmul_rate(n_items, 16384, dim))
+
+
 def write(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

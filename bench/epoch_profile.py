@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import block_flops_per_token, matmul_rate, table, write  # noqa: E402
+from common import loss_matmul_rate, table, training_flops, write  # noqa: E402
 
 from embeddings.losses import full_softmax_ce  # noqa: E402
 from embeddings.models.sasrec import SASRec, SASRecConfig  # noqa: E402
-from embeddings.train import PRESETS, _fast_bf16  # noqa: E402
+from embeddings.train import PRESETS, TrainConfig  # noqa: E402
 
 N_ITEMS, WINDOWS, LENGTH = 3416, 128, 200  # ML-1M's catalogue; a full batch of the preset
 PHASES = ("forward", "loss", "backward", "optimizer")
@@ -64,7 +64,7 @@ class Step:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-3, betas=(0.9, 0.98), fused=True)
         tokens = torch.randint(1, N_ITEMS + 1, (WINDOWS, LENGTH + 1))
         self.inputs, self.targets = tokens[:, :-1], tokens[:, 1:]
-        self.bf16 = _fast_bf16()
+        self.bf16 = bool(TrainConfig().bf16)  # as training decides it on this machine
 
     def __call__(self) -> list[float]:
         """One step; seconds of each of :data:`PHASES`."""
@@ -117,16 +117,6 @@ def profiled(step: Step, steps: int) -> dict[str, dict[str, float]]:
     return {phase: dict(kinds) for phase, kinds in out.items()}
 
 
-def step_flops(cfg: SASRecConfig) -> dict[str, float]:
-    """Forward + backward matmul FLOPs of a full step: the transformer on every token, the loss on every
-    position (logits, and their gradients for hidden states and item vectors)."""
-    positions = WINDOWS * LENGTH
-    return {
-        "transformer": 3 * positions * cfg.n_blocks * block_flops_per_token(cfg, LENGTH),
-        "loss": 3 * positions * 2 * N_ITEMS * cfg.dim,
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="3 steps, no compiled comparison")
@@ -138,8 +128,8 @@ def main() -> None:
     eager = Step(compiled=False)
     phases = timed(eager, steps)
     kinds = profiled(eager, steps)
-    flops = step_flops(eager.cfg)
-    rate = max(matmul_rate(16384, 64, N_ITEMS), matmul_rate(16384, N_ITEMS, 64), matmul_rate(N_ITEMS, 16384, 64))
+    flops = training_flops(eager.cfg, WINDOWS * LENGTH, LENGTH, N_ITEMS)
+    rate = loss_matmul_rate(N_ITEMS, eager.cfg.dim)
     bound_ms = 1000 * sum(flops.values()) / rate
     compiled = None
     if not (args.quick or args.no_compile):

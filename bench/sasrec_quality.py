@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, block_flops_per_token, matmul_rate, table, write  # noqa: E402
+from common import ML1M, loss_matmul_rate, table, training_flops, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
 from embeddings.evaluate import evaluate  # noqa: E402
@@ -53,9 +53,7 @@ def window_lengths(split, every: bool) -> np.ndarray:
 
 def epoch_flops(lengths: np.ndarray, n_items: int, cfg: SASRecConfig) -> float:
     """Forward + backward FLOPs of one epoch: transformer on the windows' tokens, full softmax on real ones."""
-    per_token = cfg.n_blocks * block_flops_per_token(cfg, lengths.mean())
-    softmax = 2 * n_items * cfg.dim  # logits; the gradient costs two more of these
-    return 3 * float(lengths.sum()) * (per_token + softmax)
+    return sum(training_flops(cfg, float(lengths.sum()), float(lengths.mean()), n_items).values())
 
 
 def ml1m(path: str, quick: bool, budget_min: float) -> dict:
@@ -94,13 +92,7 @@ def ml1m(path: str, quick: bool, budget_min: float) -> dict:
     epoch_s = statistics.median(h["seconds"] for h in model.history)
     lengths = window_lengths(split, WINDOWS == "all")
     flops = epoch_flops(lengths, split.n_items, model.model.cfg)
-    # the epoch's three big products (logits, their gradients for hidden states and for item vectors);
-    # the best rate any of them reaches on this machine bounds the whole epoch from below
-    rate = max(
-        matmul_rate(16384, 64, split.n_items),
-        matmul_rate(16384, split.n_items, 64),
-        matmul_rate(split.n_items, 16384, 64),
-    )
+    rate = loss_matmul_rate(split.n_items, model.model.cfg.dim)  # the best rate of the epoch's biggest products
     return {
         "windows": WINDOWS,
         "model_config": {k: v for k, v in vars(model.model.cfg).items() if k not in ("n_items", "n_features")},
