@@ -72,6 +72,10 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
                 {"dropout": 0.5, "layer": "ligr", "ffn_mult": 4},
                 {"batch_size": 0, "batch_positions": 4096},
             ),
+            "dropout 0.5 + 4,096 positions + weight average (ema 0.99)": (
+                {"dropout": 0.5},
+                {"batch_size": 0, "batch_positions": 4096, "ema": 0.99},
+            ),
         },
     ),
 }

@@ -31,7 +31,11 @@ from embeddings.synthetic import WeekConfig, generate_week  # noqa: E402
 from embeddings.train import TrainConfig  # noqa: E402
 from embeddings.zoo import make_model  # noqa: E402
 
-WORLDS = ("3000x1500", "3000x50000", "10000x5000", "30000x15000", "100000x1500", "100000x50000")
+# the corners of 3,000-100,000 users x 1,500-50,000 listings, and between them: few users on a large catalogue,
+# many on a small one
+WORLDS = (
+    "3000x1500", "3000x15000", "3000x50000", "10000x5000", "30000x1500", "30000x15000", "100000x1500", "100000x50000",
+)  # fmt: skip
 ENCODERS = ("id", "lst-frozen", "hybrid")
 
 

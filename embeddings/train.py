@@ -90,9 +90,8 @@ class TrainConfig:
     lr: float = 2e-3
     lr_schedule: str = "constant"  # constant | cosine: warm up over the first epoch, then decay to 0 at `epochs`
     weight_decay: float = 0.0
-    # > 0: an exponential moving average of the weights with this decay a step is what validation ranks, early
-    # stopping keeps and the fit returns (the training weights go on as they were)
-    ema: float = 0.0
+    # training goes on with its own weights; validation, early stopping and the fit take their moving average
+    ema: float = 0.0  # > 0: validate and return a moving average of the weights, this decay a step
     loss: str = "auto"  # softmax (full) | sampled (uniform negatives) | logq (in-batch + uniform, logQ) | auto
     n_negatives: int = 256  # uniform negatives per batch for loss=sampled and loss=logq
     patience: int = 10  # evaluations without a better validation NDCG@10 before stopping
