@@ -56,7 +56,6 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR, seed 1 (run-to-run noise)": (LIGR, {"seed": 1}),
             "LiGR + dropout 0.1": ({**LIGR, "dropout": 0.1}, {}),
             "LiGR + max_len 256": ({**LIGR, "max_len": 256}, {}),
-            "LiGR + weight average (ema 0.998)": (LIGR, {"ema": 0.998}),
         },
     ),
     "video": (
@@ -71,10 +70,6 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "dropout 0.5 + 4,096 positions + LiGR layers (SwiGLU x4)": (
                 {"dropout": 0.5, "layer": "ligr", "ffn_mult": 4},
                 {"batch_size": 0, "batch_positions": 4096},
-            ),
-            "dropout 0.5 + 4,096 positions + weight average (ema 0.99)": (
-                {"dropout": 0.5},
-                {"batch_size": 0, "batch_positions": 4096, "ema": 0.99},
             ),
         },
     ),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -70,7 +69,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
-    "valid_users", "lr_schedule", "batch_positions", "ema",
+    "valid_users", "lr_schedule", "batch_positions",
 )  # fmt: skip
 
 
@@ -90,8 +89,6 @@ class TrainConfig:
     lr: float = 2e-3
     lr_schedule: str = "constant"  # constant | cosine: warm up over the first epoch, then decay to 0 at `epochs`
     weight_decay: float = 0.0
-    # training goes on with its own weights; validation, early stopping and the fit take their moving average
-    ema: float = 0.0  # > 0: validate and return a moving average of the weights, this decay a step
     loss: str = "auto"  # softmax (full) | sampled (uniform negatives) | logq (in-batch + uniform, logQ) | auto
     n_negatives: int = 256  # uniform negatives per batch for loss=sampled and loss=logq
     patience: int = 10  # evaluations without a better validation NDCG@10 before stopping
@@ -113,8 +110,6 @@ class TrainConfig:
             raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if not 0 <= self.ema < 1:
-            raise InputError(f"ema must be in [0, 1), got {self.ema}")
         if self.epochs < 1 or self.valid_users < 1:
             raise InputError("epochs and valid_users must be at least 1")
         if self.batch_size < 0 or (self.batch_size == 0 and self.batch_positions < 1):
@@ -253,15 +248,13 @@ class _Loop:
         if self.loss_kind == "logq":  # how often each item is a training target: logq's in-batch sampling
             targets = split.train.trim(head=1).flat()
             self.popularity = torch.from_numpy(np.bincount(targets, minlength=split.n_items)).to(self.device)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            self.trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98), fused=True
+            trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98), fused=True
         )
         self.best: dict = {"epoch": -1, "ndcg@10": -1.0}
         self.best_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.waited, self.start_epoch = 0, 0
-        self.average = [p.detach().clone() for p in self.trainable] if self.tc.ema else []
-        self.averaged_steps = 0
         self.folder = rec.checkpoint_dir if dist.is_main() else None  # only rank 0 writes
         self.resume_from = rec.checkpoint_dir
         self.readback = 1 if self.device.type == "cpu" else 50  # progress figures: on a GPU, no sync each step
@@ -289,9 +282,6 @@ class _Loop:
             raise InputError(f"{last}: cannot resume with other settings ({diff}); remove it to start over")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.average:
-            torch._foreach_copy_(self.average, [t.to(self.device) for t in state["average"]])
-            self.averaged_steps = state["averaged_steps"]
         self.start_epoch = state["epoch"] + 1
         self.best, self.waited, self.rec.history = state["best"], state["waited"], state["history"]
         best_path = self.resume_from / "best.pt"
@@ -366,7 +356,6 @@ class _Loop:
             self.optimizer.zero_grad(set_to_none=True)
             weighted.backward()
             self.optimizer.step()
-            self.update_average()
             running += loss.detach() * n_pos
             total_pos += n_pos
             if step % self.readback == 0 or step == n_batches - 1:
@@ -394,43 +383,17 @@ class _Loop:
             return batch
         return batch.pin_memory().to(self.device, non_blocking=True)
 
-    @torch.no_grad()
-    def update_average(self) -> None:
-        """One step of the weights' moving average (``TrainConfig.ema``), its decay ramped up over the first
-        steps (``(1 + n) / (10 + n)``) so the random initial weights fade out of it quickly."""
-        if not self.average:
-            return
-        self.averaged_steps += 1
-        decay = min(self.tc.ema, (1 + self.averaged_steps) / (10 + self.averaged_steps))
-        torch._foreach_lerp_(self.average, self.trainable, 1 - decay)
-
-    @contextmanager
-    def averaged_weights(self):
-        """The model with its averaged weights in place of the training ones (as it is, without ``ema``)."""
-        if not self.average:
-            yield
-            return
-        with torch.no_grad():
-            training = [p.detach().clone() for p in self.trainable]
-            torch._foreach_copy_(self.trainable, self.average)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(self.trainable, training)
-
     def validate(self, epoch: int, stats: dict) -> None:
         self.model.eval()
-        with self.averaged_weights():
-            metrics = dist.from_main(evaluate(self.rec, self.valid) if dist.is_main() else None)
-            stats.update({f"valid_{k}": v for k, v in metrics.items() if k.startswith(("hr", "ndcg"))})
-            if metrics["ndcg@10"] > self.best["ndcg@10"]:
-                self.best, self.waited = {"epoch": epoch, "ndcg@10": metrics["ndcg@10"]}, 0
-                self.best_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
-                if self.folder:
-                    save_torch(self.rec.export(metrics={"valid": metrics, "epoch": epoch}), self.folder / "best.pt")
-            else:
-                self.waited += 1
+        metrics = dist.from_main(evaluate(self.rec, self.valid) if dist.is_main() else None)
+        stats.update({f"valid_{k}": v for k, v in metrics.items() if k.startswith(("hr", "ndcg"))})
+        if metrics["ndcg@10"] > self.best["ndcg@10"]:
+            self.best, self.waited = {"epoch": epoch, "ndcg@10": metrics["ndcg@10"]}, 0
+            self.best_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+            if self.folder:
+                save_torch(self.rec.export(metrics={"valid": metrics, "epoch": epoch}), self.folder / "best.pt")
+        else:
+            self.waited += 1
 
     def checkpoint(self, epoch: int) -> None:
         """``last.pt``: the exported model plus what resuming needs."""
@@ -442,8 +405,6 @@ class _Loop:
                 "best": self.best,
                 "waited": self.waited,
                 "history": self.rec.history,
-                "average": [t.detach().cpu().clone() for t in self.average],
-                "averaged_steps": self.averaged_steps,
             }
             save_torch(state, self.folder / "last.pt")
             kill_point("train:epoch-end")

@@ -215,9 +215,9 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert lr_factor("constant", 3.7, epochs=5) == 1.0
 
 
-@pytest.mark.parametrize(("schedule", "ema"), [("constant", 0.0), ("cosine", 0.0), ("constant", 0.9)])
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split, schedule, ema):
-    cfg = TrainConfig(epochs=4, batch_size=32, patience=100, bf16=False, seed=1, lr_schedule=schedule, ema=ema)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split, schedule):
+    cfg = TrainConfig(epochs=4, batch_size=32, patience=100, bf16=False, seed=1, lr_schedule=schedule)
     straight = SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path / "a").fit(split)
 
     def interrupt(epoch, stats):
@@ -233,34 +233,6 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, split,
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-
-
-def test_weight_average_is_what_validation_ranks_and_the_fit_returns(tmp_path, split, monkeypatch):
-    """With ``ema`` the fitted model is the moving average of the weights, step by step with its decay ramped up
-    from the start (recomputed here from every step's weights), not the weights training ended with."""
-    weights: list[list[torch.Tensor]] = []  # the initial weights, then the weights after each step
-    step = torch.optim.AdamW.step
-
-    def recording_step(self, *args, **kwargs):
-        if not weights:
-            weights.append([p.detach().clone() for group in self.param_groups for p in group["params"]])
-        out = step(self, *args, **kwargs)
-        weights.append([p.detach().clone() for group in self.param_groups for p in group["params"]])
-        return out
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-    cfg = TrainConfig(epochs=1, batch_size=16, patience=100, bf16=False, seed=3, ema=0.8)
-    rec = SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path).fit(split)
-    assert len(weights) > 5
-    average = weights[0]
-    for n, after in enumerate(weights[1:], start=1):
-        decay = min(0.8, (1 + n) / (10 + n))
-        average = [a * decay + w * (1 - decay) for a, w in zip(average, after, strict=True)]
-    fitted = [p.detach() for p in rec.model.parameters() if p.requires_grad]
-    saved = load_checkpoint(tmp_path / "last.pt")["average"]
-    for got, expected, kept, final in zip(fitted, average, saved, weights[-1], strict=True):
-        torch.testing.assert_close(got, expected)
-        assert torch.equal(got, kept) and not torch.equal(got, final)
 
 
 def test_user_vectors_come_back_in_input_order_whatever_the_batching():
