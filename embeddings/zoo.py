@@ -48,7 +48,8 @@ def make_model(
     if name == "sasrec":
         init = load_checkpoint(init_from) if init_from else None
         cfg = SASRecConfig(**init["model_config"]) if init else (sasrec or SASRecConfig())
-        cfg = cfg.resolve(has_features=listings is not None or feature_store is not None)
+        has_features = listings is not None or feature_store is not None
+        cfg = cfg.resolve(has_features, train_clicks=int(split.train.lengths.sum()))
         features, stats = None, init.get("feature_stats") if init else None
         if cfg.encoder.uses_features:
             if feature_store is not None:

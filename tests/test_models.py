@@ -430,12 +430,18 @@ def test_evaluation_batches_shrink_on_a_large_catalogue_with_the_same_ranks(spli
 
 
 def test_auto_encoder_uses_lst_features_when_the_data_has_listings(split, tiny_week, features):
-    from embeddings.models.sasrec import AUTO_ENCODER
+    from embeddings.models.sasrec import AUTO_HYBRID_MIN_CLICKS
 
-    assert SASRecRecommender(SASRecConfig(), FAST, features).config.item_encoder == AUTO_ENCODER == "lst-frozen"
+    assert SASRecRecommender(SASRecConfig(), FAST, features).config.item_encoder == "lst-frozen"
     assert SASRecRecommender(SASRecConfig(), FAST).config.item_encoder == "id"
-    assert make_model("sasrec", split, tiny_week[0], train=FAST).name == f"sasrec[{AUTO_ENCODER}]"
+    assert split.train.lengths.sum() < AUTO_HYBRID_MIN_CLICKS
+    assert make_model("sasrec", split, tiny_week[0], train=FAST).name == "sasrec[lst-frozen]"
     assert make_model("sasrec", split, None, train=FAST).name == "sasrec[id]"
+    # enough clicks to learn a vector per listing on top of its features: hybrid; never without features
+    assert SASRecConfig().resolve(True, train_clicks=AUTO_HYBRID_MIN_CLICKS).item_encoder == "hybrid"
+    assert SASRecConfig().resolve(True, train_clicks=AUTO_HYBRID_MIN_CLICKS - 1).item_encoder == "lst-frozen"
+    assert SASRecConfig().resolve(False, train_clicks=10 * AUTO_HYBRID_MIN_CLICKS).item_encoder == "id"
+    assert SASRecConfig(item_encoder="id").resolve(True, train_clicks=10**9).item_encoder == "id"
     with pytest.raises(InputError, match="resolved when the data is known"):
         _ = SASRecConfig().encoder
 
