@@ -89,7 +89,8 @@ class SASRecConfig:
 
     def resolve(self, has_features: bool, train_clicks: int = 0) -> SASRecConfig:
         """This config with ``item_encoder="auto"`` made concrete: without the catalogue's lst features ``id``;
-        with them ``hybrid`` from :data:`AUTO_HYBRID_MIN_CLICKS` training clicks on, else ``lst-frozen``."""
+        with them ``hybrid`` from :data:`AUTO_HYBRID_MIN_CLICKS` training clicks on, else ``lst-frozen`` (also
+        where the clicks are not known yet: a model built without its split; ``zoo.make_model`` counts them)."""
         if self.item_encoder != "auto":
             return self
         if not has_features:
