@@ -54,6 +54,7 @@ AUTO_FULL_SOFTMAX_MAX_ITEMS = 10_000
 WIDTH_STEP = 8
 WINDOWS = ("last", "all")
 LR_SCHEDULES = ("constant", "cosine")
+SPARE_VALID = ("hold", "train")
 # named SASRec settings (SASRecConfig, TrainConfig fields) for `train` / `evaluate --preset`; without one the
 # dataclass defaults hold, which are for short click sequences over a large catalogue (a week of listing clicks;
 # bench/video.py)
@@ -69,7 +70,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
-    "valid_users", "lr_schedule", "batch_positions",
+    "valid_users", "lr_schedule", "batch_positions", "spare_valid",
 )  # fmt: skip
 
 
@@ -100,6 +101,8 @@ class TrainConfig:
     profile_weight: float = 1.0  # weight of the profile head's loss (models with profile_horizon > 0)
     device: str = "cpu"  # cpu | cuda | cuda:N: where training runs (the fitted model comes back on the CPU)
     valid_users: int = 50_000  # early stopping ranks at most this many validation users (a fixed random sample)
+    # the validation clicks of users outside that sample: held out (hold) or training targets (train)
+    spare_valid: str = "hold"
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -108,6 +111,8 @@ class TrainConfig:
             raise InputError(f"windows must be one of {WINDOWS}, got {self.windows!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.spare_valid not in SPARE_VALID:
+            raise InputError(f"spare_valid must be one of {SPARE_VALID}, got {self.spare_valid!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.epochs < 1 or self.valid_users < 1:
@@ -234,10 +239,14 @@ class _Loop:
 
     def __init__(self, rec: SASRecRecommender, split: Split):
         self.rec, self.split, self.tc = rec, split, rec.train_config
-        self.valid = split.valid
+        self.valid, self.train = split.valid, split.train
         if len(self.valid) > self.tc.valid_users:  # a site-size week: ranking every user each epoch costs an epoch
             keep = np.random.default_rng(self.tc.seed).choice(len(self.valid), self.tc.valid_users, replace=False)
-            self.valid = self.valid.subset(np.isin(np.arange(len(self.valid)), keep))
+            sample = np.isin(np.arange(len(self.valid)), keep)
+            if self.tc.spare_valid == "train":  # never ranked: their validation click is one more training target
+                spare = self.valid.subset(~sample)
+                self.train = split.train.append(spare.users, spare.targets)
+            self.valid = self.valid.subset(sample)
         self.device = training_device(self.tc.device)
         torch.manual_seed(self.tc.seed)
         self.model = rec.build(split).to(self.device)
@@ -246,7 +255,7 @@ class _Loop:
         self.available_idx = torch.from_numpy(np.flatnonzero(split.available)).to(self.device)
         self.loss_kind = resolve_loss(self.tc.loss, split.n_items)
         if self.loss_kind == "logq":  # how often each item is a training target: logq's in-batch sampling
-            targets = split.train.trim(head=1).flat()
+            targets = self.train.trim(head=1).flat()
             self.popularity = torch.from_numpy(np.bincount(targets, minlength=split.n_items)).to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -329,7 +338,7 @@ class _Loop:
         torch_rng = torch.Generator(self.device).manual_seed(tc.seed * 1_000_003 + epoch)
         torch.manual_seed(tc.seed * 1_000_003 + epoch)
         self.model.train()
-        windows = training_windows(self.split.train, cfg.max_len, tc.windows == "all")
+        windows = training_windows(self.train, cfg.max_len, tc.windows == "all")
         plan = batch_plan(windows, cfg.max_len, tc.batch_size, rng, tc.batch_positions)
         n_batches = len(plan)
         running = torch.zeros((), dtype=torch.float64, device=self.device)
