@@ -68,7 +68,7 @@ class Sequences(abc.Sequence):
         """These sequences with ``items[k]`` added at the end of sequence ``rows[k]`` (each row at most once)."""
         rows, items = np.asarray(rows, dtype=np.int64), np.asarray(items, dtype=np.int64)
         if len(np.unique(rows)) != len(rows) or len(rows) != len(items):
-            raise InputError(f"append takes one item per row and each row once; got {len(rows)} rows, {len(items)} items")
+            raise InputError(f"append takes one item per row, each row once: {len(rows)} rows, {len(items)} items")
         lengths = self.lengths.copy()
         lengths[rows] += 1
         ends = np.cumsum(lengths)
