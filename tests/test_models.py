@@ -463,3 +463,26 @@ def test_frozen_projection_has_one_sign_whatever_the_thread_count():
     torch.testing.assert_close(proj, proj2, atol=1e-5, rtol=1e-5)
     largest = proj.gather(0, proj.abs().argmax(0, keepdim=True))
     assert (largest > 0).all()
+
+
+def test_spare_validation_clicks_train_and_the_sample_stays_held_out(split):
+    from embeddings.train import _Loop
+
+    sample = len(split.valid) // 3
+    cfgs = {
+        spare: TrainConfig(epochs=1, batch_size=32, bf16=False, windows="all", valid_users=sample, spare_valid=spare)
+        for spare in ("hold", "train")
+    }
+    fitted = {spare: SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg).fit(split) for spare, cfg in cfgs.items()}
+    spare_users = len(split.valid) - sample
+    # windows="all": every click after a user's first is one target, so each spare validation click adds one
+    assert fitted["train"].history[0]["positions"] == fitted["hold"].history[0]["positions"] + spare_users
+
+    loop = _Loop(SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfgs["train"]), split)
+    held = set(loop.valid.users.tolist())
+    assert len(held) == sample
+    target = dict(zip(split.valid.users.tolist(), split.valid.targets.tolist(), strict=True))
+    for u in range(len(split.train)):
+        want = split.train[u].tolist() + ([target[u]] if u in target and u not in held else [])
+        assert loop.train[u].tolist() == want  # the validation sample's clicks never train
+    assert _Loop(SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfgs["hold"]), split).train is split.train
