@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
-    "valid_users", "lr_schedule", "batch_positions", "spare_valid",
+    "valid_users", "lr_schedule", "batch_positions", "spare_valid", "refit",
 )  # fmt: skip
 
 
@@ -103,6 +103,9 @@ class TrainConfig:
     valid_users: int = 50_000  # early stopping ranks at most this many validation users (a fixed random sample)
     # the validation clicks of users outside that sample: held out (hold) or training targets (train)
     spare_valid: str = "hold"
+    # then train again from the start on every click before the test (validation clicks too) for the epochs
+    # validation chose, and keep that model; its training stops at that epoch, not on a budget or on validation
+    refit: bool = False
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -237,10 +240,14 @@ class _Step(torch.nn.Module):
 class _Loop:
     """One fit of a :class:`SASRecRecommender` on a split: state of the optimiser, early stopping, checkpoints."""
 
-    def __init__(self, rec: SASRecRecommender, split: Split):
+    def __init__(self, rec: SASRecRecommender, split: Split, refit_epochs: int = 0):
+        """``refit_epochs``: train that many epochs on ``split.train`` (which then holds the validation clicks), no
+        validation; 0: the fit that validation stops."""
         self.rec, self.split, self.tc = rec, split, rec.train_config
         self.valid, self.train = split.valid, split.train
-        if len(self.valid) > self.tc.valid_users:  # a site-size week: ranking every user each epoch costs an epoch
+        self.refit_epochs = refit_epochs
+        # a site-size week: ranking every user each epoch costs an epoch (a refit ranks none)
+        if len(self.valid) > self.tc.valid_users and not refit_epochs:
             keep = np.random.default_rng(self.tc.seed).choice(len(self.valid), self.tc.valid_users, replace=False)
             sample = np.isin(np.arange(len(self.valid)), keep)
             if self.tc.spare_valid == "train":  # never ranked: their validation click is one more training target
@@ -261,11 +268,11 @@ class _Loop:
         self.optimizer = torch.optim.AdamW(
             trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98), fused=True
         )
-        self.best: dict = {"epoch": -1, "ndcg@10": -1.0}
+        self.best: dict = {**rec.best, "refit_epochs": refit_epochs} if refit_epochs else {"epoch": -1, "ndcg@10": -1.0}
         self.best_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.waited, self.start_epoch = 0, 0
-        self.folder = rec.checkpoint_dir if dist.is_main() else None  # only rank 0 writes
-        self.resume_from = rec.checkpoint_dir
+        self.resume_from = rec.checkpoint_dir / "refit" if refit_epochs and rec.checkpoint_dir else rec.checkpoint_dir
+        self.folder = self.resume_from if dist.is_main() else None  # only rank 0 writes
         self.readback = 1 if self.device.type == "cpu" else 50  # progress figures: on a GPU, no sync each step
         self.step = _Step(self)
         if dist.world_size() > 1:
@@ -424,19 +431,23 @@ class _Loop:
         if resume:
             self.resume()
         tc, began = self.tc, time.perf_counter()
-        for epoch in range(self.start_epoch, tc.epochs):
-            if self.waited >= tc.patience:
+        for epoch in range(self.start_epoch, self.refit_epochs or tc.epochs):
+            if self.waited >= tc.patience and not self.refit_epochs:
                 break
-            if dist.from_main(tc.time_budget_s is not None and time.perf_counter() - began > tc.time_budget_s):
+            over = tc.time_budget_s is not None and time.perf_counter() - began > tc.time_budget_s
+            if dist.from_main(over and not self.refit_epochs):
                 break
             stats = self.epoch(epoch)
-            if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+            if self.refit_epochs:
+                stats["refit"] = True
+            elif (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
                 self.validate(epoch, stats)
             self.rec.history.append(stats)
             self.checkpoint(epoch)
             if self.rec.on_epoch_end is not None:
                 self.rec.on_epoch_end(epoch, stats)
-        self.model.load_state_dict(self.best_weights)
+        if not self.refit_epochs:  # a refit keeps its last weights
+            self.model.load_state_dict(self.best_weights)
         self.model.to("cpu").eval()
         self.rec.best = self.best
         states = self.rec.user_states(self.valid.histories[:REFERENCE_USERS])
@@ -448,6 +459,9 @@ class _Loop:
 
 def fit(rec: SASRecRecommender, split: Split, resume: bool = True) -> SASRecRecommender:
     """Train ``rec`` on ``split`` (resuming from ``rec.checkpoint_dir/last.pt`` when there is one).
+
+    With ``refit`` the model that comes back is a second fit from the same start on the training and validation
+    clicks, for the epochs the first fit's validation chose (its checkpoints in ``checkpoint_dir/refit``).
 
     Deterministic algorithms are on while it trains: with several threads the embedding gradients are
     otherwise summed in a varying order, and a seeded run would not repeat bit for bit (measured: no cost,
@@ -461,7 +475,11 @@ def fit(rec: SASRecRecommender, split: Split, resume: bool = True) -> SASRecReco
     # 15,000 fills an ML-1M epoch, a fifth of its time; no kernel used here reads unwritten memory
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
-        return _Loop(rec, split).run(resume)
+        rec = _Loop(rec, split).run(resume)
+        if rec.train_config.refit and rec.best["epoch"] >= 0:
+            folded = replace(split, train=split.train.append(split.valid.users, split.valid.targets))
+            rec = _Loop(rec, folded, refit_epochs=rec.best["epoch"] + 1).run(resume)
+        return rec
     finally:
         torch.use_deterministic_algorithms(was)
         torch.utils.deterministic.fill_uninitialized_memory = was_filling
