@@ -57,10 +57,6 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + dropout 0.1": ({**LIGR, "dropout": 0.1}, {}),
             "LiGR + max_len 256": ({**LIGR, "max_len": 256}, {}),
             "LiGR + 3 blocks, dropout 0.3": ({**LIGR, "n_blocks": 3, "dropout": 0.3}, {}),
-            "LiGR + 2,000 validation users, the others' validation clicks train": (
-                LIGR,
-                {"valid_users": 2000, "spare_valid": "train"},
-            ),
         },
     ),
     "video": (

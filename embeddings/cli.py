@@ -18,12 +18,12 @@ from embeddings.errors import ChecksFailed, InputError, LstError
 from embeddings.feature_store import PROFILES, REPO, Repo
 from embeddings.io import utc, write_json
 from embeddings.models.sasrec import ITEM_ENCODERS, LAYERS, POSITIONS, SASRecConfig
-from embeddings.train import LOSSES, LR_SCHEDULES, PRESETS, SPARE_VALID, WINDOWS, TrainConfig
+from embeddings.train import LOSSES, LR_SCHEDULES, PRESETS, WINDOWS, TrainConfig
 
 # flags whose names differ from their dataclass field, and fields that are not command-line options
 FLAGS = {"n_blocks": "--blocks", "n_heads": "--heads", "n_negatives": "--negatives", "time_budget_s": "--time-budget"}
 CHOICES = {"item_encoder": (*ITEM_ENCODERS, "auto"), "loss": LOSSES, "windows": WINDOWS, "positions": POSITIONS,
-           "lr_schedule": LR_SCHEDULES, "layer": LAYERS, "spare_valid": SPARE_VALID}  # fmt: skip
+           "lr_schedule": LR_SCHEDULES, "layer": LAYERS}  # fmt: skip
 NOT_OPTIONS = {"n_items", "n_features", "eval_every", "bf16", "seed", "epochs"}
 
 

@@ -64,21 +64,6 @@ class Sequences(abc.Sequence):
         ends = np.maximum(self.ends - tail, self.starts)
         return Sequences(self.items, np.minimum(self.starts + head, ends), ends)
 
-    def append(self, rows: np.ndarray, items: np.ndarray) -> Sequences:
-        """These sequences with ``items[k]`` added at the end of sequence ``rows[k]`` (each row at most once)."""
-        rows, items = np.asarray(rows, dtype=np.int64), np.asarray(items, dtype=np.int64)
-        if len(np.unique(rows)) != len(rows) or len(rows) != len(items):
-            raise InputError(f"append takes one item per row, each row once: {len(rows)} rows, {len(items)} items")
-        lengths = self.lengths.copy()
-        lengths[rows] += 1
-        ends = np.cumsum(lengths)
-        out = np.empty(int(ends[-1]) if len(ends) else 0, np.int64)
-        added = np.zeros(len(out), bool)
-        added[ends[rows] - 1] = True
-        out[~added] = self.flat()
-        out[ends[rows] - 1] = items
-        return Sequences(out, ends - lengths, ends)
-
     def last(self, back: int = 1) -> np.ndarray:
         """The item ``back`` places from the end of each sequence (each must be long enough)."""
         return self.items[self.ends - back]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -54,7 +54,6 @@ AUTO_FULL_SOFTMAX_MAX_ITEMS = 10_000
 WIDTH_STEP = 8
 WINDOWS = ("last", "all")
 LR_SCHEDULES = ("constant", "cosine")
-SPARE_VALID = ("hold", "train")
 # named SASRec settings (SASRecConfig, TrainConfig fields) for `train` / `evaluate --preset`; without one the
 # dataclass defaults hold, which are for short click sequences over a large catalogue (a week of listing clicks;
 # bench/video.py)
@@ -70,7 +69,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
-    "valid_users", "lr_schedule", "batch_positions", "spare_valid", "refit",
+    "valid_users", "lr_schedule", "batch_positions",
 )  # fmt: skip
 
 
@@ -101,11 +100,6 @@ class TrainConfig:
     profile_weight: float = 1.0  # weight of the profile head's loss (models with profile_horizon > 0)
     device: str = "cpu"  # cpu | cuda | cuda:N: where training runs (the fitted model comes back on the CPU)
     valid_users: int = 50_000  # early stopping ranks at most this many validation users (a fixed random sample)
-    # the validation clicks of users outside that sample: held out (hold) or training targets (train)
-    spare_valid: str = "hold"
-    # then train again from the start on every click before the test (validation clicks too) for the epochs
-    # validation chose, and keep that model; its training stops at that epoch, not on a budget or on validation
-    refit: bool = False
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -114,8 +108,6 @@ class TrainConfig:
             raise InputError(f"windows must be one of {WINDOWS}, got {self.windows!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.spare_valid not in SPARE_VALID:
-            raise InputError(f"spare_valid must be one of {SPARE_VALID}, got {self.spare_valid!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.epochs < 1 or self.valid_users < 1:
@@ -240,20 +232,12 @@ class _Step(torch.nn.Module):
 class _Loop:
     """One fit of a :class:`SASRecRecommender` on a split: state of the optimiser, early stopping, checkpoints."""
 
-    def __init__(self, rec: SASRecRecommender, split: Split, refit_epochs: int = 0):
-        """``refit_epochs``: train that many epochs on ``split.train`` (which then holds the validation clicks), no
-        validation; 0: the fit that validation stops."""
+    def __init__(self, rec: SASRecRecommender, split: Split):
         self.rec, self.split, self.tc = rec, split, rec.train_config
-        self.valid, self.train = split.valid, split.train
-        self.refit_epochs = refit_epochs
-        # a site-size week: ranking every user each epoch costs an epoch (a refit ranks none)
-        if len(self.valid) > self.tc.valid_users and not refit_epochs:
+        self.valid = split.valid
+        if len(self.valid) > self.tc.valid_users:  # a site-size week: ranking every user each epoch costs an epoch
             keep = np.random.default_rng(self.tc.seed).choice(len(self.valid), self.tc.valid_users, replace=False)
-            sample = np.isin(np.arange(len(self.valid)), keep)
-            if self.tc.spare_valid == "train":  # never ranked: their validation click is one more training target
-                spare = self.valid.subset(~sample)
-                self.train = split.train.append(spare.users, spare.targets)
-            self.valid = self.valid.subset(sample)
+            self.valid = self.valid.subset(np.isin(np.arange(len(self.valid)), keep))
         self.device = training_device(self.tc.device)
         torch.manual_seed(self.tc.seed)
         self.model = rec.build(split).to(self.device)
@@ -262,17 +246,17 @@ class _Loop:
         self.available_idx = torch.from_numpy(np.flatnonzero(split.available)).to(self.device)
         self.loss_kind = resolve_loss(self.tc.loss, split.n_items)
         if self.loss_kind == "logq":  # how often each item is a training target: logq's in-batch sampling
-            targets = self.train.trim(head=1).flat()
+            targets = split.train.trim(head=1).flat()
             self.popularity = torch.from_numpy(np.bincount(targets, minlength=split.n_items)).to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98), fused=True
         )
-        self.best: dict = {**rec.best, "refit_epochs": refit_epochs} if refit_epochs else {"epoch": -1, "ndcg@10": -1.0}
+        self.best: dict = {"epoch": -1, "ndcg@10": -1.0}
         self.best_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.waited, self.start_epoch = 0, 0
-        self.resume_from = rec.checkpoint_dir / "refit" if refit_epochs and rec.checkpoint_dir else rec.checkpoint_dir
-        self.folder = self.resume_from if dist.is_main() else None  # only rank 0 writes
+        self.folder = rec.checkpoint_dir if dist.is_main() else None  # only rank 0 writes
+        self.resume_from = rec.checkpoint_dir
         self.readback = 1 if self.device.type == "cpu" else 50  # progress figures: on a GPU, no sync each step
         self.step = _Step(self)
         if dist.world_size() > 1:
@@ -345,7 +329,7 @@ class _Loop:
         torch_rng = torch.Generator(self.device).manual_seed(tc.seed * 1_000_003 + epoch)
         torch.manual_seed(tc.seed * 1_000_003 + epoch)
         self.model.train()
-        windows = training_windows(self.train, cfg.max_len, tc.windows == "all")
+        windows = training_windows(self.split.train, cfg.max_len, tc.windows == "all")
         plan = batch_plan(windows, cfg.max_len, tc.batch_size, rng, tc.batch_positions)
         n_batches = len(plan)
         running = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -431,23 +415,19 @@ class _Loop:
         if resume:
             self.resume()
         tc, began = self.tc, time.perf_counter()
-        for epoch in range(self.start_epoch, self.refit_epochs or tc.epochs):
-            if self.waited >= tc.patience and not self.refit_epochs:
+        for epoch in range(self.start_epoch, tc.epochs):
+            if self.waited >= tc.patience:
                 break
-            over = tc.time_budget_s is not None and time.perf_counter() - began > tc.time_budget_s
-            if dist.from_main(over and not self.refit_epochs):
+            if dist.from_main(tc.time_budget_s is not None and time.perf_counter() - began > tc.time_budget_s):
                 break
             stats = self.epoch(epoch)
-            if self.refit_epochs:
-                stats["refit"] = True
-            elif (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+            if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
                 self.validate(epoch, stats)
             self.rec.history.append(stats)
             self.checkpoint(epoch)
             if self.rec.on_epoch_end is not None:
                 self.rec.on_epoch_end(epoch, stats)
-        if not self.refit_epochs:  # a refit keeps its last weights
-            self.model.load_state_dict(self.best_weights)
+        self.model.load_state_dict(self.best_weights)
         self.model.to("cpu").eval()
         self.rec.best = self.best
         states = self.rec.user_states(self.valid.histories[:REFERENCE_USERS])
@@ -459,9 +439,6 @@ class _Loop:
 
 def fit(rec: SASRecRecommender, split: Split, resume: bool = True) -> SASRecRecommender:
     """Train ``rec`` on ``split`` (resuming from ``rec.checkpoint_dir/last.pt`` when there is one).
-
-    With ``refit`` the model that comes back is a second fit from the same start on the training and validation
-    clicks, for the epochs the first fit's validation chose (its checkpoints in ``checkpoint_dir/refit``).
 
     Deterministic algorithms are on while it trains: with several threads the embedding gradients are
     otherwise summed in a varying order, and a seeded run would not repeat bit for bit (measured: no cost,
@@ -475,11 +452,7 @@ def fit(rec: SASRecRecommender, split: Split, resume: bool = True) -> SASRecReco
     # 15,000 fills an ML-1M epoch, a fifth of its time; no kernel used here reads unwritten memory
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
-        rec = _Loop(rec, split).run(resume)
-        if rec.train_config.refit and rec.best["epoch"] >= 0:
-            folded = replace(split, train=split.train.append(split.valid.users, split.valid.targets))
-            rec = _Loop(rec, folded, refit_epochs=rec.best["epoch"] + 1).run(resume)
-        return rec
+        return _Loop(rec, split).run(resume)
     finally:
         torch.use_deterministic_algorithms(was)
         torch.utils.deterministic.fill_uninitialized_memory = was_filling

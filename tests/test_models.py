@@ -1,6 +1,5 @@
 import math
 import pickle
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -464,58 +463,3 @@ def test_frozen_projection_has_one_sign_whatever_the_thread_count():
     torch.testing.assert_close(proj, proj2, atol=1e-5, rtol=1e-5)
     largest = proj.gather(0, proj.abs().argmax(0, keepdim=True))
     assert (largest > 0).all()
-
-
-def test_spare_validation_clicks_train_and_the_sample_stays_held_out(split):
-    from embeddings.train import _Loop
-
-    sample = len(split.valid) // 3
-    cfgs = {
-        spare: TrainConfig(epochs=1, batch_size=32, bf16=False, windows="all", valid_users=sample, spare_valid=spare)
-        for spare in ("hold", "train")
-    }
-    fitted = {spare: SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg).fit(split) for spare, cfg in cfgs.items()}
-    spare_users = len(split.valid) - sample
-    # windows="all": every click after a user's first is one target, so each spare validation click adds one
-    assert fitted["train"].history[0]["positions"] == fitted["hold"].history[0]["positions"] + spare_users
-
-    loop = _Loop(SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfgs["train"]), split)
-    held = set(loop.valid.users.tolist())
-    assert len(held) == sample
-    target = dict(zip(split.valid.users.tolist(), split.valid.targets.tolist(), strict=True))
-    for u in range(len(split.train)):
-        want = split.train[u].tolist() + ([target[u]] if u in target and u not in held else [])
-        assert loop.train[u].tolist() == want  # the validation sample's clicks never train
-    assert _Loop(SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfgs["hold"]), split).train is split.train
-
-
-def test_refit_repeats_the_chosen_epochs_on_the_validation_clicks_too(tmp_path, split):
-    cfg = TrainConfig(epochs=4, batch_size=32, patience=100, bf16=False, seed=2, windows="all", refit=True)
-    refit = SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path / "a").fit(split)
-    chosen = refit.best["epoch"] + 1
-    assert refit.best["refit_epochs"] == chosen and (tmp_path / "a" / "refit" / "last.pt").exists()
-    first, second = refit.history[:4], refit.history[4:]
-    assert len(second) == chosen and all(h.get("refit") for h in second) and not any("refit" in h for h in first)
-    # one more target per validation click (windows="all": every click after a user's first is one)
-    assert second[0]["positions"] == first[0]["positions"] + len(split.valid)
-
-    # the same weights as a plain fit of that many epochs on the clicks with validation's added
-    folded = replace(split, train=split.train.append(split.valid.users, split.valid.targets))
-    plain = replace(cfg, epochs=chosen, refit=False, eval_every=1000)  # validates once, after the last epoch
-    again = SASRecRecommender(SASRecConfig(max_len=20, dim=16), plain).fit(folded)
-    for (name, a), b in zip(refit.model.state_dict().items(), again.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-
-    # interrupted in the refit, it resumes where it stopped and ends with the same weights
-    def interrupt(epoch, stats):
-        if stats.get("refit") and epoch == 0:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        SASRecRecommender(
-            SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path / "b", on_epoch_end=interrupt
-        ).fit(split)
-    resumed = SASRecRecommender(SASRecConfig(max_len=20, dim=16), cfg, checkpoint_dir=tmp_path / "b").fit(split)
-    assert [h["epoch"] for h in resumed.history] == [h["epoch"] for h in refit.history]
-    for (name, a), b in zip(refit.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name

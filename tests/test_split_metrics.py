@@ -140,10 +140,6 @@ def test_sequences_are_flat_arrays_that_read_like_a_list():
     assert [s.tolist() for s in seqs[np.array([2, 0])]] == [[1, 5], [3, 1, 4]]  # a subset shares the items
     assert [s.tolist() for s in seqs.trim(head=1, tail=1)] == [[1], [], [], []]
     assert seqs[np.array([0, 2])].last(2).tolist() == [1, 1] and seqs.flat().tolist() == [3, 1, 4, 1, 5, 9]
-    grown = seqs.append(np.array([3, 1, 0]), np.array([7, 8, 6]))  # one more item at the end of three sequences
-    assert [s.tolist() for s in grown] == [[3, 1, 4, 6], [8], [1, 5], [9, 7]]
-    with pytest.raises(InputError, match="each row once"):
-        seqs.append(np.array([1, 1]), np.array([2, 3]))
     # built from events: users sorted by id, first touch order, a tie in time keeps the file's order
     ev = _events([("b", "x", 2), ("a", "y", 1), ("b", "y", 1), ("b", "x", 3), ("a", "z", 1), ("a", "x", 0)])
     users, built = build_sequences(ev, np.array(["x", "y", "z"], dtype=object))
