@@ -57,6 +57,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + dropout 0.1": ({**LIGR, "dropout": 0.1}, {}),
             "LiGR + max_len 256": ({**LIGR, "max_len": 256}, {}),
             "LiGR + 3 blocks, dropout 0.3": ({**LIGR, "n_blocks": 3, "dropout": 0.3}, {}),
+            "LiGR + dim 128": ({**LIGR, "dim": 128}, {}),
         },
     ),
     "video": (
