@@ -58,6 +58,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + max_len 256": ({**LIGR, "max_len": 256}, {}),
             "LiGR + 3 blocks, dropout 0.3": ({**LIGR, "n_blocks": 3, "dropout": 0.3}, {}),
             "LiGR + dim 128": ({**LIGR, "dim": 128}, {}),
+            "LiGR + dim 128, dropout 0.3": ({**LIGR, "dim": 128, "dropout": 0.3}, {}),
         },
     ),
     "video": (
