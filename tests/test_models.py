@@ -110,6 +110,20 @@ def test_padding_does_not_change_real_positions(positions, layer):
     assert torch.allclose(model(short)[0], model(padded)[0, :3], atol=1e-6)
 
 
+@pytest.mark.parametrize(("positions", "layer", "heads"), [("learned", "sasrec", 1), ("rotary", "ligr", 2)])
+def test_last_position_alone_matches_the_full_pass(positions, layer, heads):
+    """User vectors need only the state after each row's last item: the last block computes that one alone."""
+    torch.manual_seed(0)
+    cfg = SASRecConfig(n_items=30, max_len=12, dim=16, n_blocks=2, n_heads=heads, positions=positions, layer=layer)
+    model = SASRec(cfg).eval()
+    tokens = torch.tensor([[3, 4, 5, 0, 0, 0, 0], [7, 1, 2, 9, 8, 6, 5], [11, 0, 0, 0, 0, 0, 0], [0] * 7])
+    last = (tokens > 0).sum(1).clamp_min(1) - 1
+    full = model(tokens)[torch.arange(4), last]
+    alone = model(tokens, last_only=True)
+    assert alone.shape == (4, 1, 16)
+    assert torch.allclose(alone[:, 0], full, atol=1e-5)
+
+
 @pytest.mark.parametrize("low_precision", [False, True])
 def test_fused_softmax_matches_cross_entropy(low_precision):
     torch.manual_seed(0)
