@@ -163,11 +163,7 @@ def summary(folder: Path = RESULTS) -> str:
         lines.append(
             f"| user embeddings, len 200, dim 64 | {_f(thr['best_users_per_s'])} users/s | "
             f"{_f(thr['bound_users_per_s'])} users/s | {_f(thr['ratio_to_bound'], 1)}x | "
-            + (
-                f"last block at the last position only: {thr['last_only_speedup']:.2f}x the full pass |"
-                if "last_only_speedup" in thr
-                else "- |"
-            )
+            f"last block at the last position only: {thr['last_only_speedup']:.2f}x the full pass |"
         )
     if fs:
         mat = fs["materialize_user_embeddings"]
