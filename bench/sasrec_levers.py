@@ -59,6 +59,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + 3 blocks, dropout 0.3": ({**LIGR, "n_blocks": 3, "dropout": 0.3}, {}),
             "LiGR + dim 128": ({**LIGR, "dim": 128}, {}),
             "LiGR + dim 128, dropout 0.3": ({**LIGR, "dim": 128, "dropout": 0.3}, {}),
+            "LiGR + overlapping windows (every 100 clicks, newest half trained)": (LIGR, {"windows": "overlap"}),
         },
     ),
     "video": (

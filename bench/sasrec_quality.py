@@ -46,9 +46,9 @@ WINDOWS = PRESET_TRAIN["windows"]
 PUBLISHED = {"SASRec, full CE (paper)": (0.3152, 0.1821), "RecTools SASRec": (0.3058, 0.1779)}
 
 
-def window_lengths(split, every: bool) -> np.ndarray:
-    """Target positions of each training window, as ``train.training_windows`` cuts them (max_len 200)."""
-    return training_windows(split.train, 200, every).lengths - 1
+def window_lengths(split, windows: str) -> np.ndarray:
+    """Positions of each training window, as ``train.training_windows`` cuts them (max_len 200)."""
+    return training_windows(split.train, 200, windows)[0].lengths - 1
 
 
 def epoch_flops(lengths: np.ndarray, n_items: int, cfg: SASRecConfig) -> float:
@@ -90,7 +90,7 @@ def ml1m(path: str, quick: bool, budget_min: float) -> dict:
     wall = time.perf_counter() - began
     final = evaluate(model, split.test)
     epoch_s = statistics.median(h["seconds"] for h in model.history)
-    lengths = window_lengths(split, WINDOWS == "all")
+    lengths = window_lengths(split, WINDOWS)
     flops = epoch_flops(lengths, split.n_items, model.model.cfg)
     rate = loss_matmul_rate(split.n_items, model.model.cfg.dim)  # the best rate of the epoch's biggest products
     return {
@@ -98,7 +98,7 @@ def ml1m(path: str, quick: bool, budget_min: float) -> dict:
         "model_config": {k: v for k, v in vars(model.model.cfg).items() if k not in ("n_items", "n_features")},
         "train_config": {k: getattr(train, k) for k in ("lr", "lr_schedule", "batch_size", "epochs", "windows")},
         "positions_per_epoch": int(lengths.sum()),
-        "positions_per_epoch_last_window": int(window_lengths(split, False).sum()),  # what RecTools trains on
+        "positions_per_epoch_last_window": int(window_lengths(split, "last").sum()),  # what RecTools trains on
         "users": split.n_users,
         "items": split.n_items,
         "hr@10": final["hr@10"],

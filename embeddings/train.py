@@ -2,9 +2,10 @@
 
 Batches are built from each user's last ``max_len + 1`` training items (input = all but the
 last, target = all but the first), or with ``windows="all"`` from the whole history cut into
-such windows, grouped by length so little time goes to padding. The loss is computed on real
-positions only: full softmax cross-entropy over the items that existed during training
-(default), or sampled softmax with ``n_negatives`` shared uniform negatives.
+such windows (``"overlap"``: windows every half window, each trained on its newest half), grouped
+by length so little time goes to padding. The loss is computed on real positions only: full
+softmax cross-entropy over the items that existed during training (default), or sampled softmax
+with ``n_negatives`` shared uniform negatives.
 
 With a profile head (``profile_horizon > 0``) every position also has a profile target: one of the
 user's next ``profile_horizon`` clicks in the window, drawn uniformly each time (an unbiased sample
@@ -52,7 +53,7 @@ AUTO_FULL_SOFTMAX_MAX_ITEMS = 10_000
 # each new matmul shape (~3.7 ms each on a Sapphire Rapids VM), and batches cut to their exact width made most
 # of a short-sequence step's matmuls new shapes (Video: 33 ms a step where 13 ms is the work; see losses.ROWS)
 WIDTH_STEP = 8
-WINDOWS = ("last", "all")
+WINDOWS = ("last", "all", "overlap")
 LR_SCHEDULES = ("constant", "cosine")
 # named SASRec settings (SASRecConfig, TrainConfig fields) for `train` / `evaluate --preset`; without one the
 # dataclass defaults hold, which are for short click sequences over a large catalogue (a week of listing clicks;
@@ -96,7 +97,8 @@ class TrainConfig:
     seed: int = 0
     bf16: bool | None = None  # bfloat16 autocast for the matmuls (default: on a GPU, and on CPUs where it is fast)
     time_budget_s: float | None = None  # stop training after this many seconds
-    windows: str = "last"  # last: each user's last max_len clicks (SASRec); all: the whole history in windows
+    windows: str = "last"  # last: each user's last max_len clicks (SASRec); all: the whole history in windows;
+    # overlap: windows every max_len // 2 clicks, each target trained once with at least max_len // 2 before it
     profile_weight: float = 1.0  # weight of the profile head's loss (models with profile_horizon > 0)
     device: str = "cpu"  # cpu | cuda | cuda:N: where training runs (the fitted model comes back on the CPU)
     valid_users: int = 50_000  # early stopping ranks at most this many validation users (a fixed random sample)
@@ -119,16 +121,22 @@ class TrainConfig:
             )
 
 
-def training_windows(train: Sequences, max_len: int, every: bool) -> Sequences:
-    """Training windows of at most ``max_len + 1`` items: each user's last one, or (``every``) the whole
-    sequence cut back from its end, so each item after the first is a target exactly once. Windows are
-    ranges of ``train``'s item array, in user order and, within a user, from the newest back."""
+def training_windows(train: Sequences, max_len: int, windows: str) -> tuple[Sequences, np.ndarray]:
+    """Training windows of at most ``max_len + 1`` items, and how many of each window's first targets are context
+    only (no loss). ``last``: each user's last window. ``all``: the whole sequence cut back from its end, so each
+    item after the first is a target exactly once. ``overlap``: windows every ``max_len // 2`` items back from the
+    end, each training its newest half (the user's oldest window: all it has), so every target but a user's first
+    ``max_len // 2`` sees at least ``max_len // 2`` items before it. Windows are ranges of ``train``'s item array,
+    in user order and, within a user, from the newest back."""
     lengths = train.lengths
-    count = np.where(lengths >= 2, 1 + (lengths - 2) // max_len if every else 1, 0)
+    stride = max_len // 2 if windows == "overlap" else max_len
+    older = -(-np.maximum(lengths - 1 - max_len, 0) // stride)  # windows before the newest one
+    count = np.where(lengths >= 2, 1 + older if windows != "last" else 1, 0)
     user = np.repeat(np.arange(len(train)), count)
     back = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)  # 0 = the user's newest window
-    ends = train.ends[user] - back * max_len
-    return Sequences(train.items, np.maximum(train.starts[user], ends - max_len - 1), ends)
+    ends = train.ends[user] - back * stride
+    lead = np.where(back < count[user] - 1, max_len - stride, 0)  # targets a newer window trains with more context
+    return Sequences(train.items, np.maximum(train.starts[user], ends - max_len - 1), ends), lead
 
 
 def lr_factor(schedule: str, progress: float, epochs: int) -> float:
@@ -205,15 +213,16 @@ def batch_width(longest: int, max_len: int) -> int:
     return min(max_len, -(-max(1, int(longest)) // WIDTH_STEP) * WIDTH_STEP)
 
 
-def _batches(windows: Sequences, max_len: int, plan: list[np.ndarray]):
+def _batches(windows: Sequences, lead: np.ndarray, max_len: int, plan: list[np.ndarray]):
     """(inputs, targets) token batches of ``plan``, :func:`batch_width` wide; each gathered from the flat item
-    array in one step (tokens = item + 1, right-padded with 0)."""
+    array in one step (tokens = item + 1, right-padded with 0; a window's ``lead`` first targets 0 too)."""
     tokens = np.append(windows.items + 1, 0)  # a trailing 0: where padding reads from
     for batch in plan:
         starts, n = windows.starts[batch], windows.lengths[batch] - 1
         width = np.arange(batch_width(n.max(), max_len))
         at = np.where(width < n[:, None], starts[:, None] + width, len(tokens) - 1)
-        yield torch.from_numpy(tokens[at]), torch.from_numpy(tokens[np.where(width < n[:, None], at + 1, at)])
+        trained = (width < n[:, None]) & (width >= lead[batch][:, None])
+        yield torch.from_numpy(tokens[at]), torch.from_numpy(tokens[np.where(trained, at + 1, len(tokens) - 1)])
 
 
 class _Step(torch.nn.Module):
@@ -329,12 +338,12 @@ class _Loop:
         torch_rng = torch.Generator(self.device).manual_seed(tc.seed * 1_000_003 + epoch)
         torch.manual_seed(tc.seed * 1_000_003 + epoch)
         self.model.train()
-        windows = training_windows(self.split.train, cfg.max_len, tc.windows == "all")
+        windows, lead = training_windows(self.split.train, cfg.max_len, tc.windows)
         plan = batch_plan(windows, cfg.max_len, tc.batch_size, rng, tc.batch_positions)
         n_batches = len(plan)
         running = torch.zeros((), dtype=torch.float64, device=self.device)
         total_loss, total_pos, t0 = 0.0, 0, time.perf_counter()
-        bar = progress(_batches(windows, cfg.max_len, plan), total=n_batches, desc=f"epoch {epoch + 1}")
+        bar = progress(_batches(windows, lead, cfg.max_len, plan), total=n_batches, desc=f"epoch {epoch + 1}")
         rank, world = dist.rank(), dist.world_size()
         for step, (inputs, targets) in enumerate(bar):
             idle = rank >= len(inputs)  # a batch with fewer rows than ranks: this one takes part with weight 0

@@ -280,12 +280,35 @@ def test_training_windows_cover_each_target_once():
     from embeddings.train import training_windows
 
     seq = np.arange(23)
-    last = training_windows(Sequences.of([seq, np.arange(1)]), max_len=5, every=False)
+    last, _ = training_windows(Sequences.of([seq, np.arange(1)]), 5, "last")
     assert [w.tolist() for w in last] == [list(range(17, 23))]  # one window; a 1-item user has none
-    every = training_windows(Sequences.of([seq]), max_len=5, every=True)
+    every, lead = training_windows(Sequences.of([seq]), 5, "all")
     targets = np.concatenate([w[1:] for w in every])
     assert sorted(targets.tolist()) == list(range(1, 23))  # every item after the first, exactly once
-    assert all(len(w) <= 6 for w in every)
+    assert all(len(w) <= 6 for w in every) and not lead.any()
+
+
+@pytest.mark.parametrize("length", [2, 6, 7, 8, 23, 24])
+def test_overlapping_windows_train_each_target_once_with_half_a_window_before_it(length):
+    """``overlap``: windows every max_len // 2 items; the targets each trains (those after its ``lead``) cover
+    every item after the first exactly once, and each sees at least max_len // 2 items unless it is among the
+    user's first max_len // 2; the batches give the lead targets as padding (no loss)."""
+    from embeddings.split import Sequences
+    from embeddings.train import _batches, training_windows
+
+    seq = np.arange(length)
+    windows, lead = training_windows(Sequences.of([np.arange(3), seq]), 6, "overlap")
+    assert all(len(w) <= 7 for w in windows)
+    trained = [(w[0], w[1 + k :]) for w, k in zip(windows[1:], lead[1:], strict=True)]  # user 1: seq
+    targets = np.concatenate([t for _, t in trained])
+    assert sorted(targets.tolist()) == list(range(1, length))
+    for first, t in trained:
+        assert all(x - first >= 3 or x <= 3 for x in t)  # context: items from the window's first up to x - 1
+    plan = [np.arange(len(windows))]
+    ((inputs, out),) = _batches(windows, lead, 6, plan)
+    for row, (w, k) in enumerate(zip(windows, lead, strict=True)):
+        assert out[row].tolist() == [0] * k + (w[1 + k :] + 1).tolist() + [0] * (out.shape[1] - len(w) + 1)
+        assert inputs[row, : len(w) - 1].tolist() == (w[:-1] + 1).tolist()
 
 
 def _list_windows(train, max_len, every):
@@ -340,8 +363,9 @@ def test_flat_sequences_give_the_batches_the_list_code_gave(tiny_week, every):
         assert s.tolist() == want.tolist()
     lists = [np.array(s) for s in split.train]
     for max_len in (3, 8, 200):
-        windows = training_windows(split.train, max_len, every)
-        ours = list(_batches(windows, max_len, batch_plan(windows, max_len, 16, np.random.default_rng(7))))
+        windows, lead = training_windows(split.train, max_len, "all" if every else "last")
+        plan = batch_plan(windows, max_len, 16, np.random.default_rng(7))
+        ours = list(_batches(windows, lead, max_len, plan))
         ref = list(_list_batches(_list_windows(lists, max_len, every), max_len, 16, np.random.default_rng(7)))
         assert len(ours) == len(ref) > 10
         for (x, y), (rx, ry) in zip(ours, ref, strict=True):
@@ -351,10 +375,10 @@ def test_flat_sequences_give_the_batches_the_list_code_gave(tiny_week, every):
 def test_batches_by_positions_hold_each_window_once_within_the_budget(split):
     from embeddings.train import WIDTH_STEP, _batches, batch_plan, training_windows
 
-    windows = training_windows(split.train, 20, every=True)
+    windows, lead = training_windows(split.train, 20, "all")
     plan = batch_plan(windows, 20, 0, np.random.default_rng(0), batch_positions=200)
     assert sorted(np.concatenate(plan).tolist()) == list(range(len(windows)))
-    for batch, (inputs, targets) in zip(plan, _batches(windows, 20, plan), strict=True):
+    for batch, (inputs, targets) in zip(plan, _batches(windows, lead, 20, plan), strict=True):
         assert inputs.numel() <= 200 or len(batch) == 1  # padded positions within the budget
         longest = int((targets > 0).sum(1).max())
         assert inputs.shape[1] == min(20, -(-longest // WIDTH_STEP) * WIDTH_STEP)  # no wider than its rounding
