@@ -235,7 +235,8 @@ class _Step(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, n_pos: int, rng: torch.Generator):
         vectors = self.model.items()
-        return self.loss_of(self.model(inputs, vectors), targets, n_pos, vectors, rng)
+        states, scored = self.model.scoring(self.model(inputs, vectors), vectors)
+        return self.loss_of(states, targets, n_pos, scored, rng)
 
 
 class _Loop:
