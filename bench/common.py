@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
     from embeddings.models.sasrec import SASRecConfig
 
+# the ML-1M lever that became the `--preset ml1m` settings: what bench tables set other levers against
+PRESET_LEVER = "rotary + LiGR layers (SwiGLU x4)"
 RESULTS = Path(os.environ.get("LST_BENCH_RESULTS", Path(__file__).parent / "results"))  # --quick runs: results/quick
 ML1M = Path(os.environ.get("ML1M", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m.txt"))
 
@@ -74,6 +77,43 @@ def loss_matmul_rate(n_items: int, dim: int) -> float:
     """The best bfloat16 FLOP/s of the full softmax's three products (logits, their gradients for hidden states
     and for item vectors) on this machine: what bounds training from below."""
     return max(matmul_rate(16384, dim, n_items), matmul_rate(16384, n_items, dim), matmul_rate(n_items, 16384, dim))
+
+
+def test_figures(model, cases) -> dict:
+    """HR@10 and NDCG@10 of ``model`` on ``cases`` with their standard errors over the users (the test set's own
+    sampling noise, which no seed moves), and each user's rank as one character (``0``-``9``, ``-`` past 10), so
+    that runs on the same users can be set side by side user by user (:func:`paired`)."""
+    from embeddings.evaluate import rank_cases
+
+    ranks, _ = rank_cases(model, cases)
+    hit = ranks < 10
+    gain = np.where(hit, 1 / np.log2(np.where(hit, ranks, 0) + 2), 0.0)
+    root_n = np.sqrt(max(len(ranks) - 1, 1))
+    return {
+        "hr@10": float(hit.mean()),
+        "ndcg@10": float(gain.mean()),
+        "hr@10_se": float(hit.std() / root_n),
+        "ndcg@10_se": float(gain.std() / root_n),
+        "ranks@10": "".join(str(int(r)) if r < 10 else "-" for r in ranks),
+    }
+
+
+def paired(ranks: str, reference: str) -> dict[str, float]:
+    """Difference in HR@10 and NDCG@10 between two runs' :func:`test_figures` ranks on the same users, with the
+    standard error of the per-user difference (smaller than either run's own: the users' noise cancels)."""
+    a, b = (np.frombuffer(r.encode(), dtype=np.uint8) for r in (ranks, reference))
+    if len(a) != len(b):
+        raise ValueError(f"ranks of {len(a)} and {len(b)} users: not the same test set")
+    out = {}
+    for name, of in (("hr@10", lambda x: (x != ord("-")).astype(float)), ("ndcg@10", _gain)):
+        d = of(a) - of(b)
+        out[f"{name}_diff"], out[f"{name}_diff_se"] = float(d.mean()), float(d.std() / np.sqrt(max(len(d) - 1, 1)))
+    return out
+
+
+def _gain(chars: np.ndarray) -> np.ndarray:
+    rank = chars.astype(float) - ord("0")
+    return np.where(chars != ord("-"), 1 / np.log2(np.where(chars != ord("-"), rank, 0) + 2), 0.0)
 
 
 def write(name: str, payload: dict) -> Path:

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from common import PRESET_LEVER, paired  # noqa: E402
+
 RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 SCRIPTS = [
@@ -47,6 +50,12 @@ ARGS = {
 def _load(name: str, folder: Path = RESULTS) -> dict | None:
     path = folder / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _se(row: dict, metric: str) -> str:
+    """``row[metric]``, with `` ± `` its standard error when the row has one."""
+    se = row.get(f"{metric}_se")
+    return _f(row[metric]) + (f" ± {se:.4f}" if se is not None else "")
 
 
 def _f(x, digits: int = 4) -> str:
@@ -211,20 +220,32 @@ def summary(folder: Path = RESULTS) -> str:
             "the best validation model)\n"
         )
         lines.append(
-            "| lever | machine | budget | HR@10 | NDCG@10 | HR@10 / baseline | best epoch / run | epoch "
-            "| µs per position |"
+            "| lever | machine | budget | HR@10 | NDCG@10 | HR@10 / baseline | HR@10 against the preset, same users "
+            "| best epoch / run | epoch | µs per position |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         cpu = levers["machine"]["cpu"]  # rows without their own were measured on the file's machine
         base = {(r.get("cpu", cpu), r["budget_s"]): r for r in levers["levers"] if r["lever"] == "baseline"}
+        ranked = [r for r in levers["levers"] if "ranks@10" in r]
+        preset = {(r.get("cpu", cpu), r["budget_s"]): r for r in ranked if r["lever"] == PRESET_LEVER}
         for r in levers["levers"]:
             same = base.get((r.get("cpu", cpu), r["budget_s"]))  # ratios within one machine and budget
             ratio = r["hr@10"] / same["hr@10"] if same else None
+            ref = preset.get((r.get("cpu", cpu), r["budget_s"]))
+            versus = "-"
+            if ref is not None and "ranks@10" in r and r is not ref:
+                d = paired(r["ranks@10"], ref["ranks@10"])
+                versus = f"{d['hr@10_diff']:+.4f} ± {d['hr@10_diff_se']:.4f}"
             lines.append(
-                f"| {r['lever']} | {r.get('cpu', cpu)} | {_f(r['budget_s'] / 60, 0)} min | {_f(r['hr@10'])} | "
-                f"{_f(r['ndcg@10'])} | {_f(ratio, 3)} | "
+                f"| {r['lever']} | {r.get('cpu', cpu)} | {_f(r['budget_s'] / 60, 0)} min | {_se(r, 'hr@10')} | "
+                f"{_se(r, 'ndcg@10')} | {_f(ratio, 3)} | {versus} | "
                 f"{r['best_epoch']} / {r['epochs_run']} | {_f(r['epoch_s_median'], 1)} s | "
                 f"{_f(r.get('us_per_position'), 1)} |"
+            )
+        if preset:
+            lines.append(
+                "\n± is one standard error over the test users (`bench/common.test_figures`); against the preset "
+                f"({PRESET_LEVER!r}), the difference user by user and its standard error (`common.paired`)."
             )
     grid = _load("world_grid", folder)
     if grid:

@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, RESULTS, machine, table, write  # noqa: E402
+from common import ML1M, PRESET_LEVER, RESULTS, machine, table, test_figures, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
-from embeddings.evaluate import evaluate  # noqa: E402
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender  # noqa: E402
 from embeddings.split import leave_last_out  # noqa: E402
 from embeddings.train import TrainConfig  # noqa: E402
@@ -46,7 +45,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "rotary + dim 128": ({**ROTARY, "dim": 128}, {}),
             "rotary + dim 128, dropout 0.4": ({**ROTARY, "dim": 128, "dropout": 0.4}, {}),
             "rotary + 4 blocks, dropout 0.4": ({**ROTARY, "n_blocks": 4, "dropout": 0.4}, {}),
-            "rotary + LiGR layers (SwiGLU x4)": (LIGR, {}),
+            PRESET_LEVER: (LIGR, {}),
             "LiGR + 3 blocks": ({**LIGR, "n_blocks": 3}, {}),
             "LiGR + 2 heads": ({**LIGR, "n_heads": 2}, {}),
             "LiGR + dropout 0.3": ({**LIGR, "dropout": 0.3}, {}),
@@ -90,14 +89,13 @@ def run(data: str, name: str, split, budget_s: float) -> dict:
     began = time.perf_counter()
     model.fit(split)
     wall = time.perf_counter() - began
-    test = evaluate(model, split.test)
+    test = test_figures(model, split.test)
     seconds = [h["seconds"] for h in model.history]
     return {
         "lever": name,
         "model_changes": model_kw,
         "train_changes": train_kw,
-        "hr@10": test["hr@10"],
-        "ndcg@10": test["ndcg@10"],
+        **test,
         "best_epoch": model.best["epoch"] + 1,
         "best_valid_ndcg@10": model.best["ndcg@10"],
         "epochs_run": len(seconds),
