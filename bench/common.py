@@ -63,13 +63,16 @@ def block_flops_per_token(cfg: SASRecConfig, length: float) -> float:
     return 2 * macs + 2 * length * d
 
 
-def training_flops(cfg: SASRecConfig, positions: float, length: float, n_items: int) -> dict[str, float]:
+def training_flops(
+    cfg: SASRecConfig, positions: float, length: float, n_items: int, targets: float | None = None
+) -> dict[str, float]:
     """Forward + backward matmul FLOPs of training on ``positions`` tokens of ``length``-token windows: the
     transformer on every token, the full softmax on every position (logits, and their gradients for hidden
-    states and for item vectors: two more products of the same size)."""
+    states and for item vectors: two more products of the same size) on every position, or on ``targets`` of
+    them (windows with context-only positions)."""
     return {
         "transformer": 3 * positions * cfg.n_blocks * block_flops_per_token(cfg, length),
-        "loss": 3 * positions * 2 * n_items * cfg.dim,
+        "loss": 3 * (positions if targets is None else targets) * 2 * n_items * cfg.dim,
     }
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, loss_matmul_rate, table, training_flops, write  # noqa: E402
+from common import ML1M, loss_matmul_rate, table, test_figures, training_flops, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
 from embeddings.evaluate import evaluate  # noqa: E402
@@ -46,14 +46,17 @@ WINDOWS = PRESET_TRAIN["windows"]
 PUBLISHED = {"SASRec, full CE (paper)": (0.3152, 0.1821), "RecTools SASRec": (0.3058, 0.1779)}
 
 
-def window_lengths(split, windows: str) -> np.ndarray:
-    """Positions of each training window, as ``train.training_windows`` cuts them (max_len 200)."""
-    return training_windows(split.train, 200, windows)[0].lengths - 1
+def window_lengths(split, windows: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of each training window, as ``train.training_windows`` cuts them (max_len 200), and the targets
+    it trains (fewer than its positions where the first ones are context only: ``windows="overlap"``)."""
+    cut, lead = training_windows(split.train, 200, windows)
+    return cut.lengths - 1, cut.lengths - 1 - lead
 
 
-def epoch_flops(lengths: np.ndarray, n_items: int, cfg: SASRecConfig) -> float:
-    """Forward + backward FLOPs of one epoch: transformer on the windows' tokens, full softmax on real ones."""
-    return sum(training_flops(cfg, float(lengths.sum()), float(lengths.mean()), n_items).values())
+def epoch_flops(lengths: np.ndarray, targets: np.ndarray, n_items: int, cfg: SASRecConfig) -> float:
+    """Forward + backward FLOPs of one epoch: transformer on the windows' tokens, full softmax on the targets."""
+    flops = training_flops(cfg, float(lengths.sum()), float(lengths.mean()), n_items, float(targets.sum()))
+    return sum(flops.values())
 
 
 def ml1m(path: str, quick: bool, budget_min: float) -> dict:
@@ -88,21 +91,21 @@ def ml1m(path: str, quick: bool, budget_min: float) -> dict:
     began = time.perf_counter()
     model.fit(split)
     wall = time.perf_counter() - began
-    final = evaluate(model, split.test)
+    final = test_figures(model, split.test)
     epoch_s = statistics.median(h["seconds"] for h in model.history)
-    lengths = window_lengths(split, WINDOWS)
-    flops = epoch_flops(lengths, split.n_items, model.model.cfg)
+    lengths, targets = window_lengths(split, WINDOWS)
+    flops = epoch_flops(lengths, targets, split.n_items, model.model.cfg)
     rate = loss_matmul_rate(split.n_items, model.model.cfg.dim)  # the best rate of the epoch's biggest products
     return {
         "windows": WINDOWS,
         "model_config": {k: v for k, v in vars(model.model.cfg).items() if k not in ("n_items", "n_features")},
         "train_config": {k: getattr(train, k) for k in ("lr", "lr_schedule", "batch_size", "epochs", "windows")},
         "positions_per_epoch": int(lengths.sum()),
-        "positions_per_epoch_last_window": int(window_lengths(split, "last").sum()),  # what RecTools trains on
+        "targets_per_epoch": int(targets.sum()),
+        "positions_per_epoch_last_window": int(window_lengths(split, "last")[0].sum()),  # what RecTools trains on
         "users": split.n_users,
         "items": split.n_items,
-        "hr@10": final["hr@10"],
-        "ndcg@10": final["ndcg@10"],
+        **final,
         "best_epoch": model.best["epoch"] + 1,
         "epochs_run": len(model.history),
         "epoch_s_median": epoch_s,
