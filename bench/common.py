@@ -15,8 +15,6 @@ import torch
 if TYPE_CHECKING:
     from embeddings.models.sasrec import SASRecConfig
 
-# the ML-1M lever that became the `--preset ml1m` settings: what bench tables set other levers against
-PRESET_LEVER = "rotary + LiGR layers (SwiGLU x4)"
 RESULTS = Path(os.environ.get("LST_BENCH_RESULTS", Path(__file__).parent / "results"))  # --quick runs: results/quick
 ML1M = Path(os.environ.get("ML1M", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m.txt"))
 

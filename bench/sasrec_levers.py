@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, PRESET_LEVER, RESULTS, machine, table, test_figures, write  # noqa: E402
+from common import ML1M, RESULTS, machine, table, test_figures, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender  # noqa: E402
@@ -30,6 +30,7 @@ from embeddings.train import TrainConfig  # noqa: E402
 
 ROTARY = {"positions": "rotary"}
 LIGR = {**ROTARY, "layer": "ligr", "ffn_mult": 4}  # kept: the ml1m preset
+OVERLAP = {"windows": "overlap"}  # kept: the ml1m preset
 COSINE = {"lr_schedule": "cosine", "epochs": 50, "patience": 1000}  # a fixed horizon instead of early stopping
 # per data: (base model, base training, {name: (model changes, training changes)}). Levers are tried one at a
 # time, each on top of the ones kept before it (ML-1M: rotary positions, the first one kept, is in every later one)
@@ -45,7 +46,7 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "rotary + dim 128": ({**ROTARY, "dim": 128}, {}),
             "rotary + dim 128, dropout 0.4": ({**ROTARY, "dim": 128, "dropout": 0.4}, {}),
             "rotary + 4 blocks, dropout 0.4": ({**ROTARY, "n_blocks": 4, "dropout": 0.4}, {}),
-            PRESET_LEVER: (LIGR, {}),
+            "rotary + LiGR layers (SwiGLU x4)": (LIGR, {}),
             "LiGR + 3 blocks": ({**LIGR, "n_blocks": 3}, {}),
             "LiGR + 2 heads": ({**LIGR, "n_heads": 2}, {}),
             "LiGR + dropout 0.3": ({**LIGR, "dropout": 0.3}, {}),
@@ -58,8 +59,8 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + 3 blocks, dropout 0.3": ({**LIGR, "n_blocks": 3, "dropout": 0.3}, {}),
             "LiGR + dim 128": ({**LIGR, "dim": 128}, {}),
             "LiGR + dim 128, dropout 0.3": ({**LIGR, "dim": 128, "dropout": 0.3}, {}),
-            "LiGR + overlapping windows (every 100 clicks, newest half trained)": (LIGR, {"windows": "overlap"}),
-            "LiGR + cosine scores, temperature 0.05": ({**LIGR, "temperature": 0.05}, {}),
+            "LiGR + overlapping windows (every 100 clicks, newest half trained)": (LIGR, OVERLAP),
+            "LiGR, overlap + cosine scores, temperature 0.05": ({**LIGR, "temperature": 0.05}, OVERLAP),
         },
     ),
     "video": (
@@ -74,6 +75,14 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "dropout 0.5 + 4,096 positions + LiGR layers (SwiGLU x4)": (
                 {"dropout": 0.5, "layer": "ligr", "ffn_mult": 4},
                 {"batch_size": 0, "batch_positions": 4096},
+            ),
+            "dropout 0.5 + 4,096 positions + every window": (
+                {"dropout": 0.5},
+                {"batch_size": 0, "batch_positions": 4096, "windows": "all"},
+            ),
+            "dropout 0.5 + 4,096 positions + overlapping windows": (
+                {"dropout": 0.5},
+                {"batch_size": 0, "batch_positions": 4096, "windows": "overlap"},
             ),
         },
     ),
