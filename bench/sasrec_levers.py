@@ -60,7 +60,6 @@ DATA: dict[str, tuple[dict, dict, dict[str, tuple[dict, dict]]]] = {
             "LiGR + dim 128": ({**LIGR, "dim": 128}, {}),
             "LiGR + dim 128, dropout 0.3": ({**LIGR, "dim": 128, "dropout": 0.3}, {}),
             "LiGR + overlapping windows (every 100 clicks, newest half trained)": (LIGR, OVERLAP),
-            "LiGR, overlap + cosine scores, temperature 0.05": ({**LIGR, "temperature": 0.05}, OVERLAP),
             "LiGR, overlap, seed 1 (run-to-run noise)": (LIGR, {**OVERLAP, "seed": 1}),
         },
     ),

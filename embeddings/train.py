@@ -236,8 +236,7 @@ class _Step(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, n_pos: int, rng: torch.Generator):
         vectors = self.model.items()
-        states, scored = self.model.scoring(self.model(inputs, vectors), vectors)
-        return self.loss_of(states, targets, n_pos, scored, rng)
+        return self.loss_of(self.model(inputs, vectors), targets, n_pos, vectors, rng)
 
 
 class _Loop:

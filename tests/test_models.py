@@ -57,18 +57,6 @@ def test_sasrec_shapes_and_causality(positions, layer):
     assert not torch.allclose(hidden[:, 7:], after[:, 7:])
 
 
-def test_temperature_scores_by_cosine_over_the_temperature(split):
-    torch.manual_seed(0)
-    model = SASRec(SASRecConfig(n_items=50, max_len=12, dim=16, temperature=0.05, item_encoder="id")).eval()
-    hidden = model(torch.randint(1, 51, (3, 12)))
-    items = model.items()[1:]
-    cosine = F.normalize(hidden, dim=-1) @ F.normalize(items, dim=-1).T
-    assert torch.allclose(model.logits(hidden), cosine / 0.05, atol=1e-4)
-    cfg = TrainConfig(epochs=4, batch_size=32, lr=5e-3, patience=100, bf16=False)
-    trained = SASRecRecommender(SASRecConfig(max_len=20, dim=32, temperature=0.05), cfg).fit(split)
-    assert trained.history[-1]["loss"] < 0.9 * trained.history[0]["loss"]
-
-
 def test_cpu_attention_is_scaled_dot_product_attention():
     torch.manual_seed(0)
     block = Block(SASRecConfig(n_items=5, max_len=12, dim=16, n_heads=2)).eval()

@@ -70,7 +70,6 @@ class SASRecConfig:
     item_encoder: str = "auto"  # id | lst-frozen | hybrid | auto (with listings: by data size, else id)
     frozen_linear: bool = False  # lst-frozen: one shared trainable dim x dim map over the frozen vectors
     profile_horizon: int = 0  # >0: a profile head trained on any of the next N clicks (0: intent vector only)
-    temperature: float = 0.0  # >0: score by cosine similarity / temperature (as HSTU), 0: by dot product
     n_items: int = 0  # catalogue size (from the data)
     n_features: int = 0  # width of the lst feature matrix (from the data; lst-frozen, hybrid)
 
@@ -361,18 +360,10 @@ class SASRec(nn.Module):
             raise InputError("this model has no profile head (trained with profile_horizon = 0)")
         return self.profile(hidden)
 
-    def scoring(self, hidden: torch.Tensor, item_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(user side, item side) whose dot products are the scores: as they are, or with ``temperature``
-        both of unit length and the user side divided by it."""
-        if not self.cfg.temperature:
-            return hidden, item_vectors
-        return F.normalize(hidden, dim=-1) / self.cfg.temperature, F.normalize(item_vectors, dim=-1)
-
     def logits(self, hidden: torch.Tensor, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every catalogue item (without the padding token) for each hidden state."""
         if item_vectors is None:
             item_vectors = self.items()
-        hidden, item_vectors = self.scoring(hidden, item_vectors)
         return hidden @ item_vectors[1:].T
 
 
