@@ -39,8 +39,8 @@ from embeddings.synthetic import WeekConfig, generate_week  # noqa: E402
 from embeddings.train import PRESETS, TrainConfig, training_windows  # noqa: E402
 from embeddings.zoo import make_model  # noqa: E402
 
-# the `--preset ml1m` settings: every window of each history, not only its last 200 items (35 % of ML-1M's
-# clicks are never a target otherwise), rotary positions, ... (bench/sasrec_levers.py measured each change)
+# the `--preset ml1m` settings: every click of each history in overlapping windows, not only the last 200 (35 %
+# of ML-1M's clicks are never a target otherwise), rotary positions, ... (bench/sasrec_levers.py measured each)
 PRESET_MODEL, PRESET_TRAIN = PRESETS["ml1m"]
 WINDOWS = PRESET_TRAIN["windows"]
 PUBLISHED = {"SASRec, full CE (paper)": (0.3152, 0.1821), "RecTools SASRec": (0.3058, 0.1779)}

@@ -130,7 +130,7 @@ def training_windows(train: Sequences, max_len: int, windows: str) -> tuple[Sequ
     ``max_len // 2`` sees at least ``max_len // 2`` items before it. Windows are ranges of ``train``'s item array,
     in user order and, within a user, from the newest back."""
     lengths = train.lengths
-    stride = max_len // 2 if windows == "overlap" else max_len
+    stride = max(1, max_len // 2) if windows == "overlap" else max_len
     older = -(-np.maximum(lengths - 1 - max_len, 0) // stride)  # windows before the newest one
     count = np.where(lengths >= 2, 1 + older if windows != "last" else 1, 0)
     user = np.repeat(np.arange(len(train)), count)

@@ -304,6 +304,8 @@ def test_overlapping_windows_train_each_target_once_with_half_a_window_before_it
     assert sorted(targets.tolist()) == list(range(1, length))
     for first, t in trained:
         assert all(x - first >= 3 or x <= 3 for x in t)  # context: items from the window's first up to x - 1
+    one, one_lead = training_windows(Sequences.of([seq]), 1, "overlap")  # a window of one input: stride 1
+    assert not one_lead.any() and sorted(np.concatenate([w[1:] for w in one]).tolist()) == list(range(1, length))
     plan = [np.arange(len(windows))]
     ((inputs, out),) = _batches(windows, lead, 6, plan)
     for row, (w, k) in enumerate(zip(windows, lead, strict=True)):
