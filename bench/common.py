@@ -87,34 +87,44 @@ def test_figures(model, cases) -> dict:
     from embeddings.evaluate import rank_cases
 
     ranks, _ = rank_cases(model, cases)
-    hit = ranks < 10
-    gain = np.where(hit, 1 / np.log2(np.where(hit, ranks, 0) + 2), 0.0)
+    chars = "".join(str(int(r)) if r < 10 else "-" for r in ranks)
+    hit, gain = _hit(_codes(chars)), _gain(_codes(chars))
     root_n = np.sqrt(max(len(ranks) - 1, 1))
     return {
         "hr@10": float(hit.mean()),
         "ndcg@10": float(gain.mean()),
         "hr@10_se": float(hit.std() / root_n),
         "ndcg@10_se": float(gain.std() / root_n),
-        "ranks@10": "".join(str(int(r)) if r < 10 else "-" for r in ranks),
+        "ranks@10": chars,
     }
 
 
 def paired(ranks: str, reference: str) -> dict[str, float]:
     """Difference in HR@10 and NDCG@10 between two runs' :func:`test_figures` ranks on the same users, with the
     standard error of the per-user difference (smaller than either run's own: the users' noise cancels)."""
-    a, b = (np.frombuffer(r.encode(), dtype=np.uint8) for r in (ranks, reference))
+    a, b = _codes(ranks), _codes(reference)
     if len(a) != len(b):
         raise ValueError(f"ranks of {len(a)} and {len(b)} users: not the same test set")
     out = {}
-    for name, of in (("hr@10", lambda x: (x != ord("-")).astype(float)), ("ndcg@10", _gain)):
+    for name, of in (("hr@10", _hit), ("ndcg@10", _gain)):
         d = of(a) - of(b)
         out[f"{name}_diff"], out[f"{name}_diff_se"] = float(d.mean()), float(d.std() / np.sqrt(max(len(d) - 1, 1)))
     return out
 
 
-def _gain(chars: np.ndarray) -> np.ndarray:
-    rank = chars.astype(float) - ord("0")
-    return np.where(chars != ord("-"), 1 / np.log2(np.where(chars != ord("-"), rank, 0) + 2), 0.0)
+def _codes(ranks: str) -> np.ndarray:
+    return np.frombuffer(ranks.encode(), dtype=np.uint8)
+
+
+def _hit(codes: np.ndarray) -> np.ndarray:
+    """1.0 where the user's target ranked in the top 10, else 0.0."""
+    return (codes != ord("-")).astype(float)
+
+
+def _gain(codes: np.ndarray) -> np.ndarray:
+    """NDCG@10 of each user: 1 / log2(rank + 2) in the top 10, else 0."""
+    hit = codes != ord("-")
+    return np.where(hit, 1 / np.log2(np.where(hit, codes.astype(float) - ord("0"), 0) + 2), 0.0)
 
 
 def write(name: str, payload: dict) -> Path:

@@ -342,13 +342,14 @@ class SASRec(nn.Module):
         if item_vectors is None:
             item_vectors = self.items()
         x = item_vectors[tokens] * self.items.input_scale
-        lengths = (tokens > 0).sum(1)
+        real = tokens > 0
+        lengths = real.sum(1)
         if self.positions is not None:
             # learned positions count back from each sequence's last item, as with SASRec's left padding: the
             # newest click is always position 0, so "how recent" means the same for every user and length
             back = (lengths[:, None] - 1 - torch.arange(tokens.shape[1], device=tokens.device)).clamp_min(0)
             x = x + self.positions(back)
-        x = dropout(x, self.cfg.dropout, self.training) * (tokens > 0).unsqueeze(-1)
+        x = dropout(x, self.cfg.dropout, self.training) * real.unsqueeze(-1)
         last = (lengths - 1).clamp_min(0) if last_only else None
         for i, block in enumerate(self.blocks):
             x = block(x, last if i == len(self.blocks) - 1 else None)
