@@ -5,16 +5,15 @@
 One step as ``embeddings.train`` takes it with the ``--preset ml1m`` model (dim 64, 2 blocks, LiGR layers,
 rotary positions, dropout 0.2): a full batch of 128 windows x 200 positions over ML-1M's 3,416 items, bfloat16
 autocast where the CPU has fast bfloat16, the fused full-softmax loss, fused AdamW. Tokens are random: the
-cost of a step does not depend on which items it holds. Reported:
+cost of a step does not depend on which items it holds. Two ways, side by side in one run: eager, and the
+model through ``torch.compile`` as ``TrainConfig.compile`` (the preset's) runs it. Reported for each:
 
 * time by phase (median over ``--steps``): the transformer's forward, the loss (logits, softmax and both
   gradients, all in its forward), the backward (transformer and embeddings), the optimizer;
-* ``torch.profiler`` self time by phase and kind of op (matmuls, softmax, dtype casts, ...), so the gap to
-  the bound has names;
+* ``torch.profiler`` self time by phase and kind of op (matmuls, softmax, dtype casts, the compiled graphs'
+  fused kernels, ...), so the gap to the bound has names;
 * the compute bound: the step's matmul FLOPs at the best bfloat16 rate measured in the same run for the
-  loss's three products (as ``sasrec_quality.py`` bounds the epoch);
-* beside it, the same step with each block through ``torch.compile`` (inductor), as a ratio: what fusing
-  the elementwise work would buy.
+  loss's three products (as ``sasrec_quality.py`` bounds the epoch).
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ KINDS = {
     "dropout masks": ("aten::random_", "aten::ge", "aten::bitwise_and"),
     "embedding gradient": ("aten::_index_put_impl_", "aten::embedding_dense_backward", "aten::index"),
 }
+COMPILED = "compiled kernels (fused)"  # what a compiled graph runs besides the matmuls it calls out to
 KIND_OF = {op: kind for kind, ops in KINDS.items() for op in ops}
 
 
@@ -58,9 +58,7 @@ class Step:
         model_kw, _ = PRESETS["ml1m"]
         self.cfg = SASRecConfig(**{**model_kw, "dim": 64, "n_blocks": 2, "item_encoder": "id", "n_items": N_ITEMS})
         self.model = SASRec(self.cfg).train()
-        if compiled:
-            for i, block in enumerate(self.model.blocks):
-                self.model.blocks[i] = torch.compile(block)
+        self.forward = torch.compile(self.model, dynamic=True) if compiled else self.model  # as train._Step does
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-3, betas=(0.9, 0.98), fused=True)
         tokens = torch.randint(1, N_ITEMS + 1, (WINDOWS, LENGTH + 1))
         self.inputs, self.targets = tokens[:, :-1], tokens[:, 1:]
@@ -72,7 +70,7 @@ class Step:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             with torch.profiler.record_function("forward"):
                 vectors = self.model.items()
-                states = self.model(self.inputs, vectors)
+                states = self.forward(self.inputs, vectors)
             marks.append(time.perf_counter())
             with torch.profiler.record_function("loss"):
                 real = self.targets > 0
@@ -112,7 +110,8 @@ def profiled(step: Step, steps: int) -> dict[str, dict[str, float]]:
             parent = parent.cpu_parent
         if parent is None:
             continue
-        kind = KIND_OF.get(event.name, "other (elementwise)")
+        compiled = event.name.startswith("## Call CompiledFxGraph")
+        kind = COMPILED if compiled else KIND_OF.get(event.name, "other (elementwise)")
         out[parent.name][kind] += event.self_cpu_time_total / 1000 / steps
     return {phase: dict(kinds) for phase, kinds in out.items()}
 
@@ -125,59 +124,62 @@ def main() -> None:
     args = p.parse_args()
     steps = 3 if args.quick else args.steps
 
-    eager = Step(compiled=False)
-    phases = timed(eager, steps)
-    kinds = profiled(eager, steps)
-    flops = training_flops(eager.cfg, WINDOWS * LENGTH, LENGTH, N_ITEMS)
-    rate = loss_matmul_rate(N_ITEMS, eager.cfg.dim)
-    bound_ms = 1000 * sum(flops.values()) / rate
-    compiled = None
+    ways = {"eager": Step(compiled=False)}
     if not (args.quick or args.no_compile):
         # a cache of its own: the compile time reported is a first compile's, not a reuse of an earlier run's
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="epoch-profile-inductor-")
         began = time.perf_counter()
-        step = Step(compiled=True)
-        step()  # compiles forward and backward
+        ways["compiled"] = Step(compiled=True)
+        ways["compiled"]()  # compiles forward and backward
         compile_s = time.perf_counter() - began
-        compiled = {**timed(step, steps, warmup=2), "compile_s": compile_s}
-
+    cfg = ways["eager"].cfg
+    flops = training_flops(cfg, WINDOWS * LENGTH, LENGTH, N_ITEMS)
+    rate = loss_matmul_rate(N_ITEMS, cfg.dim)
+    bound_ms = 1000 * sum(flops.values()) / rate
     positions = WINDOWS * LENGTH
-    rows = [
-        {
-            "phase": phase,
-            "ms a step": phases[phase],
-            "µs a position": 1000 * phases[phase] / positions,
-            **{kind: kinds.get(phase, {}).get(kind, 0.0) for kind in (*KINDS, "other (elementwise)")},
+    kinds = (*KINDS, COMPILED, "other (elementwise)")
+    rows, results = [], {}
+    for way, step in ways.items():
+        phases, by_kind = timed(step, steps), profiled(step, steps)
+        matmul_ms = sum(k.get("matmul", 0.0) for k in by_kind.values())
+        results[way] = {
+            "phases_ms": phases,
+            "self_ms_by_phase_and_kind": by_kind,
+            "ratio_to_bound": phases["step"] / bound_ms,
+            "matmul_self_ms": matmul_ms,
         }
-        for phase in PHASES
-    ]
-    print(table(rows, ["phase", "ms a step", "µs a position", *KINDS, "other (elementwise)"]))
-    matmul_ms = sum(k.get("matmul", 0.0) for k in kinds.values())
-    print(
-        f"step {phases['step']:.1f} ms ({1000 * phases['step'] / positions:.2f} µs a position); compute bound "
-        f"{bound_ms:.1f} ms ({sum(flops.values()) / 1e9:.1f} GFLOP at {rate / 1e9:.0f} GFLOP/s): "
-        f"{phases['step'] / bound_ms:.1f}x; matmuls {matmul_ms:.1f} ms of it "
-        f"({sum(flops.values()) / matmul_ms / 1e6:.0f} GFLOP/s)"
-    )
-    if compiled:
+        rows += [
+            {
+                "way": way,
+                "phase": phase,
+                "ms a step": phases[phase],
+                "µs a position": 1000 * phases[phase] / positions,
+                **{kind: by_kind.get(phase, {}).get(kind, 0.0) for kind in kinds},
+            }
+            for phase in PHASES
+        ]
         print(
-            f"blocks through torch.compile: step {compiled['step']:.1f} ms, {phases['step'] / compiled['step']:.2f}x "
-            f"the eager step, after {compiled['compile_s']:.0f} s compiling"
+            f"{way}: step {phases['step']:.1f} ms ({1000 * phases['step'] / positions:.2f} µs a position), "
+            f"{phases['step'] / bound_ms:.1f}x the bound; matmuls {matmul_ms:.1f} ms of it"
         )
+    if "compiled" in results:
+        results["compiled"]["compile_s"] = compile_s
+        print(
+            f"compiled: {results['eager']['phases_ms']['step'] / results['compiled']['phases_ms']['step']:.2f}x "
+            f"the eager step, after {compile_s:.0f} s compiling"
+        )
+    print(table(rows, ["way", "phase", "ms a step", "µs a position", *kinds]))
+    print(f"compute bound {bound_ms:.1f} ms a step ({sum(flops.values()) / 1e9:.1f} GFLOP at {rate / 1e9:.0f} GFLOP/s)")
     path = write(
         "epoch_profile",
         {
-            "model_config": {k: v for k, v in vars(eager.cfg).items() if k not in ("n_features",)},
-            "batch": {"windows": WINDOWS, "length": LENGTH, "items": N_ITEMS, "bf16": eager.bf16},
+            "model_config": {k: v for k, v in vars(cfg).items() if k not in ("n_features",)},
+            "batch": {"windows": WINDOWS, "length": LENGTH, "items": N_ITEMS, "bf16": ways["eager"].bf16},
             "steps": steps,
-            "phases_ms": phases,
-            "self_ms_by_phase_and_kind": kinds,
             "flops": flops,
             "bf16_matmul_flops_per_s": rate,
             "bound_ms": bound_ms,
-            "ratio_to_bound": phases["step"] / bound_ms,
-            "matmul_self_ms": matmul_ms,
-            "compiled_blocks": compiled,
+            **results,
         },
     )
     print(f"wrote {path}")

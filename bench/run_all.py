@@ -306,33 +306,38 @@ def summary(folder: Path = RESULTS) -> str:
                 )
     prof = _load("epoch_profile", folder)
     if prof:
-        seen = {k for phase in prof["self_ms_by_phase_and_kind"].values() for k in phase}
+        ways = [w for w in ("eager", "compiled") if w in prof]
+        seen = {k for w in ways for phase in prof[w]["self_ms_by_phase_and_kind"].values() for k in phase}
         order = ("matmul", "softmax", "dtype casts", "layer norm", "dropout masks", "embedding gradient")
         kinds = [k for k in order if k in seen] + sorted(seen - set(order))
         b = prof["batch"]
         lines.append(
             f"\n**Where a training step's time goes** (`bench/epoch_profile.py`; the `--preset ml1m` model, one step "
-            f"of {b['windows']} x {b['length']} positions over {b['items']:,} items; ms a step, median of "
-            f"{prof['steps']}; by kind of op: `torch.profiler` self time)\n"
+            f"of {b['windows']} x {b['length']} positions over {b['items']:,} items, eager and through "
+            f"`torch.compile` as `--compile` runs it; ms a step, median of {prof['steps']}; by kind of op: "
+            "`torch.profiler` self time)\n"
         )
-        lines.append("| phase | ms | " + " | ".join(kinds) + " |")
-        lines.append("|---|---|" + "---|" * len(kinds))
-        for phase, ms in prof["phases_ms"].items():
-            if phase == "step":
-                continue
-            by = prof["self_ms_by_phase_and_kind"].get(phase, {})
-            lines.append(f"| {phase} | {ms:.1f} | " + " | ".join(f"{by.get(k, 0.0):.1f}" for k in kinds) + " |")
+        lines.append("| way | phase | ms | " + " | ".join(kinds) + " |")
+        lines.append("|---|---|---|" + "---|" * len(kinds))
+        for w in ways:
+            for phase, ms in prof[w]["phases_ms"].items():
+                by = prof[w]["self_ms_by_phase_and_kind"].get(phase, {})  # the whole step: no breakdown
+                cells = ["" if phase == "step" else f"{by.get(k, 0.0):.1f}" for k in kinds]
+                lines.append(f"| {w} | {phase} | {ms:.1f} | " + " | ".join(cells) + " |")
         line = (
-            f"\nStep {prof['phases_ms']['step']:.1f} ms against a compute bound of {prof['bound_ms']:.1f} ms "
-            f"({sum(prof['flops'].values()) / 1e9:.1f} GFLOP at {prof['bf16_matmul_flops_per_s'] / 1e9:,.0f} GFLOP/s): "
-            f"{prof['ratio_to_bound']:.1f}x; its matmuls took {prof['matmul_self_ms']:.1f} ms."
+            f"\nCompute bound {prof['bound_ms']:.1f} ms a step ({sum(prof['flops'].values()) / 1e9:.1f} GFLOP at "
+            f"{prof['bf16_matmul_flops_per_s'] / 1e9:,.0f} GFLOP/s). "
         )
-        if prof.get("compiled_blocks"):
-            c = prof["compiled_blocks"]
+        line += "; ".join(
+            f"{w}: {prof[w]['phases_ms']['step']:.1f} ms, {prof[w]['ratio_to_bound']:.1f}x the bound, "
+            f"{prof[w]['matmul_self_ms']:.1f} ms of it matmuls"
+            for w in ways
+        )
+        if "compiled" in prof:
+            c = prof["compiled"]
             line += (
-                f" The blocks through `torch.compile`: {c['step']:.1f} ms, "
-                f"{prof['phases_ms']['step'] / c['step']:.2f}x the eager step, after {c['compile_s']:.0f} s "
-                "compiling (cold cache)."
+                f". Compiled: {prof['eager']['phases_ms']['step'] / c['phases_ms']['step']:.2f}x the eager step, "
+                f"after {c['compile_s']:.0f} s compiling (cold cache)."
             )
         lines.append(line)
     scale = _load("scale", folder)

@@ -48,7 +48,9 @@ def _add_dataclass_options(group, cls, preset: dict) -> None:
         flag = FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
         help_ = docs.get(f.name, "") + (f" (default: {default})" if default is not None else "")
         if isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, action="store_true", help=docs.get(f.name))
+            group.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=docs.get(f.name)
+            )
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
             group.add_argument(flag, dest=f.name, type=kind, default=default, choices=CHOICES.get(f.name), help=help_)

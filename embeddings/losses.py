@@ -19,6 +19,17 @@ import torch.nn.functional as F
 # rows (positions) and candidate items go through the matmuls padded to a multiple of this: the number of real
 # positions changes every step, and in bfloat16 on CPUs with AMX each new matmul shape costs a kernel build
 ROWS = 64
+# a chunk of the full softmax: as many rows as keep its logits within this many entries (~6 MB in bfloat16). Intel VM
+# with AMX, 2 cores, 25,600 positions (bench/epoch_profile.py's loss): over 3,416 items 896 rows 91 ms against 512
+# rows 97 ms; over 1,000 items 3,136 rows against 512: 27 ms against 38; past ~4 M entries every size falls off a
+# cliff (twice the time at 1,536 rows over 3,416 items)
+CHUNK_LOGITS = 3 << 20
+
+
+def chunk_rows(n_items: int) -> int:
+    """Rows of a full-softmax chunk over ``n_items`` candidates: a multiple of :data:`ROWS` (at least one) whose
+    logits fit :data:`CHUNK_LOGITS`."""
+    return max(ROWS, CHUNK_LOGITS // max(n_items, 1) // ROWS * ROWS)
 
 
 def _padded(x: torch.Tensor, value: float = 0) -> torch.Tensor:
@@ -29,8 +40,9 @@ def _padded(x: torch.Tensor, value: float = 0) -> torch.Tensor:
 
 class _FullSoftmaxCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, vectors, targets, bias, low_precision: bool, chunk: int):
+    def forward(ctx, hidden, vectors, targets, bias, low_precision: bool, chunk: int | None):
         n = len(targets)
+        chunk = chunk or chunk_rows(len(vectors))
         dtype = torch.bfloat16 if low_precision else torch.float32
         h, e = _padded(hidden.to(dtype)), vectors.to(dtype)  # zero rows: no gradient to the items
         bias = None if bias is None else bias.to(dtype)
@@ -71,10 +83,11 @@ def full_softmax_ce(
     targets: torch.Tensor,
     unavailable: torch.Tensor | None = None,
     low_precision: bool = False,
-    chunk: int = 512,
+    chunk: int | None = None,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of ``targets`` (item indices) given hidden states (P, d) and item vectors (n, d).
+    """Mean cross-entropy of ``targets`` (item indices) given hidden states (P, d) and item vectors (n, d), over
+    ``chunk`` rows at a time (None: :func:`chunk_rows`).
 
     ``unavailable`` (n,) bool masks items out of the softmax (e.g. listings not yet published); ``bias`` (n,) is
     added to every row's logits (no gradient).

@@ -26,6 +26,7 @@ execute code.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 
@@ -61,10 +62,11 @@ LR_SCHEDULES = ("constant", "cosine")
 PRESETS: dict[str, tuple[dict, dict]] = {
     # long histories over a small catalogue (ML-1M: 165 clicks a user, 3,416 items; bench/sasrec_quality.py). In 30
     # minutes (bench/sasrec_levers.py): LiGR layers HR@10 0.3253 / NDCG@10 0.1905 against 0.3147 / 0.1809; then
-    # overlapping windows (each target with at least 100 clicks before it) 0.3371 / 0.1961, for 1.5x the epoch
+    # overlapping windows (each target with at least 100 clicks before it) 0.3371 / 0.1961, for 1.5x the epoch;
+    # compiled steps: 1.27x faster epochs
     "ml1m": (
         {"max_len": 200, "dropout": 0.2, "positions": "rotary", "layer": "ligr", "ffn_mult": 4},
-        {"windows": "overlap", "batch_size": 128},
+        {"windows": "overlap", "batch_size": 128, "compile": True},
     ),
 }
 # settings that change the trajectory of a run: resuming with other values would not continue it
@@ -97,6 +99,9 @@ class TrainConfig:
     eval_every: int = 1
     seed: int = 0
     bf16: bool | None = None  # bfloat16 autocast for the matmuls (default: on a GPU, and on CPUs where it is fast)
+    compile: bool = False  # training steps through torch.compile (needs a C++ compiler, ~1 min compiling): long runs
+    # (inductor fuses the elementwise work; one graph for every batch shape. ML-1M preset, Intel VM: epoch 12.5 s
+    # against 15.9 s)
     time_budget_s: float | None = None  # stop training after this many seconds
     windows: str = "last"  # last: each user's last max_len clicks (SASRec); all: the whole history in windows;
     # overlap: windows every max_len // 2 clicks, each target trained once with at least max_len // 2 before it
@@ -113,6 +118,8 @@ class TrainConfig:
             raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.compile and not self.device.startswith("cuda") and not any(map(shutil.which, ("c++", "g++", "cc"))):
+            raise InputError("compile needs a C++ compiler on PATH (torch.compile builds its CPU kernels with it)")
         if self.epochs < 1 or self.valid_users < 1:
             raise InputError("epochs and valid_users must be at least 1")
         if self.batch_size < 0 or (self.batch_size == 0 and self.batch_positions < 1):
@@ -231,7 +238,8 @@ class _Step(torch.nn.Module):
 
     def __init__(self, loop: _Loop):
         super().__init__()
-        self.model = loop.model
+        # compiled for training only (evaluation runs the model as it is): one graph for every batch shape
+        self.model = torch.compile(loop.model, dynamic=True) if loop.tc.compile else loop.model
         self.loss_of = loop.loss
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, n_pos: int, rng: torch.Generator):

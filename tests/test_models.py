@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from embeddings.errors import InputError
 from embeddings.evaluate import evaluate
 from embeddings.features import listing_features
-from embeddings.losses import full_softmax_ce, log_inclusion, logq_softmax_ce, sampled_softmax_ce
+from embeddings.losses import ROWS, chunk_rows, full_softmax_ce, log_inclusion, logq_softmax_ce, sampled_softmax_ce
 from embeddings.models.base import Popularity
 from embeddings.models.lightfm_model import LightFMConfig
 from embeddings.models.sasrec import (
@@ -19,6 +19,7 @@ from embeddings.models.sasrec import (
     SASRecConfig,
     SASRecRecommender,
     dropout,
+    dropout_bits,
     fit_frozen_transform,
     load_checkpoint,
     rotary_table,
@@ -81,15 +82,46 @@ def test_ligr_block_gates_each_residual_branch():
 def test_dropout_keeps_one_minus_p_scaled_and_is_identity_in_eval():
     torch.manual_seed(0)
     x = torch.ones(200, 500, requires_grad=True)
-    y = dropout(x, 0.2, training=True)
+    y = dropout(x, 0.2, dropout_bits(1, x.shape, x.device)[0])
     kept = y != 0
     assert abs(kept.float().mean().item() - 0.8) < 0.005
     assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.8))
     y.sum().backward()
     assert torch.equal(x.grad, kept.float() / 0.8)  # the gradient flows through kept elements only
-    assert dropout(x, 0.2, training=False) is x
-    rows = dropout(torch.ones(4000, 7), 0.5, training=True) != 0  # every lane of a draw is random
+    assert dropout(x, 0.2, None) is x
+    rows = dropout(torch.ones(4000, 7), 0.5, dropout_bits(1, (4000, 7), x.device)[0]) != 0  # every lane is random
     assert all(abs(rows[:, j].float().mean().item() - 0.5) < 0.03 for j in range(7))
+
+
+def test_each_dropout_site_of_a_pass_gets_its_own_mask():
+    """One draw gives every site its bits: the sites' masks are independent, and evaluation draws none."""
+    torch.manual_seed(0)
+    masks = (dropout_bits(5, (300, 64), torch.device("cpu")) & 0x7FFF) >= round(0.5 * 32768)
+    assert masks.shape == (5, 300, 64)
+    for i in range(5):
+        assert abs(masks[i].float().mean().item() - 0.5) < 0.01
+        for j in range(i):
+            assert abs((masks[i] == masks[j]).float().mean().item() - 0.5) < 0.01
+    model = SASRec(SASRecConfig(n_items=30, max_len=10, dim=16, dropout=0.5))
+    tokens = torch.randint(1, 31, (4, 10))
+    state = torch.random.get_rng_state()
+    model.eval()(tokens)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no random draw outside training
+    model.train()
+    assert not torch.equal(model(tokens), model(tokens))
+
+
+def test_compiled_training_steps_train_the_model_eager_steps_train(split):
+    """``compile=True`` changes how a step runs, not what it computes: in float32 the losses and the weights after
+    two epochs agree with the eager run's (the same dropout bits: drawn outside the compiled graph)."""
+    runs = []
+    for compile_ in (False, True):
+        cfg = TrainConfig(epochs=2, batch_size=32, patience=100, bf16=False, compile=compile_)
+        runs.append(SASRecRecommender(SASRecConfig(max_len=20, dim=16, dropout=0.3), cfg).fit(split))
+    eager, compiled = runs
+    assert [h["loss"] for h in compiled.history] == pytest.approx([h["loss"] for h in eager.history], rel=1e-4)
+    for (name, want), got in zip(eager.model.state_dict().items(), compiled.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3, msg=name)
 
 
 def test_rotary_scores_depend_only_on_distance():
@@ -142,6 +174,14 @@ def test_fused_softmax_matches_cross_entropy(low_precision):
     assert loss.item() == pytest.approx(ref.item(), rel=tol)
     assert torch.allclose(h.grad, h2.grad, atol=tol) and torch.allclose(e.grad, e2.grad, atol=tol)
     assert torch.all(e.grad[[3, 5]] == 0)  # masked items get no gradient
+
+
+def test_softmax_chunks_bound_the_logits_and_do_not_change_the_loss():
+    assert all(chunk_rows(n) % ROWS == 0 and chunk_rows(n) >= ROWS for n in (1, 500, 3416, 10**7))
+    assert chunk_rows(3416) * 3416 <= 3 << 20 < (chunk_rows(3416) + ROWS) * 3416
+    torch.manual_seed(3)
+    h, e, y = torch.randn(300, 8), torch.randn(40, 8), torch.randint(0, 40, (300,))
+    assert full_softmax_ce(h, e, y).item() == pytest.approx(full_softmax_ce(h, e, y, chunk=7).item(), rel=1e-6)
 
 
 def test_fused_softmax_bias_is_added_to_every_row():
