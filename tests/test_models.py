@@ -178,6 +178,13 @@ def test_fused_softmax_matches_cross_entropy(low_precision):
     assert torch.all(e.grad[[3, 5]] == 0)  # masked items get no gradient
 
 
+def test_compile_without_a_cpp_compiler_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no compiler on PATH
+    with pytest.raises(InputError, match="C\\+\\+ compiler"):
+        TrainConfig(compile=True)
+    assert not TrainConfig().compile
+
+
 def test_softmax_chunks_bound_the_logits_and_do_not_change_the_loss():
     assert all(chunk_rows(n) % ROWS == 0 and chunk_rows(n) >= ROWS for n in (1, 500, 3416, 10**7))
     assert chunk_rows(3416) * 3416 <= 3 << 20 < (chunk_rows(3416) + ROWS) * 3416
