@@ -34,7 +34,7 @@ from common import loss_matmul_rate, table, training_flops, write  # noqa: E402
 
 from embeddings.losses import full_softmax_ce  # noqa: E402
 from embeddings.models.sasrec import SASRec, SASRecConfig  # noqa: E402
-from embeddings.train import PRESETS, TrainConfig  # noqa: E402
+from embeddings.train import PRESETS, TrainConfig, compiled_for_training  # noqa: E402
 
 N_ITEMS, WINDOWS, LENGTH = 3416, 128, 200  # ML-1M's catalogue; a full batch of the preset
 PHASES = ("forward", "loss", "backward", "optimizer")
@@ -58,7 +58,7 @@ class Step:
         model_kw, _ = PRESETS["ml1m"]
         self.cfg = SASRecConfig(**{**model_kw, "dim": 64, "n_blocks": 2, "item_encoder": "id", "n_items": N_ITEMS})
         self.model = SASRec(self.cfg).train()
-        self.forward = torch.compile(self.model, dynamic=True) if compiled else self.model  # as train._Step does
+        self.forward = compiled_for_training(self.model) if compiled else self.model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-3, betas=(0.9, 0.98), fused=True)
         tokens = torch.randint(1, N_ITEMS + 1, (WINDOWS, LENGTH + 1))
         self.inputs, self.targets = tokens[:, :-1], tokens[:, 1:]

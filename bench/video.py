@@ -8,7 +8,8 @@ picks logQ-corrected sampled softmax for this catalogue), for the same training-
 (``python bench/peers/rectools_sasrec.py --data video --max-len 50 --budget-min 8``, its own venv).
 Cost per real position is set against ML-1M's measured in the same process right after (``--ml1m-epochs`` epochs of
 ``--preset ml1m`` training with SASRec's layers, eager steps and every position of a window trained, as the Video
-model has; default 3; 0 falls back to ``sasrec_ml1m.json``). Writes bench/results/video.json.
+model has; default 3; 0 falls back to ``sasrec_ml1m.json``, whose run is the preset's own: compiled, overlapping
+windows). Writes bench/results/video.json.
 """
 
 from __future__ import annotations

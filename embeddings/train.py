@@ -233,13 +233,18 @@ def _batches(windows: Sequences, lead: np.ndarray, max_len: int, plan: list[np.n
         yield torch.from_numpy(tokens[at]), torch.from_numpy(tokens[np.where(trained, at + 1, len(tokens) - 1)])
 
 
+def compiled_for_training(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` through ``torch.compile`` as ``TrainConfig.compile`` trains it (the same weights; evaluation keeps
+    calling ``model`` itself): dynamic shapes, so the batch widths share a graph."""
+    return torch.compile(model, dynamic=True)
+
+
 class _Step(torch.nn.Module):
     """The model and its loss as one module: what DistributedDataParallel wraps."""
 
     def __init__(self, loop: _Loop):
         super().__init__()
-        # compiled for training only (evaluation runs the model as it is); dynamic shapes: batch widths share a graph
-        self.model = torch.compile(loop.model, dynamic=True) if loop.tc.compile else loop.model
+        self.model = compiled_for_training(loop.model) if loop.tc.compile else loop.model
         self.loss_of = loop.loss
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, n_pos: int, rng: torch.Generator):
