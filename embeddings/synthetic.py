@@ -61,7 +61,12 @@ from embeddings.errors import InputError
 from embeddings.io import write_parquet, write_parquet_partitioned
 from embeddings.progress import progress
 
-WEEK_START = pd.Timestamp("2026-11-02T00:00:00Z")  # a Monday; fixed so the data is a function of the seed
+
+def recent_start(days: int) -> pd.Timestamp:
+    """The default first day of a synthetic week: UTC midnight ``days`` days before today, so the week ends at
+    today's midnight. Published values are then fresh (the feature views' ttl is measured from the real clock)."""
+    return pd.Timestamp.now(tz="UTC").floor("D") - pd.Timedelta(days=days)
+
 
 # name, lat, lon, monthly rent per m2, sale price per m2
 CITIES = (
@@ -87,6 +92,12 @@ class WeekConfig:
     seed: int = 0
     block_users: int = 20_000  # users per block: each block has its own random stream (part of the world's
     # definition), so any number of processes writes the same week and memory holds a few blocks of events
+    start: pd.Timestamp | str | None = None  # the week's first midnight (UTC); default: recent_start(days).
+    # The data is a function of the seed; the start only shifts every timestamp.
+
+    def __post_init__(self) -> None:
+        start = recent_start(self.days) if self.start is None else pd.Timestamp(self.start)
+        object.__setattr__(self, "start", start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC"))
 
     @property
     def n_blocks(self) -> int:
@@ -142,7 +153,7 @@ def _make_listings(cfg: WeekConfig, rng: np.random.Generator) -> tuple[pd.DataFr
     offset_s = np.where(pre, -rng.uniform(1, 45, n) * 86400, rng.uniform(0, cfg.days, n) * 86400)
     last_day = ~pre & (rng.random(n) < 0.12)  # guaranteed share of last-day (cold-start) listings
     offset_s = np.where(last_day, (cfg.days - 1 + rng.uniform(0, 0.9, n)) * 86400, offset_s)
-    created = WEEK_START + pd.to_timedelta(np.round(offset_s), unit="s")
+    created = cfg.start + pd.to_timedelta(np.round(offset_s), unit="s")
     withdraw = rng.random(n) < np.where(pre, 0.2, 0.08)
     end_s = cfg.days * 86400.0
     lo = np.maximum(offset_s, 0) + 3600
@@ -173,7 +184,7 @@ def _make_listings(cfg: WeekConfig, rng: np.random.Generator) -> tuple[pd.DataFr
     drop &= drop_s < np.minimum(withdrawn_s, end_s)
     v2 = base[drop].copy()
     v2["price"] = np.round(v2["price"] * rng.uniform(0.9, 0.97, len(v2)), -2)
-    v2["event_timestamp"] = WEEK_START + pd.to_timedelta(np.round(drop_s[drop]), unit="s")
+    v2["event_timestamp"] = cfg.start + pd.to_timedelta(np.round(drop_s[drop]), unit="s")
     listings = pd.concat([base, v2], ignore_index=True)
 
     market = {
@@ -383,7 +394,7 @@ def _block(cfg: WeekConfig, mk: _Market, block: int) -> tuple[pd.DataFrame, pd.D
         {
             "user_id": user_ids[users[order]],
             "item_id": mk.item_ids[items[order]],
-            "event_timestamp": WEEK_START + pd.to_timedelta(np.round(t[order] * 1e6).astype("int64"), unit="us"),
+            "event_timestamp": cfg.start + pd.to_timedelta(np.round(t[order] * 1e6).astype("int64"), unit="us"),
             "event_type": np.array(["view", "favorite", "contact"])[kind[order]],
         }
     )

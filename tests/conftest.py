@@ -9,13 +9,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 os.environ.setdefault("LST_EMBEDDINGS_QUIET", "1")
 
 from embeddings.synthetic import WeekConfig, generate_week, write_week  # noqa: E402
 
-TINY = WeekConfig(users=300, listings=400, days=7, seed=3)
+TINY = WeekConfig(users=300, listings=400, days=7, seed=3)  # dated to end at today's midnight (UTC)
+
+
+def day(n: float) -> pd.Timestamp:
+    """Midnight (UTC) ``n`` days after the tiny week's first one: day(6) is the usual cut-off, day(7) its end."""
+    return TINY.start + pd.Timedelta(days=n)
 
 
 @pytest.fixture(scope="session")

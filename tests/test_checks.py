@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import day
 
 from embeddings.cli import main
 from embeddings.contract import read_parquet
@@ -15,7 +16,7 @@ from embeddings.io import write_json, write_parquet
 from embeddings.preference import fit_preference
 from validation.checks import check_run
 
-CUTOFF = pd.Timestamp("2026-11-06", tz="UTC")
+CUTOFF = day(4)
 
 
 @pytest.fixture(scope="module")

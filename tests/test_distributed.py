@@ -5,12 +5,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import day
 
 from embeddings.models.sasrec import load_checkpoint
 
 # dropout 0: with it each process draws its own masks, and no two layouts could agree step by step
 ARGS = ["--epochs", "3", "--batch-size", "32", "--dim", "16", "--max-len", "20", "--dropout", "0", "--fp32"]
-ARGS += ["--patience", "100", "--cutoff", "2026-11-06", "--lr", "0.003"]
+ARGS += ["--patience", "100", "--cutoff", str(day(4)), "--lr", "0.003"]
 
 
 def _train(data, out, workers, kill_at=None):

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import day
 
 from embeddings.embed import Embedder
 from embeddings.models.sasrec import SASRecConfig
@@ -112,7 +113,7 @@ def test_labels_never_use_events_before_the_cutoff(tiny_week, trained):
 
 def test_preference_classifier_reports_against_baselines(tiny_week, trained, tmp_path):
     listings, events, latent = tiny_week
-    cutoff = pd.Timestamp("2026-11-05", tz="UTC")  # mid-week: enough labelled users in a tiny week
+    cutoff = day(3)  # mid-week: enough labelled users in a tiny week
     embedder = Embedder.from_checkpoint(trained["hybrid"], listings)
     users = embedder.embed_users(events, cutoff, progress=False)
     result = fit_preference(users, events, listings, cutoff, latent=latent, seed=0)

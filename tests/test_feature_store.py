@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import feast_serve, free_port
+from conftest import day, feast_serve, free_port
 
 from embeddings import pipeline
 from embeddings.embed import Embedder
@@ -26,7 +26,7 @@ from embeddings.train import TrainConfig
 from embeddings.zoo import make_model
 
 FEAST = str(Path(sys.executable).with_name("feast"))
-DAY5, DAY6, DAY7 = (pd.Timestamp(f"2026-11-0{d}", tz="UTC") for d in (6, 7, 8))
+DAY5, DAY6, DAY7 = day(4), day(5), day(6)
 
 
 @pytest.fixture(scope="module")
@@ -399,3 +399,69 @@ def test_parallel_writers_write_what_feasts_materialize_writes(repo, runs, redis
     pd.testing.assert_frame_equal(ours.drop(columns="embedding"), feasts.drop(columns="embedding"))
     for a, b in zip(ours["embedding"], feasts["embedding"], strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _dated(run, when: pd.Timestamp):
+    """``run``'s tables (listings, users, items, scores) with the vectors and scores stamped ``when``."""
+    listings, users, items, scores = run
+    return listings, *(t.assign(event_timestamp=when) for t in (users, items, scores))
+
+
+def _present(repo, users) -> pd.Series:
+    got = _online(repo, users)
+    return got["embedding"].notna() & got["p_rent"].notna() & got["profile_embedding"].isna()  # no profile head
+
+
+@pytest.mark.parametrize("profile", ["local", "redis", "redis-cluster"])
+def test_values_past_their_ttl_are_never_served(profile, repo, runs, request, monkeypatch):
+    """A value is served online until its event time + the view's ttl (8 days), by the real clock, then not at all:
+    one run published 8 days minus a few seconds ago is served, then not; one published 9 days ago never is."""
+    if profile == "redis":
+        port, password = request.getfixturevalue("redis_server")
+        env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password, "REDIS_SSL": "false"}
+    elif profile == "redis-cluster":
+        nodes, password = request.getfixturevalue("redis_cluster")
+        env = {"REDIS_CLUSTER_NODES": nodes, "REDIS_CLUSTER_PASSWORD": password}
+    else:
+        env = {}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    store = Repo(repo.path, profile)
+    ttl = pd.Timedelta(days=8)
+    listings, users, items, scores = runs[DAY5]
+    old, fresh = list(users["user_id"][:10]), list(users["user_id"][10:20])
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    ancient = _dated((listings, users[users["user_id"].isin(old)], items, scores[scores["user_id"].isin(old)]),
+                     now - ttl - pd.Timedelta(days=1))  # fmt: skip
+    write_run(store, *ancient)
+    assert not _present(store, old).any()  # published already past its ttl: never served
+
+    expires = now - ttl + pd.Timedelta(seconds=30 if profile == "local" else 6)  # local: time for `feast apply`
+    nearly = (listings, users[users["user_id"].isin(fresh)], items, scores[scores["user_id"].isin(fresh)])
+    write_run(store, *_dated(nearly, expires))
+    assert _present(store, fresh).all()
+    item_ids = list(items["item_id"][:5])
+    listing_rows = (
+        store.store()
+        .get_online_features(
+            features=["listing_embedding:embedding", "listing_lst_features:deal_type"],
+            entity_rows=[{"item_id": i} for i in item_ids],
+        )
+        .to_dict()
+    )
+    assert all(v is not None for v in listing_rows["embedding"])
+    if profile == "local":  # what a consumer's own `feast apply` does to the repo changes nothing
+        rc = subprocess.run([FEAST, "apply"], cwd=repo.path, capture_output=True, text=True, timeout=120)
+        assert rc.returncode == 0, rc.stderr
+        assert _present(store, fresh).all()
+    time.sleep(max((expires + ttl - pd.Timestamp.now(tz="UTC")).total_seconds() + 1, 0))
+    assert not _present(store, fresh).any()
+    after = (
+        store.store()
+        .get_online_features(features=["listing_embedding:embedding"], entity_rows=[{"item_id": i} for i in item_ids])
+        .to_dict()
+    )
+    assert all(v is None for v in after["embedding"])
+    if profile == "local":
+        with feast_serve(repo.path) as ask:
+            assert all(v is None for v in ask(fresh)["p_rent"])

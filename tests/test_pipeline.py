@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import day
 
 from embeddings import pipeline as pl
 from embeddings.cli import main
@@ -19,7 +20,7 @@ from embeddings.feature_store import online_features
 from embeddings.models.sasrec import SASRecConfig
 from embeddings.train import TrainConfig
 
-CUTOFF = "2026-11-06"  # mid-week: enough users labelled after it in a tiny week
+CUTOFF = str(day(4))  # mid-week: enough users labelled after it in a tiny week
 TINY_MODEL = SASRecConfig(item_encoder="hybrid", max_len=20, dim=16, profile_horizon=4)
 TINY_TRAIN = TrainConfig(epochs=3, batch_size=32, bf16=False)
 
@@ -124,7 +125,7 @@ def test_fine_tuning_starts_from_the_saved_weights(job, tiny_dir, tmp_path):
     loaded = pl.train(
         data,
         pl.RunLayout(tmp_path / "week2"),
-        pl.DataConfig(tiny_dir, cutoff="2026-11-07"),  # next day's clicks, a catalogue grown by new listings
+        pl.DataConfig(tiny_dir, cutoff=str(day(5))),  # next day's clicks, a catalogue grown by new listings
         train=TrainConfig(epochs=1, batch_size=32, bf16=False, lr=1e-9),
         init_from=layout.model,
     )

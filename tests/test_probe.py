@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import day
 
 from embeddings.embed import PROFILE_SUFFIX, Embedder
 from embeddings.models.sasrec import SASRecConfig
@@ -12,7 +13,7 @@ from embeddings.split import temporal_split
 from embeddings.train import TrainConfig, future_targets
 from embeddings.zoo import make_model
 
-CUTOFF = pd.Timestamp("2026-11-07T00:00:00Z")
+CUTOFF = day(5)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import feast_serve
+from conftest import day, feast_serve
 
 from embeddings import pipeline as pl
 from embeddings.cli import main
@@ -24,7 +24,7 @@ from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
 from embeddings.preference import fit_preference
 from embeddings.train import TrainConfig
 
-DAY6, DAY7 = pd.Timestamp("2026-11-06", tz="UTC"), pd.Timestamp("2026-11-07", tz="UTC")
+DAY6, DAY7 = day(4), day(5)
 ALLOW = pl.PublishConfig(allow_drift="test: variants of one run")
 
 
@@ -137,7 +137,7 @@ def test_two_publishers_at_once_never_mix_runs(run, later, tiny_dir, feature_rep
     got = online_features(feature_repo, list(run.users["user_id"][:20]))
     # one run's values throughout: embeddings and scores of the same (latest published) run
     latest = feature_repo.latest_run()
-    want_p = 0.1 + 0.8 * (1 if latest["cutoff"].startswith("2026-11-07") else 0)
+    want_p = 0.1 + 0.8 * (1 if pd.Timestamp(latest["cutoff"]) == DAY7 else 0)
     assert np.allclose(got["p_rent"], want_p)
     assert not list(feature_repo.data.glob("*.staging.db"))
 
@@ -259,7 +259,7 @@ def test_a_week_dated_in_the_future_or_with_no_test_case_is_refused(tiny_week, t
     assert main(["train", "--data", str(future), "--out", str(tmp_path / "m1"), "--epochs", "1"]) == 2
     assert "after now (clock skew)" in capsys.readouterr().err
     assert not (tmp_path / "m1").exists()
-    late = pd.Timestamp("2026-11-09", tz="UTC")  # after every click: no test case
+    late = day(7)  # after every click: no test case
     args = ["--data", str(tiny_week_dir(tmp_path, listings, events)), "--cutoff", str(late), "--epochs", "1"]
     assert main(["train", "--out", str(tmp_path / "m2"), *args]) == 2
     assert "leaves no test case" in capsys.readouterr().err

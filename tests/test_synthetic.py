@@ -1,8 +1,9 @@
 import numpy as np
 import pandas as pd
+from conftest import TINY
 
 from embeddings.split import build_sequences
-from embeddings.synthetic import WEEK_START, WeekConfig, generate_week
+from embeddings.synthetic import WeekConfig, generate_week
 
 
 def test_deterministic_by_seed(tiny_week):
@@ -29,7 +30,7 @@ def test_market_is_plausible(tiny_week):
     assert np.corrcoef(np.log(rent["area_m2"]), np.log(rent["price"]))[0, 1] > 0.5
     assert first["city"].value_counts().iloc[0] > 2 * first["city"].value_counts().iloc[-1]  # Zipf markets
     assert (listings.groupby("item_id").size() > 1).any()  # price drops make second versions
-    week_end = WEEK_START + pd.Timedelta(days=7)
+    week_end = TINY.start + pd.Timedelta(days=7)
     assert (first["created_at"] >= week_end - pd.Timedelta(days=1)).sum() > 0  # cold-start listings
 
 

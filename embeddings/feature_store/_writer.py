@@ -21,7 +21,6 @@ import fcntl
 import hashlib
 import os
 import re
-import shutil
 import sqlite3
 import tempfile
 import time
@@ -247,6 +246,7 @@ def _write_run(
 
     offline_s = time.perf_counter() - began
     store, writes = _materialize(repo, run, fail_before_swap, writers)
+    expiring = _expire_redis(repo, store, run) if repo.profile in REDIS_PROFILES else None
     manifest = {
         "run_id": run_id,
         "cutoff": cutoff.isoformat(),
@@ -261,6 +261,7 @@ def _write_run(
         "seconds": round(time.perf_counter() - began, 3),
         "offline_write_seconds": round(offline_s, 3),
         "materialized": writes,
+        **({"redis_keys_expiring": expiring} if expiring is not None else {}),
         **({"forced_older": force_older} if force_older else {}),
         **(extra or {}),
     }
@@ -316,16 +317,70 @@ def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: boo
         if live.exists():
             with sqlite3.connect(live) as src, sqlite3.connect(staging) as dst:
                 src.backup(dst)  # a consistent copy even while readers are connected
+            _unmask(staging)
         store = repo.store(online_path=staging)
         store.apply(definitions)
         writes = _load(repo, store, views, start, end, 1)
         if fail_before_swap:
             raise PublishError("publish stopped before the online store swap (test hook)")
         kill_point("publish:before-swap")
-        _swap_tables(staging, live)
+        _swap_tables(staging, live, _sqlite_ttls(store))
     finally:
         staging.unlink(missing_ok=True)
-    return repo.store(), writes
+    live_store = repo.store()
+    _record_infra(live_store)
+    return live_store, writes
+
+
+def _record_infra(store) -> None:
+    """Record the live online tables as the registry's infrastructure, as ``feast apply`` would: a consumer's own
+    ``feast apply`` then finds them unchanged and leaves the ttl views alone (it cannot index a view)."""
+    registry = store.registry
+    infra = store._get_provider().plan_infra(store.config, registry._get_registry_proto(project=store.project))
+    registry.update_infra(infra, store.project, commit=True)
+
+
+def _expire_redis(repo: Repo, store, run: dict[str, pd.DataFrame]) -> int:
+    """Give every Redis key this run wrote an expiry: the earliest ``event_timestamp + ttl`` of the views written
+    to it (Feast's Redis store keeps all views of one entity in one hash, so one key carries one expiry). Redis
+    then drops the values itself once they are past their ttl, whoever reads (Feast 0.67's online read path
+    ignores the ttl). A key whose entity's views were not all written by this run only has its expiry shortened
+    (``EXPIREAT ... LT``): new lst features never extend the life of an older run's listing vector. Returns the
+    number of keys."""
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    by_key: dict[str, list[pd.Series]] = {}
+    views_of: dict[str, set[str]] = {}
+    for fv in store.list_feature_views():
+        if fv.ttl:
+            views_of.setdefault(fv.entity_columns[0].name, set()).add(fv.name)
+    written: dict[str, set[str]] = {}
+    for name, df in run.items():
+        fv = store.get_feature_view(VIEWS[name])
+        if not len(df) or not fv.ttl:
+            continue
+        key = fv.entity_columns[0].name
+        until = (pd.to_datetime(df["event_timestamp"], utc=True) + fv.ttl).groupby(df[key].to_numpy()).max()
+        by_key.setdefault(key, []).append(until)
+        written.setdefault(key, set()).add(fv.name)
+    client = repo.redis()
+    version = store.config.entity_key_serialization_version
+    count = 0
+    for key, parts in by_key.items():
+        expiries = pd.concat(parts, axis=1)
+        until = expiries.min(axis=1)  # the earliest expiry of the views this run wrote
+        whole = (expiries.notna().all(axis=1) & (written[key] >= views_of.get(key, set()))).to_numpy()
+        rows = list(zip(until.index, ((until - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(), whole, strict=True))
+        for lo in range(0, len(rows), 5_000):
+            with client.pipeline(transaction=False) as pipe:
+                for entity, at, all_views in rows[lo : lo + 5_000]:
+                    entity_key = EntityKey(join_keys=[key], entity_values=[Value(string_val=str(entity))])
+                    pipe.expireat(_redis_key(store.project, entity_key, version), int(at), lt=not all_views)
+                pipe.execute()
+        count += len(rows)
+    return count
 
 
 def _load(repo: Repo, store, views: list[str], start, end, writers: int | None) -> list[dict]:
@@ -338,29 +393,76 @@ def _load(repo: Repo, store, views: list[str], start, end, writers: int | None) 
     return [{"view": ", ".join(views), "seconds": round(time.perf_counter() - began, 3), "engine": "spark"}]
 
 
-def _swap_tables(staging: Path, live: Path) -> None:
-    """Make the live database's tables those of ``staging``, in one transaction of the live database."""
-    if not live.exists():
-        shutil.copy2(staging, live)
-        return
+ROWS_SUFFIX = "__rows"  # the live SQLite database keeps a view's rows in "<table>__rows", behind a view "<table>"
+
+
+def _sqlite_ttls(store) -> dict[str, int | None]:
+    """Feast's SQLite table name of each feature view, and the view's ttl in seconds (None: no ttl)."""
+    return {
+        f"{store.project}_{fv.name}": int(fv.ttl.total_seconds()) if fv.ttl else None
+        for fv in store.list_feature_views()
+    }
+
+
+def _ttl_view_sql(table: str, ttl_s: int | None) -> str:
+    """Feast's online reader selects from ``table``: a view that hides rows older than the feature view's ttl,
+    measured by SQLite's own clock at read time (Feast 0.67's online read path ignores the ttl)."""
+    if not ttl_s:
+        return f'CREATE VIEW main."{table}" AS SELECT * FROM main."{table}{ROWS_SUFFIX}"'
+    # Feast 0.67 stores Unix seconds; older Feast wrote ISO text: compare either with the clock in its own form
+    where = (
+        f" WHERE CASE typeof(event_ts) WHEN 'text' THEN event_ts >= datetime('now', '-{int(ttl_s)} seconds')"
+        f" ELSE event_ts >= CAST(strftime('%s', 'now') AS INTEGER) - {int(ttl_s)} END"
+    )
+    return f'CREATE VIEW main."{table}" AS SELECT * FROM main."{table}{ROWS_SUFFIX}"{where}'
+
+
+def _unmask(db: Path) -> None:
+    """Turn a live database's ttl views back into Feast's plain tables (the staging copy, which Feast writes)."""
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        views = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'view'")]
+        con.execute("BEGIN")
+        for view in views:
+            con.execute(f'DROP VIEW "{view}"')
+            con.execute(f'ALTER TABLE "{view}{ROWS_SUFFIX}" RENAME TO "{view}"')
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def _swap_tables(staging: Path, live: Path, ttls: dict[str, int | None]) -> None:
+    """Make the live database's rows those of ``staging``, in one transaction of the live database.
+
+    Each of Feast's tables ``T`` lives there as ``T__rows`` behind a view ``T`` that shows only rows within the
+    feature view's ttl (``ttls``: table -> seconds), so every reader (SDK, ``feast serve``) sees stale values as
+    absent. Feast's own ``apply`` leaves the layout alone: its CREATE TABLE / CREATE INDEX ... IF NOT EXISTS find
+    the view and the index ``T_ek`` (on ``T__rows``) already there."""
     con = sqlite3.connect(live, timeout=60, isolation_level=None)
     try:
         con.execute("ATTACH DATABASE ? AS staging", (str(staging),))
         con.execute("BEGIN IMMEDIATE")
         new = dict(con.execute("SELECT name, sql FROM staging.sqlite_master WHERE type = 'table'").fetchall())
-        old = {r[0] for r in con.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
-        for name in old - set(new):
-            con.execute(f'DROP TABLE main."{name}"')
+        kinds = dict(con.execute("SELECT name, type FROM main.sqlite_master WHERE type IN ('table', 'view')"))
+        for name, kind in kinds.items():  # views the repo no longer defines
+            if name.removesuffix(ROWS_SUFFIX) not in new:
+                con.execute(f'DROP {kind.upper()} main."{name}"')
         for name, sql in new.items():
-            if name not in old:
-                con.execute(sql)
+            rows = f"{name}{ROWS_SUFFIX}"
+            if kinds.get(name) == "table":  # a plain table of Feast's (an online store written before ttl views)
+                con.execute(f'DROP TABLE main."{name}"')
+            elif kinds.get(name) == "view":
+                con.execute(f'DROP VIEW main."{name}"')
+            if kinds.get(rows) != "table":
+                create, _, columns = sql.partition("(")  # Feast's own schema, primary key included
+                if name not in create:
+                    raise PublishError(f"{staging}: unexpected schema of table {name}: {sql[:200]}")
+                con.execute(f'CREATE TABLE main."{rows}" ({columns}')
+                con.execute(f'CREATE INDEX main."{name}_ek" ON "{rows}" (entity_key)')
             else:
-                con.execute(f'DELETE FROM main."{name}"')
-            con.execute(f'INSERT INTO main."{name}" SELECT * FROM staging."{name}"')
-        indexes = con.execute("SELECT name, sql FROM staging.sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
-        for name, sql in indexes.fetchall():
-            if not con.execute("SELECT 1 FROM main.sqlite_master WHERE name = ?", (name,)).fetchone():
-                con.execute(sql)
+                con.execute(f'DELETE FROM main."{rows}"')
+            con.execute(f'INSERT INTO main."{rows}" SELECT * FROM staging."{name}"')
+            con.execute(_ttl_view_sql(name, ttls.get(name)))
         con.execute("COMMIT")
     except BaseException:
         if con.in_transaction:
