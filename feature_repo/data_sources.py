@@ -1,7 +1,12 @@
 """Parquet written by ``lst-embeddings publish`` under ``data/offline`` beside this file: one file per
 run in each folder, never rewritten. The offline store reads every file of a folder through the glob: DuckDB
 (``FileSource``, the local and Redis profiles) or Spark (``SparkSource``, the Spark profile: lst-embeddings sets
-``LST_OFFLINE_STORE=spark`` while it reads these definitions for that profile)."""
+``LST_OFFLINE_STORE=spark`` while it reads these definitions for that profile).
+
+The DuckDB sources name their files relative to this folder (``data/offline/...``), so the registry holds no
+absolute path and the repo works wherever it is copied or moved. Feast's DuckDB store resolves such a path
+against the working folder: point-in-time joins run with the repo as the working folder (the ``feast`` CLI inside
+it; in Python ``contextlib.chdir("feature_repo")``). Spark resolves paths on its own cluster: absolute there."""
 
 import os
 from pathlib import Path
@@ -14,7 +19,9 @@ OFFLINE_STORE = os.environ.get("LST_OFFLINE_STORE", "duckdb")
 
 
 def _runs(table: str) -> str:
-    return str(DATA / table / "*.parquet")
+    if OFFLINE_STORE == "spark":
+        return str(DATA / table / "*.parquet")
+    return f"data/offline/{table}/*.parquet"
 
 
 def _parquet_runs(name: str, table: str, description: str):

@@ -1,5 +1,6 @@
 """The Feast side for real: feast apply, DuckDB offline store, SQLite and Redis online stores, feast serve."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -385,9 +386,10 @@ def test_parallel_writers_write_what_feasts_materialize_writes(repo, runs, redis
     users = list(runs[DAY5][1]["user_id"])
     client = cluster.redis()
     client.flushall()
-    store.materialize(
-        start.to_pydatetime(), end.to_pydatetime(), feature_views=["user_embedding", "user_rent_sale_preference"]
-    )
+    with contextlib.chdir(cluster.path):  # Feast's DuckDB store reads the sources' relative paths from here
+        store.materialize(
+            start.to_pydatetime(), end.to_pydatetime(), feature_views=["user_embedding", "user_rent_sale_preference"]
+        )
     feasts = online_features(cluster, users)
     client.flushall()
     done = materialize(

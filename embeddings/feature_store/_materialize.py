@@ -15,6 +15,7 @@ SQLite takes one writer at a time: its profile writes in this process.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import tempfile
@@ -93,17 +94,18 @@ def _pull(store, fv, start: datetime, end: datetime) -> pa.Table:
 
     entities = [store.registry.get_entity(e, store.project) for e in fv.entities]
     join_keys, features, ts_field, created_field = _get_column_names(fv, entities)
-    job = store._get_provider().offline_store.pull_latest_from_table_or_query(
-        config=store.config,
-        data_source=fv.batch_source,
-        join_key_columns=join_keys,
-        feature_name_columns=features,
-        timestamp_field=ts_field,
-        created_timestamp_column=created_field,
-        start_date=start,
-        end_date=end,
-    )
-    table = job.to_arrow()
+    with contextlib.chdir(store.config.repo_path or "."):  # the DuckDB sources' paths are relative to the repo
+        job = store._get_provider().offline_store.pull_latest_from_table_or_query(
+            config=store.config,
+            data_source=fv.batch_source,
+            join_key_columns=join_keys,
+            feature_name_columns=features,
+            timestamp_field=ts_field,
+            created_timestamp_column=created_field,
+            start_date=start,
+            end_date=end,
+        )
+        table = job.to_arrow()
     if fv.batch_source.field_mapping:
         table = _run_pyarrow_field_mapping(table, fv.batch_source.field_mapping)
     return table.combine_chunks()

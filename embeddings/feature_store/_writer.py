@@ -372,7 +372,14 @@ def _expire_redis(repo: Repo, store, run: dict[str, pd.DataFrame]) -> int:
         expiries = pd.concat(parts, axis=1)
         until = expiries.min(axis=1)  # the earliest expiry of the views this run wrote
         whole = (expiries.notna().all(axis=1) & (written[key] >= views_of.get(key, set()))).to_numpy()
-        rows = list(zip(until.index, ((until - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(), whole, strict=True))
+        rows = list(
+            zip(
+                until.index,
+                ((until - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(),
+                whole,
+                strict=True,
+            )
+        )
         for lo in range(0, len(rows), 5_000):
             with client.pipeline(transaction=False) as pipe:
                 for entity, at, all_views in rows[lo : lo + 5_000]:

@@ -242,7 +242,8 @@ def historical_features(repo: Repo, entity_df: pd.DataFrame, service: str = "use
     ]
     if not refs:
         raise InputError(f"{repo.path}: nothing published yet for feature service {service!r}")
-    got = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+    with contextlib.chdir(repo.path):  # the DuckDB sources' paths are relative to the repo
+        got = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
     stamps = got["event_timestamp"]
     if stamps.dt.tz is None:  # Spark gives UTC wall-clock time without the zone, in microseconds
         stamps = stamps.dt.tz_localize("UTC")
@@ -261,9 +262,10 @@ def listings_from_store(repo: Repo, item_ids, as_of: pd.Timestamp) -> pd.DataFra
     store = repo.store()
     refs = [f"listing_lst_features:{c}" for c in LISTING_FEATURES]
     ids = pd.Series(list(item_ids), dtype=object)
-    got = store.get_historical_features(
-        entity_df=pd.DataFrame({"item_id": ids, "event_timestamp": as_of}), features=refs
-    ).to_df()
+    with contextlib.chdir(repo.path):  # the DuckDB sources' paths are relative to the repo
+        got = store.get_historical_features(
+            entity_df=pd.DataFrame({"item_id": ids, "event_timestamp": as_of}), features=refs
+        ).to_df()
     missing = got[got["deal_type"].isna()]["item_id"]
     if len(missing):
         first = pd.concat([read_parquet(p) for p in sorted((repo.data / "offline" / "listings").glob("*.parquet"))])
