@@ -1,7 +1,14 @@
 """Feature views. Embeddings and scores are published once a week: their ttl is 8 days, so a value
-stays served until the next weekly run plus a day of slack, and never silently for longer."""
+stays served until the next weekly run plus a day of slack, and never for longer: past it, point-in-time joins
+give null and the online stores give no value (SQLite hides the row, Redis has dropped the key).
 
+Each publish records in ``data/published.json`` what it published per view (vector dimension, model version,
+run, time); the definitions below read it, so the registry shows them (``feast feature-views describe``, the UI):
+the vector fields' ``vector_length`` and the views' and fields' tags."""
+
+import json
 from datetime import timedelta
+from pathlib import Path
 
 from data_sources import (
     listing_embedding_source,
@@ -16,6 +23,23 @@ from feast.types import Array, Float32, Float64, Int64, String
 
 OWNER = "recsys-embeddings@lst.example"
 WEEKLY = timedelta(days=8)
+PUBLISHED = Path(__file__).resolve().parent / "data" / "published.json"
+
+
+def published(view: str) -> dict[str, str]:
+    """What the latest publish recorded for ``view``: vector_dim, model_version, run_id, published_at."""
+    try:
+        return {k: str(v) for k, v in json.loads(PUBLISHED.read_text()).get(view, {}).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def vector(name: str, view: str, description: str) -> Field:
+    """A float vector field; its length and model version as the latest publish recorded them."""
+    meta = published(view)
+    dim = int(meta.get("vector_dim", 0))
+    return Field(name=name, dtype=Array(Float32), description=description, vector_length=dim, tags=meta)
+
 
 listing_lst_features = FeatureView(
     name="listing_lst_features",
@@ -46,14 +70,14 @@ listing_embedding = FeatureView(
     entities=[listing],
     ttl=WEEKLY,
     schema=[
-        Field(name="embedding", dtype=Array(Float32), description="item vector of the SASRec item encoder"),
+        vector("embedding", "listing_embedding", "item vector of the SASRec item encoder (vector_length: dim)"),
         Field(name="model_version", dtype=String, description="content hash of the SASRec checkpoint"),
     ],
     source=listing_embedding_source,
     online=True,
     description="Listing embedding; listings nobody clicked get one from their lst features (lst-frozen, hybrid).",
     owner=OWNER,
-    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly"},
+    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", **published("listing_embedding")},
 )
 
 user_embedding = FeatureView(
@@ -61,7 +85,7 @@ user_embedding = FeatureView(
     entities=[user],
     ttl=WEEKLY,
     schema=[
-        Field(name="embedding", dtype=Array(Float32), description="SASRec state after the user's clicks (intent)"),
+        vector("embedding", "user_embedding", "SASRec state after the user's clicks before the cut-off (intent)"),
         Field(name="n_events", dtype=Int64, description="clicks before the cut-off"),
         Field(name="last_event_at", dtype=Int64, description="last click before the cut-off, Unix seconds (UTC)"),
         Field(name="model_version", dtype=String, description="a new version means a new space: retrain consumers"),
@@ -73,7 +97,7 @@ user_embedding = FeatureView(
         "Take it for what the user wants now (next-listing retrieval, session ranking)."
     ),
     owner=OWNER,
-    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", "head": "intent"},
+    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", "head": "intent", **published("user_embedding")},
 )
 
 user_profile_embedding = FeatureView(
@@ -81,7 +105,7 @@ user_profile_embedding = FeatureView(
     entities=[user],
     ttl=WEEKLY,
     schema=[
-        Field(name="profile_embedding", dtype=Array(Float32), description="profile head over the state"),
+        vector("profile_embedding", "user_profile_embedding", "profile head over the state (who the user is)"),
         Field(name="profile_model_version", dtype=String, description="checkpoint version + '-profile'"),
     ],
     source=user_profile_source,
@@ -91,7 +115,13 @@ user_profile_embedding = FeatureView(
         "(dense all-action objective). Take it as a feature of who the user is (deal type, budget, rooms, city)."
     ),
     owner=OWNER,
-    tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", "head": "profile"},
+    tags={
+        "team": "recsys",
+        "model": "sasrec",
+        "cadence": "weekly",
+        "head": "profile",
+        **published("user_profile_embedding"),
+    },
 )
 
 user_rent_sale_preference = FeatureView(
@@ -107,5 +137,5 @@ user_rent_sale_preference = FeatureView(
     online=True,
     description="Rent/sale preference from CatBoost on the user embedding.",
     owner=OWNER,
-    tags={"team": "recsys", "model": "catboost", "cadence": "weekly"},
+    tags={"team": "recsys", "model": "catboost", "cadence": "weekly", **published("user_rent_sale_preference")},
 )

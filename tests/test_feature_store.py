@@ -1,7 +1,9 @@
 """The Feast side for real: feast apply, DuckDB offline store, SQLite and Redis online stores, feast serve."""
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -467,3 +469,50 @@ def test_values_past_their_ttl_are_never_served(profile, repo, runs, request, mo
     if profile == "local":
         with feast_serve(repo.path) as ask:
             assert all(v is None for v in ask(fresh)["p_rent"])
+
+
+BLOCK_OUR_PACKAGES = """
+import importlib.abc, json, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("embeddings", "validation"):
+            raise ModuleNotFoundError(f"{name} is not installed (a consumer has Feast only)")
+sys.meta_path.insert(0, _Block())
+exec(open(sys.argv[1]).read())
+print(json.dumps({"online": online["embedding"], "training": [list(map(float, v)) for v in training["embedding"]], "dim": dim,
+                  "users": training["user_id"].tolist()}))
+"""
+
+
+def test_a_copied_repo_serves_a_feast_only_consumer(repo, runs, publish, tmp_path):
+    """The README's consumer example, with this package not importable, in a copy of a published repo whose
+    original is gone: no `feast apply`; the registry describes the vectors; joins and lookups give the runs' values."""
+    publish(repo, *runs[DAY5])
+    publish(repo, *runs[DAY6])
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(repo.path, elsewhere / "feature_repo")
+    shutil.rmtree(repo.path)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if 'REPO = Path("feature_repo")' in b)
+    (tmp_path / "example.py").write_text(example)
+    (tmp_path / "consumer.py").write_text(BLOCK_OUR_PACKAGES)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    got = subprocess.run(
+        [sys.executable, str(tmp_path / "consumer.py"), str(tmp_path / "example.py")],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr[-3000:]
+    out = json.loads(got.stdout.strip().splitlines()[-1])
+    assert out["dim"] == 16
+    want = runs[DAY6][1].set_index("user_id")
+    for user, vector in zip(["U000000", "U000001"], out["online"], strict=True):
+        np.testing.assert_allclose(vector, want.loc[user, "embedding"], rtol=1e-6)
+    for user, vector in zip(out["users"], out["training"], strict=True):  # both rows are after DAY6's cut-off
+        np.testing.assert_allclose(vector, want.loc[user, "embedding"], rtol=1e-6)
+    described = subprocess.run(
+        [FEAST, "feature-views", "describe", "user_embedding"], cwd=elsewhere / "feature_repo",
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert described.returncode == 0, described.stderr[-2000:]
+    assert "vectorLength: 16" in described.stdout
+    assert str(runs[DAY6][1]["model_version"].iloc[0]) in described.stdout

@@ -20,3 +20,4 @@ def test_every_python_block_in_the_readme_runs(tmp_path, monkeypatch):
     assert namespace["manifest"]["rows"]["user_embeddings"] > 0
     assert len(namespace["vector"]) == 64 and len(namespace["scores"]) == len(namespace["frame"])
     assert len(namespace["training"]) == 2 and "embedding" in namespace["training"]
+    assert namespace["dim"] == 64 and namespace["online"]["embedding"][0] is not None

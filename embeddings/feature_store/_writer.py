@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -245,6 +246,7 @@ def _write_run(
         raise NothingToPublish("nothing to publish: every listing version is already in the feature store")
 
     offline_s = time.perf_counter() - began
+    _record_published(repo, run, run_id, published_at)
     store, writes = _materialize(repo, run, fail_before_swap, writers)
     expiring = _expire_redis(repo, store, run) if repo.profile in REDIS_PROFILES else None
     manifest = {
@@ -267,6 +269,37 @@ def _write_run(
     }
     write_json(_inside(repo.data, repo.data / "manifests" / f"{run_id}.json"), manifest)
     return manifest
+
+
+VECTOR_COLUMNS = {
+    "listing_embeddings": "embedding",
+    "user_embeddings": "embedding",
+    "user_profiles": "profile_embedding",
+}
+VERSION_COLUMNS = {
+    "listing_embeddings": "model_version",
+    "user_embeddings": "model_version",
+    "user_profiles": "profile_model_version",
+    "user_preference": "classifier_version",
+}
+
+
+def _record_published(repo: Repo, run: dict[str, pd.DataFrame], run_id: str, published_at: pd.Timestamp) -> None:
+    """``data/published.json``: per view, what this publish put in it (vector_dim, model_version, run_id,
+    published_at); ``feature_views.py`` reads it, so the registry describes the vectors it serves."""
+    path = repo.data / "published.json"
+    try:
+        record = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        record = {}
+    for name, df in run.items():
+        if name not in VERSION_COLUMNS or not len(df):
+            continue
+        entry = {"model_version": str(df[VERSION_COLUMNS[name]].iloc[0]), "run_id": run_id}
+        if name in VECTOR_COLUMNS:
+            entry["vector_dim"] = len(df[VECTOR_COLUMNS[name]].iloc[0])
+        record[VIEWS[name]] = {**entry, "published_at": published_at.isoformat()}
+    write_json(_inside(repo.data, path), record)
 
 
 def _refuse_stale_or_changed(repo: Repo, run_id: str, cutoff: pd.Timestamp, content: str, force_older: str | None):
