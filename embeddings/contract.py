@@ -133,7 +133,10 @@ def _problem(bad: pd.Series, col: Column) -> str:
     if bad.isna().any():
         return "null values"
     if col.kind == "string":
-        return "empty strings" if bad.map(lambda v: isinstance(v, str)).all() else "non-string values"
+        if not bad.map(lambda v: isinstance(v, str)).all():
+            return "non-string values"
+        if (bad.str.len() == 0).any():
+            return "empty strings"
     if col.kind in ("int", "float"):
         num = pd.to_numeric(bad, errors="coerce")
         if pd.api.types.is_bool_dtype(bad) or num.isna().any():
@@ -146,7 +149,7 @@ def _problem(bad: pd.Series, col: Column) -> str:
             return f"values below {col.min_value}"
     if col.kind == "timestamp" and _as_timestamps(bad).isna().any():
         return "unparsable timestamps"
-    return f"values outside {list(col.domain or ())}"
+    return f"values outside the allowed {list(col.domain or ())}"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ CASES = {
         "2 rows",
     ),
     "wrong deal_type": (lambda x: _set(x, "deal_type", 5, "lease"), None, "listings.parquet", "deal_type", "5 rows"),
+    "unknown event_type": (None, lambda e: _set(e, "event_type", 2, "share"), "events.parquet", "event_type", "2 rows"),
     "negative price": (lambda x: _set(x, "price", 1, -10.0), None, "listings.parquet", "price", "1 row"),
 }
 
@@ -54,6 +55,10 @@ def test_broken_input_is_named_and_nothing_is_written(tmp_path, tiny_week, capsy
     assert file in msg and f"'{column}'" in msg and count in msg
     if case in ("unknown item_id", "wrong deal_type", "unparsable timestamp"):
         assert "e.g." in msg  # a few examples are shown
+    if case == "wrong deal_type":  # a value outside the column's domain: the message names the allowed ones
+        assert "values outside the allowed ['rent', 'sale']" in msg and "'lease'" in msg
+    if case == "unknown event_type":
+        assert "values outside the allowed ['view', 'favorite', 'contact']" in msg and "empty" not in msg
 
     out = tmp_path / "out"
     rc = main(["evaluate", "--data", str(data), "--model", "popular", "--json", str(out / "m.json")])
