@@ -267,16 +267,16 @@ def cmd_embed_users(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     layout = pl.RunLayout(Path(args.run))
+    if not args.data:
+        raise InputError("classify needs --data (the clicks: to fit a classifier, and for its history features)")
+    data = load_data(args.data)
     if args.model:
-        scores = pl.score(Path(args.model), read_parquet(layout.preferred_users()), layout.scores)
+        scores = pl.score(Path(args.model), read_parquet(layout.preferred_users()), data, layout.scores)
         print(f"scored {len(scores):,} users with {scores['classifier_version'].iloc[0]} -> {layout.scores}")
         return 0
-    if not args.data:
-        raise InputError("classify needs --data (to fit a classifier) or --model (to score with a saved one)")
-    data = load_data(args.data)
     labels = read_parquet(args.labels) if args.labels else None
-    result = pl.classify(data, layout, pl.ClassifyConfig(args.min_history, args.seed), labels)
-    print(f"labelled users (clicks after the cut-off): {result.n_labelled:,}, trained on {result.n_train:,}")
+    result = pl.classify(data, layout, pl.ClassifyConfig(args.min_history, args.seed, args.label_days), labels)
+    print(f"fitted on {result.n_train:,} users labelled in the {args.label_days:g} days before the cut-off")
     rows = [{**r, "model": f"{r['users']}: {r['model']}"} for r in result.table]
     _print_table(rows, ["n", "precision", "recall", "f1", "roc_auc", "pr_auc"])
     print(f"wrote {layout.scores} ({len(result.scores):,} users), classifier {result.classifier}")
@@ -455,11 +455,17 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="rent/sale preference: fit CatBoost on a run's embeddings, or score with one")
     p.add_argument("--run", required=True, help="run folder (embeddings/ in, preference/ out)")
-    p.add_argument("--data", help="data folder: clicks after the cut-off give the labels (to fit)")
+    p.add_argument("--data", required=True, help="data folder: the clicks (labels before the cut-off, history)")
     p.add_argument("--model", help="a saved classifier.cbm: score the run's users with it, no fitting")
     p.add_argument("--labels", help="latent intent to check against (default: labels.parquet of the data folder)")
     p.add_argument("--min-history", type=int, default=pl.ClassifyConfig.min_history)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--label-days",
+        type=float,
+        default=pl.ClassifyConfig.label_days,
+        help="fit on labels from the clicks in these last days before the cut-off (features as of their start)",
+    )
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("pictures", help="t-SNE PNGs of a run's listing and user embeddings")

@@ -69,12 +69,15 @@ def run(out: Path, users: int, listings: int, seed: int, repo: Repo) -> None:
         print(f"   {line}")
     print(f"   the classifier and the pictures take the {probed.preferred} vector")
 
-    print("== rent/sale preference: CatBoost on embeddings against the baselines", flush=True)
+    print("== rent/sale preference: CatBoost fitted on labels before the cut-off, scored at it", flush=True)
     classified = pl.classify(data, layout)
+    print(
+        f"   fitted on {classified.n_train:,} users labelled in the 2 days before the cut-off; against labels after it:"
+    )
     for r in classified.table:
-        if r["users"] == "all test users":
+        if r["users"] in ("all users labelled after the cut-off", "users never seen by the classifier"):
             p, rec, auc = r["precision"], r["recall"], r["roc_auc"]
-            print(f"   {r['model']:22s} precision {p:.3f} recall {rec:.3f} ROC-AUC {auc:.3f}")
+            print(f"   {r['users'][:16]:16s} {r['model']:26s} precision {p:.3f} recall {rec:.3f} ROC-AUC {auc:.4f}")
 
     print("== t-SNE pictures", flush=True)
     for path in pl.pictures(data, layout):

@@ -32,7 +32,7 @@ from embeddings.errors import ChecksFailed, InputError, NothingToPublish
 from embeddings.feature_store import REPO, Repo
 from embeddings.io import file_digest, utc, write_json, write_parquet, write_text
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
-from embeddings.preference import PreferenceModel, fit_preference, score_users
+from embeddings.preference import LABEL_DAYS, PreferenceModel, fit_preference, score_users
 from embeddings.probe import ProbeReport
 from embeddings.split import Split, leave_last_out, temporal_split
 from embeddings.train import TrainConfig
@@ -119,6 +119,11 @@ class EmbedConfig:
 class ClassifyConfig:
     min_history: int = 3  # users with fewer clicks before the cut-off are reported apart
     seed: int = 0
+    label_days: float = LABEL_DAYS  # fit on labels from [cut-off - label_days, cut-off), features as of its start
+
+    def __post_init__(self) -> None:
+        if not self.label_days > 0:
+            raise InputError(f"label_days must be positive, got {self.label_days}")
 
 
 @dataclass
@@ -419,17 +424,23 @@ def probe(data: Dataset, layout: RunLayout, cfg: ProbeSettings | None = None) ->
 def classify(
     data: Dataset, layout: RunLayout, cfg: ClassifyConfig | None = None, labels: pd.DataFrame | None = None
 ) -> ClassifyResult:
-    """Fit the rent/sale classifier on the run's user embeddings (labels from after the cut-off), report it
-    against the baselines, save it (``classifier.cbm``) and score every embedded user."""
+    """Fit the rent/sale classifier point-in-time correctly (features as of ``cut-off - label_days``, labels from
+    the clicks between then and the cut-off; see :mod:`embeddings.preference`), score every embedded user as of the
+    cut-off, report the scores against labels from after it (when the data go on) beside the baselines, and save
+    the classifier (``classifier.cbm``)."""
     cfg = cfg or ClassifyConfig()
     if not data.has_listings:
         raise InputError(f"{data.source}: classify needs a data folder with listings (deal types)")
     source = layout.preferred_users()
     users = read_parquet(source)
     cutoff = utc(users["event_timestamp"].iloc[0])
+    start = cutoff - pd.Timedelta(days=cfg.label_days)
+    past = Embedder.from_checkpoint(layout.model, data.listings).embed_users(data.events, start)  # its features
+    intent, profiles = Embedder.split_heads(past)
+    past = profiles if source == layout.user_profiles and profiles is not None else intent
     labels = data.labels() if labels is None else labels
     result = fit_preference(
-        users, data.events, data.listings, cutoff, latent=labels, min_history=cfg.min_history, seed=cfg.seed
+        users, past, data.events, data.listings, cutoff, cfg.label_days, labels, cfg.min_history, cfg.seed
     )
     result.model.save(layout.classifier)
     write_parquet(result.scores, layout.scores)
@@ -438,6 +449,7 @@ def classify(
         {
             "n_labelled": result.n_labelled,
             "n_train": result.n_train,
+            "label_window": [start, cutoff],
             "user_vectors": source.name,
             "rows": result.table,
         },
@@ -447,9 +459,10 @@ def classify(
     )
 
 
-def score(classifier: Path, user_embeddings: pd.DataFrame, out: Path | None = None) -> pd.DataFrame:
-    """Rent/sale scores of any user embeddings with a saved classifier, without refitting."""
-    scores = score_users(PreferenceModel.load(classifier), user_embeddings)
+def score(classifier: Path, user_embeddings: pd.DataFrame, data: Dataset, out: Path | None = None) -> pd.DataFrame:
+    """Rent/sale scores of any user vectors with a saved classifier, without refitting; the history features come
+    from ``data``'s clicks before the vectors' cut-off."""
+    scores = score_users(PreferenceModel.load(classifier), user_embeddings, data.events, data.listings)
     if out is not None:
         write_parquet(scores, out)
     return scores

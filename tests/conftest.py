@@ -19,6 +19,16 @@ from embeddings.synthetic import WeekConfig, generate_week, write_week  # noqa: 
 TINY = WeekConfig(users=300, listings=400, days=7, seed=3)  # dated to end at today's midnight (UTC)
 
 
+def fit_scores(embedder, users, events, listings, cutoff, **kwargs):
+    """``fit_preference`` as the classify stage runs it: the classifier's features from ``embedder``'s vectors as
+    of the label window's start."""
+    from embeddings.preference import LABEL_DAYS, fit_preference
+
+    start = cutoff - pd.Timedelta(days=kwargs.get("label_days", LABEL_DAYS))
+    past = embedder.embed_users(events, start, progress=False)
+    return fit_preference(users, past, events, listings, cutoff, **kwargs)
+
+
 def day(n: float) -> pd.Timestamp:
     """Midnight (UTC) ``n`` days after the tiny week's first one: day(6) is the usual cut-off, day(7) its end."""
     return TINY.start + pd.Timedelta(days=n)

@@ -6,14 +6,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import day
+from conftest import day, fit_scores
 
 from embeddings.cli import main
 from embeddings.contract import read_parquet
 from embeddings.embed import Embedder
 from embeddings.feature_store import online_features
 from embeddings.io import write_json, write_parquet
-from embeddings.preference import fit_preference
 from validation.checks import check_run
 
 CUTOFF = day(4)
@@ -30,7 +29,9 @@ def clean(tiny_dir, tiny_week, tiny_hybrid_model, tmp_path_factory):
     write_parquet(users, run / "embeddings" / "user_embeddings.parquet")
     write_parquet(embedder.embed_items(CUTOFF), run / "embeddings" / "listing_embeddings.parquet")
     write_json(run / "embeddings" / "reference.json", embedder.model.reference)
-    write_parquet(fit_preference(users, events, listings, CUTOFF).scores, run / "preference" / "preference.parquet")
+    write_parquet(
+        fit_scores(embedder, users, events, listings, CUTOFF).scores, run / "preference" / "preference.parquet"
+    )
     return run, tiny_dir
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import day, feast_serve, free_port
+from conftest import day, feast_serve, fit_scores, free_port
 
 from embeddings import pipeline
 from embeddings.embed import Embedder
@@ -23,7 +23,6 @@ from embeddings.feature_store import Repo, historical_features, listings_from_st
 from embeddings.feature_store._writer import publish_lock, write_run
 from embeddings.feature_store.repo import VIEWS, redis_client
 from embeddings.models.sasrec import SASRecConfig
-from embeddings.preference import fit_preference
 from embeddings.split import temporal_split
 from embeddings.train import TrainConfig
 from embeddings.zoo import make_model
@@ -41,7 +40,7 @@ def runs(tiny_week, tiny_hybrid_model):
     for cutoff in (DAY5, DAY6, DAY7):
         users = embedder.embed_users(events, cutoff, progress=False)
         items = embedder.embed_items(cutoff)
-        pref = fit_preference(users, events, listings, DAY5).scores.assign(event_timestamp=cutoff)
+        pref = fit_scores(embedder, users, events, listings, DAY5).scores.assign(event_timestamp=cutoff)
         out[cutoff] = (listings[listings["event_timestamp"] < cutoff], users, items, pref)
     return out
 
@@ -479,8 +478,8 @@ class _Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"{name} is not installed (a consumer has Feast only)")
 sys.meta_path.insert(0, _Block())
 exec(open(sys.argv[1]).read())
-print(json.dumps({"online": online["embedding"], "training": [list(map(float, v)) for v in training["embedding"]], "dim": dim,
-                  "users": training["user_id"].tolist()}))
+vectors = [list(map(float, v)) for v in training["embedding"]]
+print(json.dumps({"online": online["embedding"], "training": vectors, "dim": dim, "users": list(training["user_id"])}))
 """
 
 
@@ -493,7 +492,9 @@ def test_a_copied_repo_serves_a_feast_only_consumer(repo, runs, publish, tmp_pat
     shutil.copytree(repo.path, elsewhere / "feature_repo")
     shutil.rmtree(repo.path)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if 'REPO = Path("feature_repo")' in b)
+    example = next(
+        b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if 'REPO = Path("feature_repo")' in b
+    )
     (tmp_path / "example.py").write_text(example)
     (tmp_path / "consumer.py").write_text(BLOCK_OUR_PACKAGES)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

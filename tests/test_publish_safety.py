@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import day, feast_serve
+from conftest import day, feast_serve, fit_scores
 
 from embeddings import pipeline as pl
 from embeddings.cli import main
@@ -21,7 +21,6 @@ from embeddings.feature_store import online_features
 from embeddings.feature_store.repo import _redis_options
 from embeddings.io import write_parquet
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
-from embeddings.preference import fit_preference
 from embeddings.train import TrainConfig
 
 DAY6, DAY7 = day(4), day(5)
@@ -36,7 +35,7 @@ def runs(tiny_week, tiny_hybrid_model):
     out = {}
     for cutoff in (DAY6, DAY7):
         users = embedder.embed_users(events, cutoff, progress=False)
-        scores = fit_preference(users, events, listings, DAY6).scores.assign(event_timestamp=cutoff)
+        scores = fit_scores(embedder, users, events, listings, DAY6).scores.assign(event_timestamp=cutoff)
         out[cutoff] = pl.RunTables(users, embedder.embed_items(cutoff), scores, embedder.model.reference)
     return out
 
