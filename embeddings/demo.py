@@ -71,13 +71,13 @@ def run(out: Path, users: int, listings: int, seed: int, repo: Repo) -> None:
 
     print("== rent/sale preference: CatBoost fitted on labels before the cut-off, scored at it", flush=True)
     classified = pl.classify(data, layout)
-    print(
-        f"   fitted on {classified.n_train:,} users labelled in the 2 days before the cut-off; against labels after it:"
-    )
+    days = pl.ClassifyConfig.label_days
+    print(f"   fitted on {classified.n_train:,} users labelled in the {days:g} days before the cut-off; scored at it")
+    groups = {"all users labelled after the cut-off": "all users", "users never seen by the classifier": "never seen"}
     for r in classified.table:
-        if r["users"] in ("all users labelled after the cut-off", "users never seen by the classifier"):
+        if r["users"] in groups:
             p, rec, auc = r["precision"], r["recall"], r["roc_auc"]
-            print(f"   {r['users'][:16]:16s} {r['model']:26s} precision {p:.3f} recall {rec:.3f} ROC-AUC {auc:.4f}")
+            print(f"   {groups[r['users']]:10s} {r['model']:26s} precision {p:.3f} recall {rec:.3f} ROC-AUC {auc:.4f}")
 
     print("== t-SNE pictures", flush=True)
     for path in pl.pictures(data, layout):
