@@ -17,6 +17,7 @@ import pytest
 from conftest import day, feast_serve, fit_scores, free_port
 
 from embeddings import pipeline
+from embeddings.cli import main
 from embeddings.embed import Embedder
 from embeddings.errors import PublishError
 from embeddings.feature_store import Repo, historical_features, listings_from_store, online_features
@@ -416,7 +417,7 @@ def _present(repo, users) -> pd.Series:
 
 
 @pytest.mark.parametrize("profile", ["local", "redis", "redis-cluster"])
-def test_values_past_their_ttl_are_never_served(profile, repo, runs, request, monkeypatch):
+def test_values_past_their_ttl_are_never_served(profile, repo, runs, request, monkeypatch, capsys):
     """A value is served online until its event time + the view's ttl (8 days), by the real clock, then not at all:
     one run published 8 days minus a few seconds ago is served, then not; one published 9 days ago never is."""
     if profile == "redis":
@@ -465,6 +466,10 @@ def test_values_past_their_ttl_are_never_served(profile, repo, runs, request, mo
         .to_dict()
     )
     assert all(v is None for v in after["embedding"])
+    args = ["lookup", "--repo", str(repo.path), "--profile", profile, *[f"--user={u}" for u in fresh[:2]]]
+    assert main(args) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(printed) == 2 and all(r["p_rent"] is None and r["embedding"] is None for r in printed)
     if profile == "local":
         with feast_serve(repo.path) as ask:
             assert all(v is None for v in ask(fresh)["p_rent"])

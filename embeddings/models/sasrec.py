@@ -104,6 +104,12 @@ class SASRecConfig:
         return ITEM_ENCODERS[self.item_encoder]
 
 
+def fixed_signs(components: torch.Tensor) -> torch.Tensor:
+    """Principal components (rows) with each sign fixed: the product with a fixed generic vector is positive."""
+    generic = torch.arange(1, components.shape[1] + 1, dtype=components.dtype).sqrt()
+    return components * torch.where(components @ generic < 0, -1.0, 1.0).to(components.dtype)[:, None]
+
+
 def fit_frozen_transform(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean, projection, scale) turning lst features into fixed ``dim``-wide vectors of RMS norm sqrt(dim)/2:
     centred, then padded, or projected on the principal components when wider than ``dim``."""
@@ -111,10 +117,11 @@ def fit_frozen_transform(features: torch.Tensor, dim: int) -> tuple[torch.Tensor
     mean = x.mean(0)
     if x.shape[1] > dim:
         _, _, v = torch.linalg.svd(x - mean, full_matrices=False)
-        # a component's sign is arbitrary and LAPACK's pick changed with the thread count (one process against
-        # two training processes): fix it, largest entry positive
-        v = v[:dim] * v[:dim].gather(1, v[:dim].abs().argmax(1, keepdim=True)).sign()
-        proj = v.T
+        # a component's sign is arbitrary and LAPACK's pick changes with the thread count (one process against
+        # two training processes): fix it by the sign of its product with a fixed generic vector. "Largest entry
+        # positive" is not enough: one-hot features give components whose largest entries tie in size with
+        # opposite signs, and rounding then picks either (AMD EPYC, 1 against 2 threads)
+        proj = fixed_signs(v[:dim]).T
     else:
         proj = torch.eye(x.shape[1], dim, dtype=torch.float64)
     y = (x - mean) @ proj
