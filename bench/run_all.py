@@ -3,8 +3,8 @@
     python bench/run_all.py [--quick] [--only NAME ...] [--table-only]
 
 Each script also runs alone (``python bench/<name>.py [--quick]``). Results land in
-bench/results/*.json; the summary goes to bench/results/summary.md and replaces the block between
-the ``bench:begin`` / ``bench:end`` markers of README.md, so the README table is this command's output.
+bench/results/*.json; the tables go to bench/RESULTS.md (and bench/results/summary.md), so RESULTS.md is this
+command's output. bench/NOTES.md says how to read them; the README carries the headline rows.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 from common import paired  # noqa: E402
 
 RESULTS = HERE / "results"
-README = HERE.parent / "README.md"
+RESULTS_MD = HERE / "RESULTS.md"
 SCRIPTS = [
     "ml1m_file_check",
     "lightfm_baseline",
@@ -401,13 +401,13 @@ def _scale_note(r: dict) -> str:
     return "; ".join(notes)
 
 
-def update_readme(table: str) -> None:
-    text = README.read_text()
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        README.write_text(f"{head}{begin}\n{table}{end}{tail}")
+def write_results(table: str) -> None:
+    head = (
+        "# Benchmark results\n\n"
+        "Written by `make bench` (`bench/run_all.py`) from `bench/results/*.json`; do not edit by hand. "
+        "How to read them: [NOTES.md](NOTES.md).\n\n"
+    )
+    RESULTS_MD.write_text(head + table)
 
 
 def main() -> None:
@@ -435,7 +435,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.md").write_text(table)
     if not args.quick:
-        update_readme(table)
+        write_results(table)
     print("\n" + table)
     if timings:
         print("script seconds:", timings, "on", platform.node())
