@@ -84,7 +84,7 @@ def test_figures(model, cases) -> dict:
     """HR@10 and NDCG@10 of ``model`` on ``cases`` with their standard errors over the users (the test set's own
     sampling noise, which no seed moves), and each user's rank as one character (``0``-``9``, ``-`` past 10), so
     that runs on the same users can be set side by side user by user (:func:`paired`)."""
-    from embeddings.evaluate import rank_cases
+    from embeddings.stages.evaluate import rank_cases
 
     ranks, _ = rank_cases(model, cases)
     chars = "".join(str(int(r)) if r < 10 else "-" for r in ranks)

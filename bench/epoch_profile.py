@@ -2,7 +2,7 @@
 
     python bench/epoch_profile.py [--quick] [--steps 12] [--no-compile]
 
-One step as ``embeddings.train`` takes it with the ``--preset ml1m`` model (dim 64, 2 blocks, LiGR layers,
+One step as ``embeddings.training.loop`` takes it with the ``--preset ml1m`` model (dim 64, 2 blocks, LiGR layers,
 rotary positions, dropout 0.2): a full batch of 128 windows x 200 positions over ML-1M's 3,416 items, bfloat16
 autocast where the CPU has fast bfloat16, the fused full-softmax loss, fused AdamW. Tokens are random: the
 cost of a step does not depend on which items it holds. Two ways, side by side in one run: eager, and the
@@ -32,9 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import loss_matmul_rate, table, training_flops, write  # noqa: E402
 
-from embeddings.losses import full_softmax_ce  # noqa: E402
+from embeddings.models.losses import full_softmax_ce  # noqa: E402
 from embeddings.models.sasrec import SASRec, SASRecConfig  # noqa: E402
-from embeddings.train import PRESETS, TrainConfig, compiled_for_training  # noqa: E402
+from embeddings.training.config import PRESETS, TrainConfig
+from embeddings.training.loop import compiled_for_training  # noqa: E402
 
 N_ITEMS, WINDOWS, LENGTH = 3416, 128, 200  # ML-1M's catalogue; a full batch of the preset
 PHASES = ("forward", "loss", "backward", "optimizer")

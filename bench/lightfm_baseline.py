@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import ML1M, table, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
-from embeddings.evaluate import evaluate  # noqa: E402
+from embeddings.data.split import leave_last_out, temporal_split  # noqa: E402
+from embeddings.data.synthetic import WeekConfig, generate_week  # noqa: E402
 from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
-from embeddings.split import leave_last_out, temporal_split  # noqa: E402
-from embeddings.synthetic import WeekConfig, generate_week  # noqa: E402
-from embeddings.zoo import make_model  # noqa: E402
+from embeddings.models.zoo import make_model  # noqa: E402
+from embeddings.stages.evaluate import evaluate  # noqa: E402
 
 
 def run(name, split, listings, models, epochs) -> list[dict]:

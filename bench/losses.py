@@ -34,9 +34,10 @@ LOSSES = ("softmax", "sampled", "logq")
 def _step_speed(n_items: int, loss: str, steps: int, out: mp.Queue) -> None:
     import torch
 
+    from embeddings.data.split import EvalCases, Split
     from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
-    from embeddings.split import EvalCases, Split
-    from embeddings.train import TrainConfig, _Loop
+    from embeddings.training.config import TrainConfig
+    from embeddings.training.loop import _Loop
 
     rng = np.random.default_rng(0)
     pop = 1.0 / np.arange(1, n_items + 1) ** 0.9
@@ -86,11 +87,11 @@ def speed(sizes: list[int], steps: int) -> list[dict]:
 
 def quality(name: str, path: Path, max_len: int, budget_s: float) -> list[dict]:
     from embeddings.data import load_data
-    from embeddings.evaluate import evaluate
+    from embeddings.data.split import leave_last_out
     from embeddings.models.sasrec import SASRecConfig
-    from embeddings.split import leave_last_out
-    from embeddings.train import TrainConfig
-    from embeddings.zoo import make_model
+    from embeddings.models.zoo import make_model
+    from embeddings.stages.evaluate import evaluate
+    from embeddings.training.config import TrainConfig
 
     split = leave_last_out(load_data(path).events)
     rows = []

@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import ML1M, table, write  # noqa: E402
 
-from embeddings.movielens import load_user_item_text  # noqa: E402
-from embeddings.split import build_sequences, catalogue  # noqa: E402
+from embeddings.data.movielens import load_user_item_text  # noqa: E402
+from embeddings.data.split import build_sequences, catalogue  # noqa: E402
 
 PAPERS_FILE = {"lines": 999_611, "bytes": 9_053_831}
 

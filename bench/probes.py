@@ -1,4 +1,4 @@
-"""User vectors as features: the probe table (``embeddings/probe.py``) on the synthetic week, Video and ML-1M.
+"""User vectors as features: the probe table (``embeddings/stages/probe.py``) on the synthetic week, Video and ML-1M.
 
     python bench/probes.py [--quick] [--only week video ml1m] [--video PATH] [--ml1m PATH]
 
@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import ML1M, RESULTS, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
-from embeddings.embed import Embedder  # noqa: E402
+from embeddings.data.split import leave_last_out, temporal_split  # noqa: E402
+from embeddings.data.synthetic import WeekConfig, generate_week  # noqa: E402
 from embeddings.models.sasrec import SASRecConfig  # noqa: E402
-from embeddings.probe import ProbeConfig, run_probes, sequence_probe_data, week_probe_data  # noqa: E402
-from embeddings.split import leave_last_out, temporal_split  # noqa: E402
-from embeddings.synthetic import WeekConfig, generate_week  # noqa: E402
-from embeddings.train import TrainConfig  # noqa: E402
-from embeddings.zoo import make_model  # noqa: E402
+from embeddings.models.zoo import make_model  # noqa: E402
+from embeddings.stages.embed import Embedder  # noqa: E402
+from embeddings.stages.probe import ProbeConfig, run_probes, sequence_probe_data, week_probe_data  # noqa: E402
+from embeddings.training.loop import TrainConfig  # noqa: E402
 
 VIDEO = ML1M.with_name("video.txt")
 HORIZON = 16

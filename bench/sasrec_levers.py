@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import ML1M, RESULTS, machine, table, test_figures, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
+from embeddings.data.split import leave_last_out  # noqa: E402
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender  # noqa: E402
-from embeddings.split import leave_last_out  # noqa: E402
-from embeddings.train import TrainConfig  # noqa: E402
+from embeddings.training.loop import TrainConfig  # noqa: E402
 
 ROTARY = {"positions": "rotary"}
 LIGR = {**ROTARY, "layer": "ligr", "ffn_mult": 4}  # kept: the ml1m preset

@@ -31,13 +31,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import ML1M, loss_matmul_rate, table, test_figures, training_flops, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
-from embeddings.evaluate import evaluate  # noqa: E402
+from embeddings.data.split import leave_last_out, temporal_split  # noqa: E402
+from embeddings.data.synthetic import WeekConfig, generate_week  # noqa: E402
 from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
 from embeddings.models.sasrec import SASRecConfig  # noqa: E402
-from embeddings.split import leave_last_out, temporal_split  # noqa: E402
-from embeddings.synthetic import WeekConfig, generate_week  # noqa: E402
-from embeddings.train import PRESETS, TrainConfig, training_windows  # noqa: E402
-from embeddings.zoo import make_model  # noqa: E402
+from embeddings.models.zoo import make_model  # noqa: E402
+from embeddings.stages.evaluate import evaluate  # noqa: E402
+from embeddings.training.config import PRESETS, TrainConfig
+from embeddings.training.loop import training_windows  # noqa: E402
 
 # the `--preset ml1m` settings: every click of each history in overlapping windows, not only the last 200 (35 %
 # of ML-1M's clicks are never a target otherwise), rotary positions, ... (bench/sasrec_levers.py measured each)

@@ -87,7 +87,7 @@ def measure_pit(out: Path, repo: str, profile: str, users: str) -> None:
     import numpy as np
     import pandas as pd
 
-    from embeddings.contract import read_parquet
+    from embeddings.data.contract import read_parquet
     from embeddings.feature_store import historical_features
 
     table = read_parquet(users)
@@ -111,7 +111,7 @@ def measure_lookup(out: Path, repo: str, profile: str, users: str) -> None:
     """Single-user ``user_profile`` lookups through the SDK: p50 / p99 of LOOKUPS after 100 warm-up ones."""
     import numpy as np
 
-    from embeddings.contract import read_parquet
+    from embeddings.data.contract import read_parquet
 
     ids = read_parquet(users)["user_id"].to_numpy()
     store = _repo(repo, profile).store()
@@ -132,7 +132,7 @@ def measure_lookup(out: Path, repo: str, profile: str, users: str) -> None:
 def measure_publish(out: Path, run: str, data: str, repo: str, profile: str) -> None:
     """The feature-store write of a run (offline Parquet, materialization), where the checked ``publish`` ends
     once its checks pass: the checks are the ``checks`` stage (a one-epoch model may fail them)."""
-    from embeddings.contract import load_listings
+    from embeddings.data.contract import load_listings
     from embeddings.feature_store._writer import write_run
     from embeddings.pipeline import RunLayout, RunTables
 
@@ -266,7 +266,7 @@ WHOLE_JOB = ("generate", "contract", "train_one_epoch", "embed", "classify", "ch
 def _max_diff(local_users: str, spark_run: Path) -> float:
     import numpy as np
 
-    from embeddings.contract import read_parquet
+    from embeddings.data.contract import read_parquet
 
     a = read_parquet(local_users).set_index("user_id")
     b = read_parquet(spark_run / "embeddings" / "user_embeddings.parquet").set_index("user_id").loc[a.index]

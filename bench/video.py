@@ -24,12 +24,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import ML1M, RESULTS, table, write  # noqa: E402
 
 from embeddings.data import load_data  # noqa: E402
-from embeddings.evaluate import evaluate  # noqa: E402
+from embeddings.data.split import leave_last_out  # noqa: E402
 from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
 from embeddings.models.sasrec import SASRecConfig  # noqa: E402
-from embeddings.split import leave_last_out  # noqa: E402
-from embeddings.train import PRESETS, TrainConfig  # noqa: E402
-from embeddings.zoo import make_model  # noqa: E402
+from embeddings.models.zoo import make_model  # noqa: E402
+from embeddings.stages.evaluate import evaluate  # noqa: E402
+from embeddings.training.config import PRESETS
+from embeddings.training.loop import TrainConfig  # noqa: E402
 
 
 def ml1m_cost_per_position(path: Path, epochs: int) -> float | None:

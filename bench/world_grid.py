@@ -23,13 +23,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, table, write  # noqa: E402
 
-from embeddings.evaluate import evaluate  # noqa: E402
+from embeddings.data.split import temporal_split  # noqa: E402
+from embeddings.data.synthetic import WeekConfig, generate_week  # noqa: E402
 from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
 from embeddings.models.sasrec import SASRecConfig  # noqa: E402
-from embeddings.split import temporal_split  # noqa: E402
-from embeddings.synthetic import WeekConfig, generate_week  # noqa: E402
-from embeddings.train import TrainConfig  # noqa: E402
-from embeddings.zoo import make_model  # noqa: E402
+from embeddings.models.zoo import make_model  # noqa: E402
+from embeddings.stages.evaluate import evaluate  # noqa: E402
+from embeddings.training.loop import TrainConfig  # noqa: E402
 
 # the corners of 3,000-100,000 users x 1,500-50,000 listings, and between them: few users on a large catalogue,
 # many on a small one

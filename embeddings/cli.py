@@ -12,13 +12,13 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from embeddings import pipeline as pl
-from embeddings.contract import read_parquet
 from embeddings.data import load_data
+from embeddings.data.contract import read_parquet
 from embeddings.errors import ChecksFailed, InputError, LstError
 from embeddings.feature_store import PROFILES, REPO, Repo
 from embeddings.io import utc, write_json
 from embeddings.models.sasrec import ITEM_ENCODERS, LAYERS, POSITIONS, SASRecConfig
-from embeddings.train import LOSSES, LR_SCHEDULES, PRESETS, WINDOWS, TrainConfig
+from embeddings.training.config import LOSSES, LR_SCHEDULES, PRESETS, WINDOWS, TrainConfig
 
 # flags whose names differ from their dataclass field, and fields that are not command-line options
 FLAGS = {"n_blocks": "--blocks", "n_heads": "--heads", "n_negatives": "--negatives", "time_budget_s": "--time-budget"}
@@ -94,7 +94,7 @@ def _data_config(args: argparse.Namespace) -> pl.DataConfig:
 
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from embeddings.synthetic import WeekConfig, write_week
+    from embeddings.data.synthetic import WeekConfig, write_week
 
     cfg = WeekConfig(args.users, args.listings, args.days, args.seed)
     paths = write_week(cfg, args.out, args.partition_by_day, workers=args.workers)
@@ -117,10 +117,10 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from embeddings.evaluate import evaluate
     from embeddings.models.lightfm_model import LightFMConfig
     from embeddings.models.sasrec import SASRecRecommender
-    from embeddings.zoo import make_model
+    from embeddings.models.zoo import make_model
+    from embeddings.stages.evaluate import evaluate
 
     data = load_data(args.data)
     split = pl.split_data(data, _data_config(args))
@@ -161,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from embeddings import distributed
+    from embeddings.training import distributed
 
     if args.workers > 1 and not distributed.launched():
         return distributed.launch(args.workers, _without_workers(sys.argv[1:]))
@@ -248,9 +248,9 @@ class _EmbeddingsFolder(pl.RunLayout):
 
 
 def cmd_embed_users(args: argparse.Namespace) -> int:
-    from embeddings.contract import load_events, load_listings
-    from embeddings.embed import Embedder
+    from embeddings.data.contract import load_events, load_listings
     from embeddings.io import write_parquet
+    from embeddings.stages.embed import Embedder
 
     listings = load_listings(args.listings) if args.listings else None
     embedder = Embedder.from_checkpoint(args.model, listings)

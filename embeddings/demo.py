@@ -9,14 +9,14 @@ from pathlib import Path
 
 from embeddings import pipeline as pl
 from embeddings.data import load_data
+from embeddings.data.synthetic import WeekConfig, write_week
 from embeddings.errors import LstError
-from embeddings.evaluate import evaluate
 from embeddings.feature_store import REPO, Repo, online_features
 from embeddings.io import write_json
 from embeddings.models.sasrec import SASRecConfig
-from embeddings.synthetic import WeekConfig, write_week
-from embeddings.train import TrainConfig
-from embeddings.zoo import make_model
+from embeddings.models.zoo import make_model
+from embeddings.stages.evaluate import evaluate
+from embeddings.training.config import TrainConfig
 
 PROFILE_HORIZON = 16  # the profile head scores any of the next 16 clicks (about a user's week in the demo)
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from embeddings.errors import InputError
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``."""
@@ -129,3 +131,20 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
             while block := f.read(chunk):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint without executing anything it contains."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused something executable: never retry without it
+        raise InputError(f"{path}: refused, the file holds objects that would run code when loaded") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise InputError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from exc

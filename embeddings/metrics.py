@@ -80,3 +80,13 @@ def summarize(ranks: np.ndarray, ks: Sequence[int] = (10,), prefix: str = "") ->
         out[f"{prefix}hr@{k}"] = hit_rate(ranks, k)
         out[f"{prefix}ndcg@{k}"] = ndcg(ranks, k)
     return out
+
+
+def vector_stats(vectors: np.ndarray) -> dict:
+    """Median norm and median per-component spread of user vectors. Stored in the checkpoint for the
+    validation users at the end of training, so a run can be checked against it with no earlier run."""
+    x = np.asarray(vectors, dtype=np.float64)
+    x = x[np.isfinite(x).all(1)] if len(x) else x
+    if len(x) < 2:
+        return {}
+    return {"norm_median": float(np.median(np.linalg.norm(x, axis=1))), "spread": float(np.median(x.std(0)))}

@@ -24,18 +24,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from embeddings import distributed
-from embeddings.contract import read_parquet, validate_events, validate_listings
 from embeddings.data import Dataset, load_data
-from embeddings.embed import Embedder, EmbedReport
+from embeddings.data.contract import read_parquet, validate_events, validate_listings
+from embeddings.data.split import Split, leave_last_out, temporal_split
 from embeddings.errors import ChecksFailed, InputError, NothingToPublish
 from embeddings.feature_store import REPO, Repo
 from embeddings.io import file_digest, utc, write_json, write_parquet, write_text
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
-from embeddings.preference import LABEL_DAYS, PreferenceModel, fit_preference, score_users
-from embeddings.probe import ProbeReport
-from embeddings.split import Split, leave_last_out, temporal_split
-from embeddings.train import TrainConfig
+from embeddings.stages.classify import LABEL_DAYS, PreferenceModel, fit_preference, score_users
+from embeddings.stages.embed import Embedder, EmbedReport
+from embeddings.stages.probe import ProbeReport
+from embeddings.training import distributed
+from embeddings.training.config import TrainConfig
 
 SPLITS = ("auto", "temporal", "leave-last-out")
 ENGINES = ("local", "spark")
@@ -107,7 +107,7 @@ class FeatureStoreConfig:
 class EmbedConfig:
     cutoff: str | None = None  # only clicks before this count (default: the model's training cut-off)
     batch_size: int = 256
-    engine: str = "local"  # local (this process) or spark (user partitions on Spark; see embeddings.spark_embed)
+    engine: str = "local"  # local (this process) or spark (user partitions on Spark; see embeddings.stages.spark_embed)
     spark_master: str | None = None  # for engine spark: e.g. local[4], spark://host:7077 (default: local[*])
 
     def __post_init__(self) -> None:
@@ -273,8 +273,8 @@ def train(
     init_from: Path | None = None,
 ) -> TrainResult:
     """Train SASRec on the split, keep checkpoints in ``layout.model_dir`` (resumes), report test metrics."""
-    from embeddings.evaluate import evaluate
-    from embeddings.zoo import make_model
+    from embeddings.models.zoo import make_model
+    from embeddings.stages.evaluate import evaluate
 
     if layout.model_dir.exists() and not layout.model_dir.is_dir():
         raise InputError(f"{layout.model_dir}: exists and is not a folder")
@@ -348,9 +348,9 @@ def embed(
 
 
 def _embed_users_on_spark(data: Dataset, layout: RunLayout, model, rec: SASRecRecommender, cutoff, cfg: EmbedConfig):
-    """User (and profile) vectors by :func:`embeddings.spark_embed.embed_users_spark`, written as folders of
+    """User (and profile) vectors by :func:`embeddings.stages.spark_embed.embed_users_spark`, written as folders of
     Parquet partitions at the run layout's paths, and read back for the stages after this one."""
-    from embeddings.spark_embed import embed_users_spark, spark_session
+    from embeddings.stages.spark_embed import embed_users_spark, spark_session
 
     if isinstance(model, SASRecRecommender) or not data.source.is_dir():
         raise InputError("the Spark engine embeds from a checkpoint file and a data folder's events.parquet")
@@ -387,7 +387,7 @@ def probe_tables(
     """Probe any user vector tables (name -> frame with ``user_id``, ``embedding``) as features of what users do
     after ``cutoff`` (default: the tables' ``event_timestamp``), with the listing vectors ``items`` for the
     retrieval probe. Raises when there is no click after the cut-off."""
-    from embeddings.probe import ProbeConfig, run_probes, week_probe_data
+    from embeddings.stages.probe import ProbeConfig, run_probes, week_probe_data
 
     cfg = cfg or ProbeSettings()
     if not data.has_listings:
@@ -425,7 +425,7 @@ def classify(
     data: Dataset, layout: RunLayout, cfg: ClassifyConfig | None = None, labels: pd.DataFrame | None = None
 ) -> ClassifyResult:
     """Fit the rent/sale classifier point-in-time correctly (features as of ``cut-off - label_days``, labels from
-    the clicks between then and the cut-off; see :mod:`embeddings.preference`), score every embedded user as of the
+    the clicks between then and the cut-off; see :mod:`embeddings.stages.classify`), score every embedded user as of the
     cut-off, report the scores against labels from after it (when the data go on) beside the baselines, and save
     the classifier (``classifier.cbm``)."""
     cfg = cfg or ClassifyConfig()
@@ -470,7 +470,7 @@ def score(classifier: Path, user_embeddings: pd.DataFrame, data: Dataset, out: P
 
 def pictures(data: Dataset, layout: RunLayout, cfg: PicturesConfig | None = None) -> list[Path]:
     """t-SNE PNGs of the run's listing and user embeddings under ``layout.pictures_dir``."""
-    from embeddings.pictures import item_pictures, user_pictures
+    from embeddings.stages.pictures import item_pictures, user_pictures
 
     cfg = cfg or PicturesConfig()
     if not data.has_listings:

@@ -14,7 +14,7 @@ import pytest
 
 os.environ.setdefault("LST_EMBEDDINGS_QUIET", "1")
 
-from embeddings.synthetic import WeekConfig, generate_week, write_week  # noqa: E402
+from embeddings.data.synthetic import WeekConfig, generate_week, write_week  # noqa: E402
 
 TINY = WeekConfig(users=300, listings=400, days=7, seed=3)  # dated to end at today's midnight (UTC)
 
@@ -22,7 +22,7 @@ TINY = WeekConfig(users=300, listings=400, days=7, seed=3)  # dated to end at to
 def fit_scores(embedder, users, events, listings, cutoff, **kwargs):
     """``fit_preference`` as the classify stage runs it: the classifier's features from ``embedder``'s vectors as
     of the label window's start."""
-    from embeddings.preference import LABEL_DAYS, fit_preference
+    from embeddings.stages.classify import LABEL_DAYS, fit_preference
 
     start = cutoff - pd.Timedelta(days=kwargs.get("label_days", LABEL_DAYS))
     past = embedder.embed_users(events, start, progress=False)
@@ -50,10 +50,10 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_hybrid_model(tiny_week, tmp_path_factory):
     """A hybrid SASRec checkpoint trained briefly on the tiny week (temporal split)."""
+    from embeddings.data.split import temporal_split
     from embeddings.models.sasrec import SASRecConfig
-    from embeddings.split import temporal_split
-    from embeddings.train import TrainConfig
-    from embeddings.zoo import make_model
+    from embeddings.models.zoo import make_model
+    from embeddings.training.config import TrainConfig
 
     listings, events, _ = tiny_week
     split = temporal_split(events, listings)

@@ -9,10 +9,10 @@ import pytest
 from conftest import day, fit_scores
 
 from embeddings.cli import main
-from embeddings.contract import read_parquet
-from embeddings.embed import Embedder
+from embeddings.data.contract import read_parquet
 from embeddings.feature_store import online_features
 from embeddings.io import write_json, write_parquet
+from embeddings.stages.embed import Embedder
 from validation.checks import check_run
 
 CUTOFF = day(4)

@@ -54,7 +54,7 @@ def test_impossible_settings_end_in_one_line_and_exit_2(tmp_path, capsys):
 def test_preset_sets_defaults_and_flags_given_beside_it_win():
     from embeddings.cli import _from_args, build_parser
     from embeddings.models.sasrec import SASRecConfig
-    from embeddings.train import PRESETS, TrainConfig
+    from embeddings.training.config import PRESETS, TrainConfig
 
     model, train = PRESETS["ml1m"]
     argv = ["train", "--out", "x", "--data", "y", "--preset", "ml1m"]

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from embeddings.cli import main
-from embeddings.contract import ContractError, load_dataset
+from embeddings.data.contract import ContractError, load_dataset
 from embeddings.io import write_parquet
 
 
@@ -95,8 +95,8 @@ def test_a_day_partitioned_events_folder_reads_as_one_table(tmp_path, tiny_dir, 
     from conftest import TINY
 
     from embeddings.data import load_data
+    from embeddings.data.synthetic import write_week
     from embeddings.io import file_digest
-    from embeddings.synthetic import write_week
 
     write_week(TINY, tmp_path / "parts", partition_by_day=True)
     folder = tmp_path / "parts" / "events.parquet"

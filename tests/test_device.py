@@ -9,10 +9,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import embeddings
+from embeddings.data.split import temporal_split
 from embeddings.errors import InputError
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
-from embeddings.split import temporal_split
-from embeddings.train import TrainConfig, training_device
+from embeddings.training.config import TrainConfig
+from embeddings.training.loop import training_device
 
 FACTORIES = {
     torch.empty, torch.zeros, torch.ones, torch.full, torch.arange, torch.rand, torch.randn, torch.randint,

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import day
 
-from embeddings.models.sasrec import load_checkpoint
+from embeddings.io import load_checkpoint
 
 # dropout 0: with it each process draws its own masks, and no two layouts could agree step by step
 ARGS = ["--epochs", "3", "--batch-size", "32", "--dim", "16", "--max-len", "20", "--dropout", "0", "--fp32"]

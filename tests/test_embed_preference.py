@@ -3,14 +3,14 @@ import pandas as pd
 import pytest
 from conftest import day, fit_scores
 
-from embeddings.embed import Embedder
+from embeddings.data.split import temporal_split
 from embeddings.errors import InputError
 from embeddings.models.sasrec import SASRecConfig
-from embeddings.pictures import item_pictures, user_pictures
-from embeddings.preference import GRID, PreferenceModel, preference_labels, score_users
-from embeddings.split import temporal_split
-from embeddings.train import TrainConfig
-from embeddings.zoo import make_model
+from embeddings.models.zoo import make_model
+from embeddings.stages.classify import GRID, PreferenceModel, preference_labels, score_users
+from embeddings.stages.embed import Embedder
+from embeddings.stages.pictures import item_pictures, user_pictures
+from embeddings.training.config import TrainConfig
 
 FAST = TrainConfig(epochs=3, batch_size=32, patience=10, bf16=False)
 
@@ -143,8 +143,8 @@ def test_preference_classifier_reports_against_baselines(tiny_week, trained, tmp
 
 
 def test_model_version_follows_the_weights_not_the_metrics(trained, tmp_path):
-    from embeddings.embed import model_version
     from embeddings.models.sasrec import SASRecRecommender
+    from embeddings.stages.embed import model_version
 
     model = SASRecRecommender.load(trained["hybrid"])
     a, b = model.save(tmp_path / "a.pt", metrics={"fit_seconds": 1.0}), model.save(tmp_path / "b.pt", metrics={})

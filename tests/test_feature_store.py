@@ -18,15 +18,15 @@ from conftest import day, feast_serve, fit_scores, free_port
 
 from embeddings import pipeline
 from embeddings.cli import main
-from embeddings.embed import Embedder
+from embeddings.data.split import temporal_split
 from embeddings.errors import PublishError
 from embeddings.feature_store import Repo, historical_features, listings_from_store, online_features
 from embeddings.feature_store._writer import publish_lock, write_run
 from embeddings.feature_store.repo import VIEWS, redis_client
 from embeddings.models.sasrec import SASRecConfig
-from embeddings.split import temporal_split
-from embeddings.train import TrainConfig
-from embeddings.zoo import make_model
+from embeddings.models.zoo import make_model
+from embeddings.stages.embed import Embedder
+from embeddings.training.config import TrainConfig
 
 FEAST = str(Path(sys.executable).with_name("feast"))
 DAY5, DAY6, DAY7 = day(4), day(5), day(6)
@@ -333,7 +333,7 @@ def test_with_spark_installed_a_python_c_process_still_runs():
 
 
 def test_trainer_reads_lst_features_through_the_feature_store(repo, tiny_week, tiny_dir):
-    from embeddings.features import listing_features
+    from embeddings.data.features import listing_features
 
     listings, events, _ = tiny_week
     manifest = pipeline.publish_listings(tiny_dir, repo)  # lst features only

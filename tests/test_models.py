@@ -7,12 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from embeddings.data.features import listing_features
+from embeddings.data.split import temporal_split
 from embeddings.errors import InputError
-from embeddings.evaluate import evaluate
-from embeddings.features import listing_features
-from embeddings.losses import ROWS, chunk_rows, full_softmax_ce, log_inclusion, logq_softmax_ce, sampled_softmax_ce
 from embeddings.models.base import Popularity
 from embeddings.models.lightfm_model import LightFMConfig
+from embeddings.models.losses import (
+    ROWS,
+    chunk_rows,
+    full_softmax_ce,
+    log_inclusion,
+    logq_softmax_ce,
+    sampled_softmax_ce,
+)
 from embeddings.models.sasrec import (
     Block,
     SASRec,
@@ -26,9 +33,10 @@ from embeddings.models.sasrec import (
     rotary_table,
     rotate,
 )
-from embeddings.split import temporal_split
-from embeddings.train import TrainConfig, lr_factor
-from embeddings.zoo import make_model
+from embeddings.models.zoo import make_model
+from embeddings.stages.evaluate import evaluate
+from embeddings.training.config import TrainConfig
+from embeddings.training.loop import lr_factor
 
 FAST = TrainConfig(epochs=3, batch_size=32, patience=10, bf16=False)
 
@@ -326,8 +334,8 @@ def test_every_model_shares_the_evaluation(split, tiny_week):
 
 
 def test_training_windows_cover_each_target_once():
-    from embeddings.split import Sequences
-    from embeddings.train import training_windows
+    from embeddings.data.split import Sequences
+    from embeddings.training.loop import training_windows
 
     seq = np.arange(23)
     last, _ = training_windows(Sequences.of([seq, np.arange(1)]), 5, "last")
@@ -343,8 +351,8 @@ def test_overlapping_windows_train_each_target_once_with_half_a_window_before_it
     """``overlap``: windows every max_len // 2 items; the targets each trains (those after its ``lead``) cover
     every item after the first exactly once, and each sees at least max_len // 2 items unless it is among the
     user's first max_len // 2; the batches give the lead targets as padding (no loss)."""
-    from embeddings.split import Sequences
-    from embeddings.train import _batches, training_windows
+    from embeddings.data.split import Sequences
+    from embeddings.training.loop import _batches, training_windows
 
     seq = np.arange(length)
     windows, lead = training_windows(Sequences.of([np.arange(3), seq]), 6, "overlap")
@@ -398,8 +406,8 @@ def _list_batches(windows, max_len, batch_size, rng):
 def test_flat_sequences_give_the_batches_the_list_code_gave(tiny_week, every):
     """Sequences as one item array + bounds (no object per user or event) feed training the very same batches,
     in the same order, as the per-user arrays did; and the split built from them is the list-built one."""
-    from embeddings.split import Sequences, temporal_split
-    from embeddings.train import _batches, batch_plan, training_windows
+    from embeddings.data.split import Sequences, temporal_split
+    from embeddings.training.loop import _batches, batch_plan, training_windows
 
     listings, events, _ = tiny_week
     split = temporal_split(events, listings)
@@ -425,7 +433,8 @@ def test_flat_sequences_give_the_batches_the_list_code_gave(tiny_week, every):
 
 
 def test_batches_by_positions_hold_each_window_once_within_the_budget(split):
-    from embeddings.train import WIDTH_STEP, _batches, batch_plan, training_windows
+    from embeddings.training.config import WIDTH_STEP
+    from embeddings.training.loop import _batches, batch_plan, training_windows
 
     windows, lead = training_windows(split.train, 20, "all")
     plan = batch_plan(windows, 20, 0, np.random.default_rng(0), batch_positions=200)
@@ -490,7 +499,8 @@ def test_inclusion_probability_of_in_batch_and_uniform_sampling():
 
 
 def test_auto_loss_is_full_softmax_on_small_catalogues_and_logq_on_large_ones():
-    from embeddings.train import AUTO_FULL_SOFTMAX_MAX_ITEMS, resolve_loss
+    from embeddings.training.config import AUTO_FULL_SOFTMAX_MAX_ITEMS
+    from embeddings.training.loop import resolve_loss
 
     assert resolve_loss("auto", AUTO_FULL_SOFTMAX_MAX_ITEMS) == "softmax"
     assert resolve_loss("auto", AUTO_FULL_SOFTMAX_MAX_ITEMS + 1) == "logq"
@@ -499,7 +509,7 @@ def test_auto_loss_is_full_softmax_on_small_catalogues_and_logq_on_large_ones():
 
 def test_evaluation_batches_shrink_on_a_large_catalogue_with_the_same_ranks(split, monkeypatch):
     """With room for only a few users' scores at once, the evaluation takes smaller batches and ranks alike."""
-    from embeddings import evaluate as ev
+    from embeddings.stages import evaluate as ev
 
     model = Popularity().fit(split)
     seen = []

@@ -13,12 +13,12 @@ from conftest import day
 
 from embeddings import pipeline as pl
 from embeddings.cli import main
-from embeddings.contract import read_parquet
 from embeddings.data import load_data
+from embeddings.data.contract import read_parquet
 from embeddings.errors import ChecksFailed
 from embeddings.feature_store import online_features
 from embeddings.models.sasrec import SASRecConfig
-from embeddings.train import TrainConfig
+from embeddings.training.config import TrainConfig
 
 CUTOFF = str(day(4))  # mid-week: enough users labelled after it in a tiny week
 TINY_MODEL = SASRecConfig(item_encoder="hybrid", max_len=20, dim=16, profile_horizon=4)

@@ -6,12 +6,13 @@ import pytest
 import torch
 from conftest import day
 
-from embeddings.embed import PROFILE_SUFFIX, Embedder
+from embeddings.data.split import temporal_split
 from embeddings.models.sasrec import SASRecConfig
-from embeddings.probe import ProbeConfig, linear_probe, run_probes, sequence_probe_data, week_probe_data
-from embeddings.split import temporal_split
-from embeddings.train import TrainConfig, future_targets
-from embeddings.zoo import make_model
+from embeddings.models.zoo import make_model
+from embeddings.stages.embed import PROFILE_SUFFIX, Embedder
+from embeddings.stages.probe import ProbeConfig, linear_probe, run_probes, sequence_probe_data, week_probe_data
+from embeddings.training.config import TrainConfig
+from embeddings.training.loop import future_targets
 
 CUTOFF = day(5)
 

@@ -13,15 +13,15 @@ from conftest import day, feast_serve, fit_scores
 
 from embeddings import pipeline as pl
 from embeddings.cli import main
-from embeddings.contract import ContractError
 from embeddings.data import load_data
-from embeddings.embed import Embedder
+from embeddings.data.contract import ContractError
 from embeddings.errors import ChecksFailed, InputError, PublishError
 from embeddings.feature_store import online_features
 from embeddings.feature_store.repo import _redis_options
 from embeddings.io import write_parquet
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
-from embeddings.train import TrainConfig
+from embeddings.stages.embed import Embedder
+from embeddings.training.config import TrainConfig
 
 DAY6, DAY7 = day(4), day(5)
 ALLOW = pl.PublishConfig(allow_drift="test: variants of one run")
@@ -313,9 +313,9 @@ def test_publish_with_a_relative_repo_path(run, tiny_dir, feature_repo, tmp_path
 def test_seeded_training_repeats_bit_for_bit_on_two_threads(tmp_path):
     import torch
 
-    from embeddings.split import temporal_split
-    from embeddings.synthetic import WeekConfig, generate_week
-    from embeddings.zoo import make_model
+    from embeddings.data.split import temporal_split
+    from embeddings.data.synthetic import WeekConfig, generate_week
+    from embeddings.models.zoo import make_model
 
     listings, events, _ = generate_week(WeekConfig(users=1500, listings=2000, seed=3))
     split = temporal_split(events, listings)
@@ -334,7 +334,7 @@ def test_seeded_training_repeats_bit_for_bit_on_two_threads(tmp_path):
 
 
 def test_resuming_with_other_settings_is_refused(tiny_week, tmp_path):
-    from embeddings.split import temporal_split
+    from embeddings.data.split import temporal_split
 
     listings, events, _ = tiny_week
     split = temporal_split(events, listings)

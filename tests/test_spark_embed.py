@@ -8,9 +8,9 @@ import pytest
 from conftest import TINY
 
 from embeddings.data import load_data
-from embeddings.embed import Embedder
+from embeddings.data.synthetic import write_week
 from embeddings.errors import InputError
-from embeddings.synthetic import write_week
+from embeddings.stages.embed import Embedder
 
 pytest.importorskip("pyspark")
 if shutil.which("java") is None:
@@ -19,7 +19,7 @@ if shutil.which("java") is None:
 
 @pytest.fixture(scope="module")
 def spark():
-    from embeddings.spark_embed import spark_session
+    from embeddings.stages.spark_embed import spark_session
 
     session = spark_session("local[2]")
     yield session
@@ -42,7 +42,7 @@ def day_partitions(tmp_path_factory):
 
 
 def test_spark_embeddings_equal_the_local_ones(spark, day_partitions, tiny_hybrid_model, tmp_path):
-    from embeddings.spark_embed import embed_users_spark
+    from embeddings.stages.spark_embed import embed_users_spark
 
     data = load_data(day_partitions)
     cutoff = data.events["event_timestamp"].max() + pd.Timedelta(microseconds=1)
@@ -63,7 +63,7 @@ def test_spark_embeddings_equal_the_local_ones(spark, day_partitions, tiny_hybri
 
 
 def test_a_bad_click_fails_the_spark_job_clearly_and_writes_nothing(spark, tiny_dir, tiny_hybrid_model, tmp_path):
-    from embeddings.spark_embed import embed_users_spark
+    from embeddings.stages.spark_embed import embed_users_spark
 
     data = load_data(tiny_dir)
     events = pd.read_parquet(tiny_dir / "events.parquet")
@@ -82,7 +82,7 @@ def test_the_embed_stage_on_spark_writes_what_the_local_stage_writes(
     spark, day_partitions, tiny_hybrid_model, tmp_path
 ):
     from embeddings import pipeline as pl
-    from embeddings.contract import read_parquet
+    from embeddings.data.contract import read_parquet
 
     data = load_data(day_partitions)
     local = pl.embed(data, pl.RunLayout(tmp_path / "local"), tiny_hybrid_model, pl.EmbedConfig())

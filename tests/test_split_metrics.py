@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from embeddings.data.movielens import load_user_item_text
+from embeddings.data.split import leave_last_out, temporal_split
 from embeddings.errors import InputError
 from embeddings.metrics import hit_rate, ndcg, sampled_ranks, target_ranks
-from embeddings.movielens import load_user_item_text
-from embeddings.split import leave_last_out, temporal_split
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
 
@@ -120,8 +120,8 @@ def test_user_item_text_loader(tmp_path):
 
 
 def test_sampled_variant_is_labelled_and_easier(tiny_week):
-    from embeddings.evaluate import evaluate
     from embeddings.models.base import Popularity
+    from embeddings.stages.evaluate import evaluate
 
     listings, events, _ = tiny_week
     split = temporal_split(events, listings)
@@ -131,7 +131,7 @@ def test_sampled_variant_is_labelled_and_easier(tiny_week):
 
 
 def test_sequences_are_flat_arrays_that_read_like_a_list():
-    from embeddings.split import Sequences, build_sequences
+    from embeddings.data.split import Sequences, build_sequences
 
     lists = [np.array([3, 1, 4]), np.array([], dtype=np.int64), np.array([1, 5]), np.array([9])]
     seqs = Sequences.of(lists)

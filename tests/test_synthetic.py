@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 from conftest import TINY
 
-from embeddings.split import build_sequences
-from embeddings.synthetic import WeekConfig, generate_week
+from embeddings.data.split import build_sequences
+from embeddings.data.synthetic import WeekConfig, generate_week
 
 
 def test_deterministic_by_seed(tiny_week):
@@ -69,8 +69,8 @@ def test_consecutive_clicks_refine_the_search(tiny_week):
 def test_written_in_blocks_by_two_processes_equals_the_week_in_memory(tmp_path):
     """write_week streams blocks of users (here 3 blocks, 2 processes) into one file or day partitions; both
     read back as generate_week's tables, so the files do not depend on the number of processes."""
-    from embeddings.contract import read_parquet
-    from embeddings.synthetic import write_week
+    from embeddings.data.contract import read_parquet
+    from embeddings.data.synthetic import write_week
 
     cfg = WeekConfig(users=250, listings=300, days=7, seed=5, block_users=100)
     listings, events, labels = generate_week(cfg)

@@ -32,9 +32,9 @@ from scipy.stats import ks_2samp
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from embeddings import contract
+from embeddings.data import contract
 from embeddings.io import write_json, write_text
-from embeddings.models.sasrec import vector_stats
+from embeddings.metrics import vector_stats
 from validation import suites
 from validation import thresholds as t
 

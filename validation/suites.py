@@ -6,7 +6,7 @@ from __future__ import annotations
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from embeddings import contract
+from embeddings.data import contract
 from validation import thresholds as t
 
 EVENT_COLUMNS = [c.name for c in contract.EVENT_COLUMNS]

@@ -19,7 +19,6 @@ CITY_BOXES = {
 
 # events: freshness and volume against the previous published run
 MAX_EVENT_AGE_DAYS = 8  # events older than this before the newest one are not part of a weekly run
-MAX_FUTURE_SKEW_HOURS = 1  # events stamped after the run's end (clock skew) allowed up to this
 ROW_COUNT_RATIO = (0.5, 2.0)  # this run's events / previous run's events
 
 # embeddings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from embeddings.contract import LISTING_COLUMNS, read_parquet
+from embeddings.data.contract import LISTING_COLUMNS, read_parquet
 from embeddings.errors import InputError, PublishError
 
 REPO = Path(__file__).resolve().parents[2] / "feature_repo"

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from embeddings.split import Split
+from embeddings.data.split import Split
 
 
 class Recommender(Protocol):

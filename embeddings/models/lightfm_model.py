@@ -10,8 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 from lightfm import LightFM
 
+from embeddings.data.split import Split
 from embeddings.progress import progress
-from embeddings.split import Split
 
 
 @dataclass

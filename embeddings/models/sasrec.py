@@ -2,7 +2,7 @@
 
 Read top to bottom: a config, the item encoders (where item vectors come from), one attention
 block, the model, then :class:`SASRecRecommender`: the model behind the shared ``fit`` / ``score``
-shape, with its persistence (training itself is ``embeddings.train``).
+shape, with its persistence (training itself is ``embeddings.training.loop``).
 
 Sequences are right-padded with item 0, so plain causal attention already keeps every real
 position away from padding (and runs the fused kernel), and item ``i`` of the catalogue is
@@ -43,12 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from embeddings.errors import InputError
-from embeddings.io import save_torch
+from embeddings.io import load_checkpoint, save_torch
 from embeddings.progress import progress
+from embeddings.training.config import TrainConfig
+from embeddings.training.loop import fit as train_loop
 
 if TYPE_CHECKING:
-    from embeddings.split import Split
-    from embeddings.train import TrainConfig
+    from embeddings.data.split import Split
 
 FORMAT = "lst-embeddings/sasrec/1"
 POSITIONS = ("learned", "rotary")
@@ -399,31 +400,6 @@ def pad_right(seqs: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint without executing anything it contains."""
-    import pickle
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused something executable: never retry without it
-        raise InputError(f"{path}: refused, the file holds objects that would run code when loaded") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise InputError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from exc
-
-
-def vector_stats(vectors: np.ndarray) -> dict:
-    """Median norm and median per-component spread of user vectors. Stored in the checkpoint for the
-    validation users at the end of training, so a run can be checked against it with no earlier run."""
-    x = np.asarray(vectors, dtype=np.float64)
-    x = x[np.isfinite(x).all(1)] if len(x) else x
-    if len(x) < 2:
-        return {}
-    return {"norm_median": float(np.median(np.linalg.norm(x, axis=1))), "spread": float(np.median(x.std(0)))}
-
-
 def content_version(state: dict) -> str:
     """A hash of what defines the embedding space: weights, model config, item vocabulary.
 
@@ -455,8 +431,6 @@ class SASRecRecommender:
         on_epoch_end: Callable[[int, dict], None] | None = None,
         feature_stats: dict | None = None,
     ):
-        from embeddings.train import TrainConfig
-
         self.features = None if features is None else torch.as_tensor(features, dtype=torch.float32)
         self.config = (config or SASRecConfig()).resolve(has_features=self.features is not None)
         self.train_config = train_config or TrainConfig()
@@ -486,9 +460,7 @@ class SASRecRecommender:
         return model
 
     def fit(self, split: Split, resume: bool = True) -> SASRecRecommender:
-        from embeddings.train import fit
-
-        return fit(self, split, resume=resume)
+        return train_loop(self, split, resume=resume)
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -606,8 +578,6 @@ class SASRecRecommender:
 
     @classmethod
     def from_state(cls, state: dict, source: str = "checkpoint") -> SASRecRecommender:
-        from embeddings.train import TrainConfig
-
         if state.get("format") != FORMAT:
             raise InputError(f"{source}: not an lst-embeddings SASRec checkpoint")
         cfg = SASRecConfig(**state["model_config"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from embeddings.contract import ContractError, load_dataset, read_parquet
-from embeddings.movielens import load_user_item_text
+from embeddings.data.contract import ContractError, load_dataset, read_parquet
+from embeddings.data.movielens import load_user_item_text
 
 
 @dataclass

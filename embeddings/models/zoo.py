@@ -6,14 +6,15 @@ import os
 
 import pandas as pd
 
+from embeddings.data.features import listing_features
+from embeddings.data.split import Split
 from embeddings.errors import InputError
 from embeddings.feature_store import Repo, listings_from_store
-from embeddings.features import listing_features
+from embeddings.io import load_checkpoint
 from embeddings.models.base import Popularity, Recommender
 from embeddings.models.lightfm_model import LightFMConfig, LightFMRecommender
-from embeddings.models.sasrec import SASRecConfig, SASRecRecommender, load_checkpoint
-from embeddings.split import Split
-from embeddings.train import TrainConfig
+from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
+from embeddings.training.config import TrainConfig
 
 MODELS = ("popular", "lightfm", "lightfm+lst", "sasrec")
 

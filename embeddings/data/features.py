@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from embeddings.contract import DEAL_TYPES, PROPERTY_TYPES, latest_versions
+from embeddings.data.contract import DEAL_TYPES, PROPERTY_TYPES, latest_versions
 from embeddings.errors import InputError
 
 CATEGORICALS = ("deal_type", "property_type", "city")

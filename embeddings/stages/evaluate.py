@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from embeddings.data.split import EvalCases
 from embeddings.metrics import sampled_ranks, summarize, target_ranks
 from embeddings.models.base import Recommender
-from embeddings.split import EvalCases
 
 SCORE_CELLS = 1 << 26  # scores held at once (256 MB of float32): 1,024 users up to 65,000 items, 223 at 300,000
 

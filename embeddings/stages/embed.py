@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from embeddings.contract import latest_versions
+from embeddings.data.contract import latest_versions
+from embeddings.data.features import listing_features
+from embeddings.data.split import build_sequences
 from embeddings.errors import InputError
-from embeddings.features import listing_features
-from embeddings.io import utc
-from embeddings.models.sasrec import SASRecRecommender, content_version, load_checkpoint
-from embeddings.split import build_sequences
+from embeddings.io import load_checkpoint, utc
+from embeddings.models.sasrec import SASRecRecommender, content_version
 
 PROFILE_SUFFIX = "-profile"  # model_version of profile vectors: the checkpoint's, plus this
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embeddings.contract import ContractError, validate_events
+from embeddings.data.contract import ContractError, validate_events
 
 EPOCH = pd.Timestamp("2000-01-01T00:00:00Z")
 

@@ -15,7 +15,7 @@ use, against the features such a team could build alone from the same clicks.
   history aggregates (shares, medians, last click).
 
 Labels on a listings week (:func:`week_probe_data`): ``rent_sale`` (the preference label of
-``embeddings.preference``), ``price_band`` (tercile of the median price percentile, within deal
+``embeddings.stages.classify``), ``price_band`` (tercile of the median price percentile, within deal
 type, of the listings clicked after the cut-off), ``rooms`` (their median room count, 3+ pooled),
 ``city`` (the city clicked most; cities with few users pooled), ``returns`` (any click after the
 cut-off). On ``user item`` text files (:func:`sequence_probe_data`) each user's last items are the
@@ -37,10 +37,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from embeddings.contract import latest_versions
+from embeddings.data.contract import latest_versions
+from embeddings.data.split import build_sequences
 from embeddings.errors import InputError
-from embeddings.preference import preference_labels
-from embeddings.split import build_sequences
+from embeddings.stages.classify import preference_labels
 
 MIN_CLASS_USERS = 20  # a class with fewer users is pooled ("other") or, if binary, the probe is skipped
 

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embeddings.contract import validate_events, validate_listings
+from embeddings.data.contract import validate_events, validate_listings
 from embeddings.errors import InputError
 from embeddings.io import write_parquet, write_parquet_partitioned
 from embeddings.progress import progress

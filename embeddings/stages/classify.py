@@ -41,7 +41,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from embeddings.contract import latest_versions
+from embeddings.data.contract import latest_versions
 from embeddings.errors import InputError
 from embeddings.io import write_bytes
 

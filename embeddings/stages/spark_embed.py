@@ -1,4 +1,4 @@
-"""User embeddings on Spark: the same :class:`~embeddings.embed.Embedder`, one partition of users per task.
+"""User embeddings on Spark: the same :class:`~embeddings.stages.embed.Embedder`, one partition of users per task.
 
 The events Parquet (one file or a folder of day partitions) is read by Spark, cut at the cut-off and
 hash-partitioned by ``user_id``, so each task holds every click of its users. Each task checks its rows
@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from embeddings.contract import EVENT_COLUMNS, ContractError, validate_events
+from embeddings.data.contract import EVENT_COLUMNS, ContractError, validate_events
 from embeddings.errors import InputError
 from embeddings.io import utc
 
@@ -150,7 +150,7 @@ def _split_heads(spark, staging: Path, out: Path, profiles_out: Path | None) -> 
     """The intent table to ``out`` and the profile table to ``profiles_out``, as ``Embedder.split_heads`` does."""
     from pyspark.sql import functions as F
 
-    from embeddings.embed import PROFILE_SUFFIX
+    from embeddings.stages.embed import PROFILE_SUFFIX
 
     both = spark.read.parquet(str(staging))
     tables = {out: both.drop("profile_embedding")}
@@ -219,8 +219,8 @@ class _Task:
 
             import torch
 
-            from embeddings.embed import Embedder
             from embeddings.models.sasrec import SASRecRecommender
+            from embeddings.stages.embed import Embedder
 
             torch.set_num_threads(self.threads)
             state = torch.load(io.BytesIO(self.model.value), map_location="cpu", weights_only=True)

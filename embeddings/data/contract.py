@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embeddings.errors import InputError
-from validation.thresholds import MAX_FUTURE_SKEW_HOURS
 
 DEAL_TYPES = ("rent", "sale")
 PROPERTY_TYPES = ("flat", "room", "house", "townhouse")
 EVENT_TYPES = ("view", "favorite", "contact")
+MAX_FUTURE_SKEW_HOURS = 1  # clicks stamped after now (clock skew) are allowed up to this
 
 
 @dataclass(frozen=True)

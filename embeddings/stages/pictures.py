@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from embeddings.contract import latest_versions  # noqa: E402
+from embeddings.data.contract import latest_versions  # noqa: E402
 from embeddings.io import save_figure  # noqa: E402
 
 
