@@ -22,12 +22,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# ONLY="sasrec_quality video": those scripts only (names as in bench/run_all.py's SCRIPTS), then the table
+# ONLY="sasrec_quality video": those scripts only (names as in bench.run_all's SCRIPTS), then the tables
 bench: $(VENV)/.installed
-	$(PY) bench/run_all.py $(if $(ONLY),--only $(ONLY))
+	$(PY) -m bench.run_all $(if $(ONLY),--only $(ONLY))
 
 bench-quick: $(VENV)/.installed
-	$(PY) bench/run_all.py --quick
+	$(PY) -m bench.run_all --quick
 
 clean:
 	rm -rf runs feature_repo/data

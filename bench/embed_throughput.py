@@ -1,6 +1,6 @@
 """User-embedding throughput: users per second for 200-click sequences, dim 64, 2 blocks, on this CPU.
 
-    python bench/embed_throughput.py [--quick] [--users N]
+    python -m bench.embed_throughput [--quick] [--users N]
 
 The lower bound counts the forward FLOPs a user vector needs (every block but the last on all L positions:
 12*L*d^2 for the projections and the MLP, 2*L^2*d for causal attention; the last block's keys and values on
@@ -12,17 +12,13 @@ bench/results/embed_throughput.json.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import block_flops_per_token, matmul_rate, table, write  # noqa: E402
-
-from embeddings.models.sasrec import SASRec, SASRecConfig, SASRecRecommender, pad_right  # noqa: E402
+from bench.common import block_flops_per_token, matmul_rate, table, write
+from embeddings.models.sasrec import SASRec, SASRecConfig, SASRecRecommender, pad_right
 
 
 def main() -> None:

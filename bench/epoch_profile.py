@@ -1,6 +1,6 @@
 """Where an ML-1M training step's time goes, against its compute bound.
 
-    python bench/epoch_profile.py [--quick] [--steps 12] [--no-compile]
+    python -m bench.epoch_profile [--quick] [--steps 12] [--no-compile]
 
 One step as ``embeddings.training.loop`` takes it with the ``--preset ml1m`` model (dim 64, 2 blocks, LiGR layers,
 rotary positions, dropout 0.2): a full batch of 128 windows x 200 positions over ML-1M's 3,416 items, bfloat16
@@ -21,21 +21,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import loss_matmul_rate, table, training_flops, write  # noqa: E402
-
-from embeddings.models.losses import full_softmax_ce  # noqa: E402
-from embeddings.models.sasrec import SASRec, SASRecConfig  # noqa: E402
+from bench.common import loss_matmul_rate, table, training_flops, write
+from embeddings.models.losses import full_softmax_ce
+from embeddings.models.sasrec import SASRec, SASRecConfig
 from embeddings.training.config import PRESETS, TrainConfig
-from embeddings.training.loop import compiled_for_training  # noqa: E402
+from embeddings.training.loop import compiled_for_training
 
 N_ITEMS, WINDOWS, LENGTH = 3416, 128, 200  # ML-1M's catalogue; a full batch of the preset
 PHASES = ("forward", "loss", "backward", "optimizer")

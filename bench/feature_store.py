@@ -1,6 +1,6 @@
 """Feature-store speed: materialize, online lookup (SQLite, Redis; SDK and HTTP), historical retrieval.
 
-    python bench/feature_store.py [--quick] [--users N]
+    python -m bench.feature_store [--quick] [--users N]
 
 Synthetic user embeddings (dim 64) and rent/sale scores for N users (default 100,000) are published
 through the feature-store writer (where the checked ``publish`` ends) into a scratch copy of
@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import disk_write_rate, memory_copy_rate, table, write  # noqa: E402
+from bench.common import disk_write_rate, memory_copy_rate, table, write
 
-from embeddings.feature_store import REPO, Repo, historical_features  # noqa: E402
-from embeddings.feature_store._writer import write_run as publish  # noqa: E402  (measured: the writer)
+from embeddings.feature_store import REPO, Repo, historical_features
+from embeddings.feature_store._writer import write_run as publish  (measured: the writer)
 
 FEAST = str(Path(sys.executable).with_name("feast"))
 CUTOFF = pd.Timestamp("2026-11-08", tz="UTC")

@@ -2,7 +2,7 @@
 
 ML-1M is the SASRec papers' file, leave-last-out as published.
 
-    python bench/lightfm_baseline.py [--quick] [--ml1m PATH]
+    python -m bench.lightfm_baseline [--quick] [--ml1m PATH]
 
 Prints HR@10, NDCG@10 and fit seconds; writes bench/results/lightfm_baseline.json.
 """
@@ -10,18 +10,15 @@ Prints HR@10, NDCG@10 and fit seconds; writes bench/results/lightfm_baseline.jso
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, table, write  # noqa: E402
-
-from embeddings.data import load_data  # noqa: E402
-from embeddings.data.split import leave_last_out, temporal_split  # noqa: E402
-from embeddings.data.synthetic import WeekConfig, generate_week  # noqa: E402
-from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
-from embeddings.models.zoo import make_model  # noqa: E402
-from embeddings.stages.evaluate import evaluate  # noqa: E402
+from bench.common import ML1M, table, write
+from embeddings.data import load_data
+from embeddings.data.split import leave_last_out, temporal_split
+from embeddings.data.synthetic import WeekConfig, generate_week
+from embeddings.models.lightfm_model import LightFMConfig
+from embeddings.models.zoo import make_model
+from embeddings.stages.evaluate import evaluate
 
 
 def run(name, split, listings, models, epochs) -> list[dict]:

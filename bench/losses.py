@@ -1,6 +1,6 @@
 """Losses for large catalogues: full softmax against sampled softmax and logQ-corrected sampled softmax.
 
-    python bench/losses.py [--quick] [--items 5000 10000 20000 100000 300000] [--budget-s 240] [--skip-quality]
+    python -m bench.losses [--quick] [--items 5000 10000 20000 100000 300000] [--budget-s 240] [--skip-quality]
 
 Speed: one SASRec training step (dim 64, 2 blocks, 128 sequences of 50 clicks, Zipf-popular items) on
 catalogues of each size, each loss in its own process (so its peak RSS is its own): seconds per million
@@ -19,14 +19,12 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, RESULTS, table, write  # noqa: E402
+from bench.common import ML1M, RESULTS, table, write
 
 LOSSES = ("softmax", "sampled", "logq")
 

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, table, write  # noqa: E402
-
-from embeddings.data.movielens import load_user_item_text  # noqa: E402
-from embeddings.data.split import build_sequences, catalogue  # noqa: E402
+from bench.common import ML1M, table, write
+from embeddings.data.movielens import load_user_item_text
+from embeddings.data.split import build_sequences, catalogue
 
 PAPERS_FILE = {"lines": 999_611, "bytes": 9_053_831}
 

@@ -1,6 +1,6 @@
 """User vectors as features: the probe table (``embeddings/stages/probe.py``) on the synthetic week, Video and ML-1M.
 
-    python bench/probes.py [--quick] [--only week video ml1m] [--video PATH] [--ml1m PATH]
+    python -m bench.probes [--quick] [--only week video ml1m] [--video PATH] [--ml1m PATH]
 
 For each data set one SASRec with a profile head is trained on what lies before the cut-off (the week:
 the temporal split's cut-off, labels from the last day; the ``user item`` files: each user's last 20 % of
@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, RESULTS, write  # noqa: E402
-
-from embeddings.data import load_data  # noqa: E402
-from embeddings.data.split import leave_last_out, temporal_split  # noqa: E402
-from embeddings.data.synthetic import WeekConfig, generate_week  # noqa: E402
-from embeddings.models.sasrec import SASRecConfig  # noqa: E402
-from embeddings.models.zoo import make_model  # noqa: E402
-from embeddings.stages.embed import Embedder  # noqa: E402
-from embeddings.stages.probe import ProbeConfig, run_probes, sequence_probe_data, week_probe_data  # noqa: E402
-from embeddings.training.loop import TrainConfig  # noqa: E402
+from bench.common import ML1M, RESULTS, write
+from embeddings.data import load_data
+from embeddings.data.split import leave_last_out, temporal_split
+from embeddings.data.synthetic import WeekConfig, generate_week
+from embeddings.models.sasrec import SASRecConfig
+from embeddings.models.zoo import make_model
+from embeddings.stages.embed import Embedder
+from embeddings.stages.probe import ProbeConfig, run_probes, sequence_probe_data, week_probe_data
+from embeddings.training.loop import TrainConfig
 
 VIDEO = ML1M.with_name("video.txt")
 HORIZON = 16

@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, one after the other, then one markdown table of the results.
 
-    python bench/run_all.py [--quick] [--only NAME ...] [--table-only]
+    python -m bench.run_all [--quick] [--only NAME ...] [--table-only]
 
 Each script also runs alone (``python bench/<name>.py [--quick]``). Results land in
 bench/results/*.json; the tables go to bench/RESULTS.md (and bench/results/summary.md), so RESULTS.md is this
@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import paired
+
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from common import paired  # noqa: E402
 
 RESULTS = HERE / "results"
 RESULTS_MD = HERE / "RESULTS.md"
@@ -422,12 +422,12 @@ def main() -> None:
     if not args.table_only:
         for name in args.only or SCRIPTS:
             script = name.split(":")[0]
-            cmd = [sys.executable, str(HERE / f"{script}.py"), *ARGS.get(name, [])] + (
+            cmd = [sys.executable, "-m", "bench." + script.replace("/", "."), *ARGS.get(name, [])] + (
                 ["--quick"] if args.quick else []
             )
             print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
             start = time.perf_counter()
-            rc = subprocess.run(cmd, env=env).returncode
+            rc = subprocess.run(cmd, env=env, cwd=HERE.parent).returncode
             timings[name] = round(time.perf_counter() - start, 1)
             if rc:
                 print(f"{name} failed with exit code {rc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """One change at a time: each lever against the baseline, for the same training-time budget.
 
-    python bench/sasrec_levers.py [--data ml1m|video] [--only NAME ...] [--budget-min 10|6] [--quick]
+    python -m bench.sasrec_levers [--data ml1m|video] [--only NAME ...] [--budget-min 10|6] [--quick]
 
 ML-1M (long histories): the baseline is dim 64, 2 blocks, 1 head, dropout 0.2, learned positions, max_len 200,
 every 200-item window, full softmax, lr 2e-3, batch 128; early stopping on validation NDCG@10 every 2 epochs,
@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, RESULTS, machine, table, test_figures, write  # noqa: E402
-
-from embeddings.data import load_data  # noqa: E402
-from embeddings.data.split import leave_last_out  # noqa: E402
-from embeddings.models.sasrec import SASRecConfig, SASRecRecommender  # noqa: E402
-from embeddings.training.loop import TrainConfig  # noqa: E402
+from bench.common import ML1M, RESULTS, machine, table, test_figures, write
+from embeddings.data import load_data
+from embeddings.data.split import leave_last_out
+from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
+from embeddings.training.loop import TrainConfig
 
 ROTARY = {"positions": "rotary"}
 LIGR = {**ROTARY, "layer": "ligr", "ffn_mult": 4}  # kept: the ml1m preset

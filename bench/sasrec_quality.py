@@ -1,6 +1,6 @@
 """SASRec quality and speed: ML-1M against the published figures, synthetic week against LightFM.
 
-    python bench/sasrec_quality.py [--quick] [--ml1m PATH] [--budget-min 30] [--skip-ml1m] [--skip-week]
+    python -m bench.sasrec_quality [--quick] [--ml1m PATH] [--budget-min 30] [--skip-ml1m] [--skip-week]
 
 ML-1M: the SASRec papers' file, leave-last-out as published, full ranking, seen items excluded,
 dim 64, 2 blocks, the `--preset ml1m` settings (max_len 200, every 200-item window of each history,
@@ -21,24 +21,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, loss_matmul_rate, table, test_figures, training_flops, write  # noqa: E402
-
-from embeddings.data import load_data  # noqa: E402
-from embeddings.data.split import leave_last_out, temporal_split  # noqa: E402
-from embeddings.data.synthetic import WeekConfig, generate_week  # noqa: E402
-from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
-from embeddings.models.sasrec import SASRecConfig  # noqa: E402
-from embeddings.models.zoo import make_model  # noqa: E402
-from embeddings.stages.evaluate import evaluate  # noqa: E402
+from bench.common import ML1M, loss_matmul_rate, table, test_figures, training_flops, write
+from embeddings.data import load_data
+from embeddings.data.split import leave_last_out, temporal_split
+from embeddings.data.synthetic import WeekConfig, generate_week
+from embeddings.models.lightfm_model import LightFMConfig
+from embeddings.models.sasrec import SASRecConfig
+from embeddings.models.zoo import make_model
+from embeddings.stages.evaluate import evaluate
 from embeddings.training.config import PRESETS, TrainConfig
-from embeddings.training.loop import training_windows  # noqa: E402
+from embeddings.training.loop import training_windows
 
 # the `--preset ml1m` settings: every click of each history in overlapping windows, not only the last 200 (35 %
 # of ML-1M's clicks are never a target otherwise), rotary positions, ... (bench/sasrec_levers.py measured each)

@@ -1,6 +1,6 @@
 """A classifieds-size week, stage by stage: wall time, peak RSS and rows per second as the world grows.
 
-    python bench/scale.py [--quick] [--users 100000 1000000] [--listings 300000] [--spark-at 100000]
+    python -m bench.scale [--quick] [--users 100000 1000000] [--listings 300000] [--spark-at 100000]
 
 For each world (users x listings, seed 0, events partitioned by day) every stage of the weekly job runs as its own
 command, as a scheduler would call it, so its peak RSS is its own (children included: for ``train --workers 2`` and
@@ -33,12 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, table, write  # noqa: E402
+from bench.common import RESULTS, table, write
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "embeddings.cli"]
-ME = [sys.executable, str(Path(__file__).resolve())]
+ME = [sys.executable, "-m", "bench.scale"]
 CLUSTER_PORT = 7301
 PIT_ROWS = 100_000
 LOOKUPS = 2_000
@@ -49,7 +48,7 @@ def _run(cmd: list[str], log: Path, env: dict | None = None, ok: tuple[int, ...]
     began = time.perf_counter()
     env = {**os.environ, "LST_EMBEDDINGS_QUIET": "1", **(env or {})}
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - began
     code = os.waitstatus_to_exitcode(status)

@@ -1,11 +1,11 @@
 """Short sequences: SASRec on Amazon Video Games (``video.txt``) against LightFM, popularity and the RecTools peer.
 
-    python bench/video.py [--quick] [--video PATH] [--budget-min 8]
+    python -m bench.video [--quick] [--video PATH] [--budget-min 8]
 
 Leave-last-out on the authors' file (31,013 users, 23,715 items, 9.3 clicks a user), full ranking, seen items
 excluded: the regime closest to a week of listing clicks. Ours with the ``train`` defaults, nothing set (``loss=auto``
 picks logQ-corrected sampled softmax for this catalogue), for the same training-time budget as the peer
-(``python bench/peers/rectools_sasrec.py --data video --max-len 50 --budget-min 8``, its own venv).
+(``python -m bench.peers.rectools_sasrec --data video --max-len 50 --budget-min 8``, its own venv).
 Cost per real position is set against ML-1M's measured in the same process right after (``--ml1m-epochs`` epochs of
 ``--preset ml1m`` training with SASRec's layers, eager steps and every position of a window trained, as the Video
 model has; default 3; 0 falls back to ``sasrec_ml1m.json``, whose run is the preset's own: compiled, overlapping
@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import ML1M, RESULTS, table, write  # noqa: E402
-
-from embeddings.data import load_data  # noqa: E402
-from embeddings.data.split import leave_last_out  # noqa: E402
-from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
-from embeddings.models.sasrec import SASRecConfig  # noqa: E402
-from embeddings.models.zoo import make_model  # noqa: E402
-from embeddings.stages.evaluate import evaluate  # noqa: E402
+from bench.common import ML1M, RESULTS, table, write
+from embeddings.data import load_data
+from embeddings.data.split import leave_last_out
+from embeddings.models.lightfm_model import LightFMConfig
+from embeddings.models.sasrec import SASRecConfig
+from embeddings.models.zoo import make_model
+from embeddings.stages.evaluate import evaluate
 from embeddings.training.config import PRESETS
-from embeddings.training.loop import TrainConfig  # noqa: E402
+from embeddings.training.loop import TrainConfig
 
 
 def ml1m_cost_per_position(path: Path, epochs: int) -> float | None:

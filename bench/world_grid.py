@@ -1,6 +1,6 @@
 """SASRec (each item encoder) over LightFM on synthetic weeks of different sizes, same split code.
 
-    python bench/world_grid.py [--worlds 3000x1500 10000x5000 ...] [--seed 7] [--epochs 30] [--quick]
+    python -m bench.world_grid [--worlds 3000x1500 10000x5000 ...] [--seed 7] [--epochs 30] [--quick]
 
 Each world is ``generate_week(WeekConfig(users, listings, seed))``, temporal split at midnight before the
 last day (cold listings reported apart), LightFM (``LightFMConfig()``) against SASRec with the ``id``,
@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, table, write  # noqa: E402
-
-from embeddings.data.split import temporal_split  # noqa: E402
-from embeddings.data.synthetic import WeekConfig, generate_week  # noqa: E402
-from embeddings.models.lightfm_model import LightFMConfig  # noqa: E402
-from embeddings.models.sasrec import SASRecConfig  # noqa: E402
-from embeddings.models.zoo import make_model  # noqa: E402
-from embeddings.stages.evaluate import evaluate  # noqa: E402
-from embeddings.training.loop import TrainConfig  # noqa: E402
+from bench.common import RESULTS, table, write
+from embeddings.data.split import temporal_split
+from embeddings.data.synthetic import WeekConfig, generate_week
+from embeddings.models.lightfm_model import LightFMConfig
+from embeddings.models.sasrec import SASRecConfig
+from embeddings.models.zoo import make_model
+from embeddings.stages.evaluate import evaluate
+from embeddings.training.loop import TrainConfig
 
 # the corners of 3,000-100,000 users x 1,500-50,000 listings, and between them: few users on a large catalogue,
 # many on a small one

@@ -37,7 +37,8 @@ def relaunch() -> None:
     """Re-run this script inside the peer's own virtual environment (created on first use)."""
     if Path(sys.prefix).resolve() != (HERE / ".venv-rectools").resolve():
         subprocess.run([str(HERE / "setup_rectools.sh")], check=True, stdout=subprocess.DEVNULL)
-        os.execv(str(VENV_PY), [str(VENV_PY), __file__, *sys.argv[1:]])
+        os.chdir(HERE.parents[1])  # the checkout: `-m bench.peers...` imports bench.common from here
+        os.execv(str(VENV_PY), [str(VENV_PY), "-m", "bench.peers.rectools_sasrec", *sys.argv[1:]])
 
 
 def main() -> None:
@@ -147,8 +148,7 @@ def main() -> None:
         print(f"  epoch {epoch + 1:3d}  train {train_s:6.0f} s  test HR@10 {hr:.4f}  NDCG@10 {ndcg:.4f}", flush=True)
     train_s = snapshots.train_s
     best = max(curve, key=lambda c: c["test_ndcg@10"])
-    sys.path.insert(0, str(HERE.parent))
-    from common import machine  # torch and the standard library only: importable from the peer's venv
+    from bench.common import machine  # torch, numpy and the standard library only: importable in the peer's venv
 
     out = {
         "machine": machine(),
