@@ -132,15 +132,12 @@ def measure_publish(out: Path, run: str, data: str, repo: str, profile: str) -> 
     """The feature-store write of a run (offline Parquet, materialization), where the checked ``publish`` ends
     once its checks pass: the checks are the ``checks`` stage (a one-epoch model may fail them)."""
     from embeddings.data.contract import load_listings
-    from embeddings.feature_store._writer import write_run
-    from embeddings.pipeline import RunLayout, RunTables
+    from embeddings.pipeline import RunLayout, RunTables, write_to_feature_store
 
     tables = RunTables.read(RunLayout(Path(run)))
     listings = load_listings(Path(data) / "listings.parquet")
     began = time.perf_counter()
-    manifest = write_run(
-        _repo(repo, profile), listings, tables.users, tables.items, tables.scores, user_profiles=tables.profiles
-    )
+    manifest = write_to_feature_store(_repo(repo, profile), listings, tables)
     out.write_text(json.dumps({"write_s": time.perf_counter() - began, "manifest": manifest}, default=str))
 
 

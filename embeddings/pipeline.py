@@ -26,11 +26,12 @@ import pandas as pd
 
 from embeddings.data import Dataset, load_data
 from embeddings.data.contract import read_parquet, validate_events, validate_listings
-from embeddings.data.split import Split, leave_last_out, temporal_split
+from embeddings.data.split import Split, default_cutoff, leave_last_out, temporal_split
 from embeddings.errors import ChecksFailed, InputError, NothingToPublish
 from embeddings.feature_store import REPO, Repo
 from embeddings.io import file_digest, utc, write_json, write_parquet, write_text
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
+from embeddings.record import RunRecord
 from embeddings.stages.classify import LABEL_DAYS, PreferenceModel, fit_preference, score_users
 from embeddings.stages.embed import Embedder, EmbedReport
 from embeddings.stages.probe import ProbeReport
@@ -59,6 +60,7 @@ class RunLayout:
     user_profiles = property(lambda self: self.embeddings_dir / "user_profiles.parquet")  # profile head's vectors
     listing_embeddings = property(lambda self: self.embeddings_dir / "listing_embeddings.parquet")
     reference = property(lambda self: self.embeddings_dir / "reference.json")  # the model's training-time stats
+    record = property(lambda self: self.embeddings_dir / "run.json")  # the run's facts (RunRecord), from embed
     preference_dir = property(lambda self: self.root / "preference")
     scores = property(lambda self: self.preference_dir / "preference.parquet")
     classifier = property(lambda self: self.preference_dir / "classifier.cbm")
@@ -105,7 +107,8 @@ class FeatureStoreConfig:
 
 @dataclass
 class EmbedConfig:
-    cutoff: str | None = None  # only clicks before this count (default: the model's training cut-off)
+    cutoff: str | None = None  # only clicks before this count (default: the model's training cut-off, else the
+    # data's default cut-off: midnight before the last click)
     batch_size: int = 256
     engine: str = "local"  # local (this process) or spark (user partitions on Spark; see embeddings.stages.spark_embed)
     spark_master: str | None = None  # for engine spark: e.g. local[4], spark://host:7077 (default: local[*])
@@ -230,10 +233,12 @@ class EmbedResult:
     users: pd.DataFrame
     profiles: pd.DataFrame | None  # the profile head's vectors (same users), when the model has one
     items: pd.DataFrame
-    cutoff: pd.Timestamp
-    model_version: str
-    encoder: str
+    record: RunRecord  # cut-off, model version, encoder, heads: what every later stage reads
     report: EmbedReport
+
+    cutoff = property(lambda self: self.record.cutoff)
+    model_version = property(lambda self: self.record.model_version)
+    encoder = property(lambda self: self.record.encoder)
 
 
 @dataclass
@@ -318,12 +323,7 @@ def embed(
     """
     cfg = cfg or EmbedConfig()
     rec = model if isinstance(model, SASRecRecommender) else SASRecRecommender.load(model or layout.model)
-    if cfg.cutoff:
-        cutoff = utc(cfg.cutoff)
-    elif rec.cutoff:
-        cutoff = utc(rec.cutoff)
-    else:
-        cutoff = data.events["event_timestamp"].max() + pd.Timedelta(microseconds=1)
+    cutoff = utc(cfg.cutoff or rec.cutoff or default_cutoff(data.events))
     embedder = Embedder(rec, data.listings)
     if cfg.engine == "spark":
         users, profiles = _embed_users_on_spark(data, layout, model or layout.model, rec, cutoff, cfg)
@@ -344,7 +344,10 @@ def embed(
     items = embedder.embed_items(cutoff if data.has_listings else None)
     write_parquet(items, layout.listing_embeddings)
     write_json(layout.reference, rec.reference)
-    return EmbedResult(users, profiles, items, cutoff, embedder.version, embedder.encoder, embedder.report)
+    profile_version = str(profiles["model_version"].iloc[0]) if profiles is not None else None
+    record = RunRecord(cutoff, embedder.version, embedder.encoder, tuple(rec.heads), profile_version)
+    record.write(layout.record)  # last: a run folder with a record has every table of it
+    return EmbedResult(users, profiles, items, record, embedder.report)
 
 
 def _embed_users_on_spark(data: Dataset, layout: RunLayout, model, rec: SASRecRecommender, cutoff, cfg: EmbedConfig):
@@ -406,7 +409,7 @@ def probe(data: Dataset, layout: RunLayout, cfg: ProbeSettings | None = None) ->
     baselines a consuming team could build; writes ``probe/probe.json`` (with the vector the classifier and the
     pictures take) and ``probe/probe.md``. With no click after the cut-off it records why and prefers intent."""
     users = read_parquet(layout.user_embeddings)
-    cutoff = utc(users["event_timestamp"].iloc[0])
+    cutoff = RunRecord.read(layout.record).cutoff
     if not (data.events["event_timestamp"] >= cutoff).any():
         reason = f"no click after the embeddings' cut-off {cutoff}: no labels to probe with"
         write_json(layout.probe_report, {"cutoff": cutoff, "preferred": "intent", "skipped": reason, "rows": []})
@@ -433,7 +436,7 @@ def classify(
         raise InputError(f"{data.source}: classify needs a data folder with listings (deal types)")
     source = layout.preferred_users()
     users = read_parquet(source)
-    cutoff = utc(users["event_timestamp"].iloc[0])
+    cutoff = RunRecord.read(layout.record).cutoff
     start = cutoff - pd.Timedelta(days=cfg.label_days)
     past = Embedder.from_checkpoint(layout.model, data.listings).embed_users(data.events, start)  # its features
     intent, profiles = Embedder.split_heads(past)
@@ -485,7 +488,8 @@ def pictures(data: Dataset, layout: RunLayout, cfg: PicturesConfig | None = None
 
 @dataclass
 class RunTables:
-    """What a run publishes: user (intent, and profile) and listing embeddings, rent/sale scores."""
+    """What a run publishes: user (intent, and profile) and listing embeddings, rent/sale scores, and the run's
+    record (tables built by hand get one from their first row)."""
 
     users: pd.DataFrame
     items: pd.DataFrame
@@ -493,6 +497,11 @@ class RunTables:
     reference: dict | None = None  # the model's user-vector statistics at training time (checked against)
     profiles: pd.DataFrame | None = None  # the profile head's user vectors
     probes: dict | None = None  # the run's probe report (``probe/probe.json``), shown in the checks' report
+    record: RunRecord | None = None
+
+    def __post_init__(self) -> None:
+        if self.record is None:
+            self.record = RunRecord.of_vectors(self.users, self.profiles)
 
     @classmethod
     def read(cls, layout: RunLayout) -> RunTables:
@@ -500,7 +509,8 @@ class RunTables:
         users, items = read_parquet(layout.user_embeddings), read_parquet(layout.listing_embeddings)
         profiles = read_parquet(layout.user_profiles) if layout.user_profiles.exists() else None
         probes = json.loads(layout.probe_report.read_text()) if layout.probe_report.exists() else None
-        return cls(users, items, read_parquet(layout.scores), reference, profiles, probes)
+        record = RunRecord.read(layout.record)
+        return cls(users, items, read_parquet(layout.scores), reference, profiles, probes, record)
 
 
 def _raw_inputs(data_dir: Path) -> dict[str, pd.DataFrame]:
@@ -537,6 +547,7 @@ def validate(
         run.reference if run else None,
         profiles=run.profiles if run else None,
         probes=run.probes if run else None,
+        record=run.record if run else None,
     )
     report.previous_run_id = previous["run_id"] if previous else None
     if report_dir is not None:
@@ -547,8 +558,6 @@ def validate(
 def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: PublishConfig | None = None) -> dict:
     """Check the run and, only if every check passes (drift failures may be overridden with a reason),
     write it to the feature store. Returns the manifest; raises ``ChecksFailed`` with nothing written."""
-    from embeddings.feature_store._writer import write_run
-
     cfg = cfg or PublishConfig()
     layout = run if isinstance(run, RunLayout) else None
     tables = RunTables.read(run) if layout else run
@@ -567,16 +576,33 @@ def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: Publish
         }
     data = _contract_tables(data_dir, raw)
     extra["events_rows"] = len(data.events)
+    return write_to_feature_store(repo, data.listings, tables, extra, cfg.force_older, cfg.writers)
+
+
+def write_to_feature_store(
+    repo: Repo,
+    listings: pd.DataFrame,
+    tables: RunTables,
+    extra_manifest: dict | None = None,
+    force_older: str | None = None,
+    writers: int | None = None,
+) -> dict:
+    """The write step of :func:`publish`, after its checks: offline Parquet, online store, manifest. Named so
+    that a benchmark can time the write alone (``bench/feature_store.py``, ``bench/scale.py``); anything that
+    publishes a run calls :func:`publish`, whose checks stop a bad run before this step."""
+    from embeddings.feature_store._writer import write_run
+
     return write_run(
         repo,
-        data.listings,
+        listings,
         tables.users,
         tables.items,
         tables.scores,
         user_profiles=tables.profiles,
-        extra_manifest=extra,
-        force_older=cfg.force_older,
-        writers=cfg.writers,
+        record=tables.record,
+        extra_manifest=extra_manifest,
+        force_older=force_older,
+        writers=writers,
     )
 
 

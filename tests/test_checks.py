@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from embeddings.cli import main
 from embeddings.data.contract import read_parquet
 from embeddings.feature_store import online_features
 from embeddings.io import write_json, write_parquet
+from embeddings.record import RunRecord
 from embeddings.stages.embed import Embedder
 from validation.checks import check_run
 
@@ -29,6 +31,7 @@ def clean(tiny_dir, tiny_week, tiny_hybrid_model, tmp_path_factory):
     write_parquet(users, run / "embeddings" / "user_embeddings.parquet")
     write_parquet(embedder.embed_items(CUTOFF), run / "embeddings" / "listing_embeddings.parquet")
     write_json(run / "embeddings" / "reference.json", embedder.model.reference)
+    RunRecord(CUTOFF, embedder.version, embedder.encoder, embedder.model.heads).write(run / "embeddings" / "run.json")
     write_parquet(
         fit_scores(embedder, users, events, listings, CUTOFF).scores, run / "preference" / "preference.parquet"
     )
@@ -161,6 +164,11 @@ def test_drift_can_be_overridden_with_a_recorded_reason(published, capsys):
     _edit(run / "preference" / "preference.parquet", _flip_half)
     for path in (run / "embeddings").glob("*.parquet"):  # a retrained model: a new run of the same week
         _edit(path, lambda d: d.assign(model_version="sasrec-retrained"))
+    args = ["publish", "--run", str(run), "--data", str(data), "--repo", str(repo.path), "--allow-drift", "a reason"]
+    assert main(args) == 4  # the tables say another model than the run's record: no reason publishes that
+    assert "model_version_is_the_records" in capsys.readouterr().out
+    record = RunRecord.read(run / "embeddings" / "run.json")
+    replace(record, model_version="sasrec-retrained", space_version="").write(run / "embeddings" / "run.json")
     reason = "new pricing rules moved many users between rent and sale"
     assert (
         main(["publish", "--run", str(run), "--data", str(data), "--repo", str(repo.path), "--allow-drift", reason])

@@ -59,5 +59,7 @@ def test_no_import_circle():
 
 def test_the_library_does_not_import_the_checks_package_at_module_level():
     graph = _graph()
-    leaks = {m: sorted(t for t in ts if t.startswith("validation")) for m, ts in graph.items() if m.startswith("embeddings")}
+    leaks = {
+        m: sorted(t for t in ts if t.startswith("validation")) for m, ts in graph.items() if m.startswith("embeddings")
+    }
     assert {m: t for m, t in leaks.items() if t} == {"embeddings.pipeline": ["validation.checks"]}

@@ -15,9 +15,10 @@ from embeddings import pipeline as pl
 from embeddings.cli import main
 from embeddings.data import load_data
 from embeddings.data.contract import read_parquet
-from embeddings.errors import ChecksFailed
+from embeddings.errors import ChecksFailed, InputError
 from embeddings.feature_store import online_features
 from embeddings.models.sasrec import SASRecConfig
+from embeddings.record import RunRecord
 from embeddings.training.config import TrainConfig
 
 CUTOFF = str(day(4))  # mid-week: enough users labelled after it in a tiny week
@@ -249,3 +250,21 @@ def test_probe_cli_on_any_embedding_file(job, tiny_dir, tmp_path, capsys):
     late = pd.Timestamp("2030-01-01", tz="UTC").isoformat()  # nothing after it: a clear error, exit 2
     assert main([*argv, "--cutoff", late]) == 2
     assert "no click after the cut-off" in capsys.readouterr().err
+
+
+def test_embed_writes_the_run_record_every_later_stage_reads(job):
+    """One record of the run (embeddings/run.json): cut-off, model and space versions, encoder, heads. classify's
+    label window ends at the record's cut-off; a run folder without a record is refused by the stages after embed."""
+    data, layout, done = job
+    record = RunRecord.read(layout.record)
+    assert record == done["embed"].record
+    assert record.cutoff == day(4) and record.model_version == done["embed"].users["model_version"].iloc[0]
+    assert record.space_version == record.model_version and record.heads == ("intent", "profile")
+    assert record.profile_model_version == f"{record.model_version}-profile"
+    window = json.loads(layout.preference_metrics.read_text())["label_window"]
+    assert pd.Timestamp(window[1]) == record.cutoff
+    moved = pl.RunLayout(layout.root.parent / "no-record")
+    shutil.copytree(layout.root, moved.root)
+    moved.record.unlink()
+    with pytest.raises(InputError, match="no run record; run the embed stage first"):
+        pl.classify(data, moved)

@@ -35,6 +35,7 @@ from sklearn.model_selection import cross_val_score
 from embeddings.data import contract
 from embeddings.io import write_json, write_text
 from embeddings.metrics import vector_stats
+from embeddings.record import RunRecord
 from validation import suites
 from validation import thresholds as t
 
@@ -245,9 +246,10 @@ def drift_table(
     prev_scores: pd.DataFrame | None,
     scores: pd.DataFrame | None,
     seed: int = 0,
+    versions: tuple[str | None, str | None] = (None, None),
 ) -> tuple[pd.DataFrame, dict]:
     """One row of drift figures against the last published run: of the scores (when both are given) and of
-    the user vectors."""
+    the user vectors. ``versions``: the previous run's and this run's model versions (their records)."""
     rng = np.random.default_rng(seed)
     row: dict = {}
     if prev_scores is not None and scores is not None:
@@ -261,7 +263,8 @@ def drift_table(
         row["flipped_share"] = (
             float((both["predicted_deal_type_old"] != both["predicted_deal_type_new"]).mean()) if len(both) else 0.0
         )
-    same = str(prev_users["model_version"].iloc[0]) == str(users["model_version"].iloc[0])
+    previous_version, version = versions
+    same = previous_version is not None and previous_version == version
     shared = prev_users[["user_id", "embedding"]].merge(
         users[["user_id", "embedding"]], on="user_id", suffixes=("_old", "_new")
     )
@@ -273,7 +276,7 @@ def drift_table(
     figures = {
         "same_model_version": same,
         "shared_users": len(shared),
-        "previous_model_version": str(prev_users["model_version"].iloc[0]),
+        "previous_model_version": str(previous_version),
     }
     if same:
         a = old_all[rng.choice(len(old_all), min(t.DRIFT_SAMPLE, len(old_all)), replace=False)]
@@ -316,12 +319,15 @@ def run_table(
     items: pd.DataFrame | None,
     scores: pd.DataFrame | None,
     reference: dict | None,
+    record: RunRecord,
+    version: str,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """One row of run-level consistency: one model version, scores for exactly the embedded users, user vectors
-    that belong to their users' clicks, and norms like the model's own at training time."""
+    """One row of run-level consistency: one model version, the run record's (``version``), scores for exactly
+    the embedded users, user vectors that belong to their users' clicks (as of the record's cut-off), and norms
+    like the model's own at training time."""
     versions = set(users["model_version"].astype(str)) if "model_version" in users else set()
-    row: dict = {"model_versions": len(versions)}
+    row: dict = {"model_versions": len(versions), "model_version_is_the_records": versions == {version}}
     if items is not None and "model_version" in items:
         row["listing_model_versions_match"] = set(items["model_version"].astype(str)) == versions
     if scores is not None:
@@ -336,17 +342,17 @@ def run_table(
         row["norm_ratio_to_training"] = now["norm_median"] / max(reference["norm_median"], 1e-12)
         row["spread_ratio_to_training"] = now["spread"] / max(reference["spread"], 1e-12)
     if items is not None and {"user_id", "item_id", "event_timestamp"} <= set(events.columns):
-        row["history_alignment"] = _history_alignment(events, users, items, x, finite, seed)
+        row["history_alignment"] = _history_alignment(events, users, items, x, finite, record.cutoff, seed)
     return pd.DataFrame([row])
 
 
-def _history_alignment(events, users, items, x, finite, seed) -> float:
+def _history_alignment(events, users, items, x, finite, cutoff, seed) -> float:
     """Share of users whose vector scores the listing they clicked last above another user's last listing.
 
     A user's state follows their clicks, so a trained model scores near 1 (0.99 on the demo week, 0.68 for an
     id model after two epochs on a tiny week); user ids shuffled against their vectors score 0.5."""
     ts = pd.to_datetime(events["event_timestamp"], utc=True, errors="coerce", format="ISO8601")
-    before = events.loc[ts < users["event_timestamp"].iloc[0], ["user_id", "item_id"]].assign(_t=ts)
+    before = events.loc[ts < cutoff, ["user_id", "item_id"]].assign(_t=ts)
     last = before.sort_values("_t", kind="stable").groupby("user_id")["item_id"].last()
     item_rows = pd.Index(items["item_id"]).get_indexer(users["user_id"].map(last))
     item_x = _matrix(items)
@@ -359,6 +365,14 @@ def _history_alignment(events, users, items, x, finite, seed) -> float:
     u, own = x[idx], item_x[item_rows[idx]]
     other = own[rng.permutation(len(idx))]
     return float(np.mean((u * own).sum(1) > (u * other).sum(1)))
+
+
+def _previous_version(previous: dict, key: str, table: str) -> str | None:
+    """The previous run's model version from its manifest; a hand-built ``previous`` (tests) from its table."""
+    if previous.get(key):
+        return str(previous[key])
+    frame = previous.get(table)
+    return str(frame["model_version"].iloc[0]) if frame is not None and len(frame) else None
 
 
 def _no_version(items: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -378,6 +392,7 @@ def check_run(
     *,
     profiles: pd.DataFrame | None = None,
     probes: dict | None = None,
+    record: RunRecord | None = None,
 ) -> Report:
     """Every check of a run. ``previous``: {"events_rows", "users", "profiles", "scores"} of the last published
     run; ``reference``: the model's user-vector statistics at training time (``vector_stats``, with the profile
@@ -390,9 +405,11 @@ def check_run(
         "events", events_table(events, listings), suites.events_suite(ids, (previous or {}).get("events_rows")), "data"
     )
     expected = None
+    if users is not None and record is None:
+        record = RunRecord.of_vectors(users, profiles)  # tables built by hand
     if users is not None and "event_timestamp" in events and "user_id" in events:
         ts = pd.to_datetime(events["event_timestamp"], utc=True, errors="coerce", format="ISO8601")
-        expected = events.loc[ts < users["event_timestamp"].iloc[0], "user_id"].nunique()
+        expected = events.loc[ts < record.cutoff, "user_id"].nunique()
     user_tables = {"user": users, "user_profile": profiles}
     for prefix, frame in user_tables.items():
         if frame is None:
@@ -414,7 +431,7 @@ def check_run(
     if scores is not None:
         v.run("scores", scores, suites.scores_suite(), "scores")
     if users is not None:
-        table = run_table(events, users, items, scores, reference)
+        table = run_table(events, users, items, scores, reference, record, record.model_version)
         v.report.figures.update({f"run_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
         v.run("run", table, suites.run_suite(list(table.columns)), "run")
         if not reference:
@@ -426,17 +443,22 @@ def check_run(
             v.report.checks.append(
                 Check("run", "profile and intent vectors for the same users", "user_id", False, "differ", "run")
             )
-        table = run_table(events, profiles, _no_version(items), None, (reference or {}).get("profile"))
+        profile_version = record.profile_model_version or ""
+        table = run_table(
+            events, profiles, _no_version(items), None, (reference or {}).get("profile"), record, profile_version
+        )
         v.report.figures.update({f"profile_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
         v.run("profile_run", table, suites.run_suite(list(table.columns), "profile_run"), "run")
     if previous and users is not None and scores is not None and previous.get("users") is not None:
-        table, figures = drift_table(previous["users"], users, previous["scores"], scores)
+        versions = (_previous_version(previous, "model_version", "users"), record.model_version)
+        table, figures = drift_table(previous["users"], users, previous["scores"], scores, versions=versions)
         v.report.figures.update({k: (round(x, 4) if isinstance(x, float) else x) for k, x in figures.items()})
         v.report.figures.update({k: round(float(x), 4) for k, x in table.iloc[0].items()})
         v.run("drift", table, suites.drift_suite(bool(figures["same_model_version"]), list(table.columns)), "drift")
         v.run("drift_warnings", table, suites.drift_warning_suite(), "warning")
     if previous and profiles is not None and previous.get("profiles") is not None:
-        table, figures = drift_table(previous["profiles"], profiles, None, None)
+        versions = (_previous_version(previous, "profile_model_version", "profiles"), record.profile_model_version)
+        table, figures = drift_table(previous["profiles"], profiles, None, None, versions=versions)
         v.report.figures.update(
             {f"profile_{k}": (round(x, 4) if isinstance(x, float) else x) for k, x in figures.items()}
         )

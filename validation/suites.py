@@ -140,6 +140,9 @@ def run_suite(columns: list[str], name: str = "run") -> gx.ExpectationSuite:
     """The one-row consistency table of a run (``validation.checks.run_table``); never overridable."""
     every = {
         "model_versions": gxe.ExpectColumnValuesToBeBetween(column="model_versions", min_value=1, max_value=1),
+        "model_version_is_the_records": gxe.ExpectColumnValuesToBeInSet(
+            column="model_version_is_the_records", value_set=[True]
+        ),
         "listing_model_versions_match": gxe.ExpectColumnValuesToBeInSet(
             column="listing_model_versions_match", value_set=[True]
         ),

@@ -37,6 +37,7 @@ from embeddings.errors import InputError, NothingToPublish, PublishError
 from embeddings.feature_store._materialize import default_writers, materialize
 from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_PROFILES, SPARK_PROFILES, VIEWS, Repo
 from embeddings.io import kill_point, utc, write_atomic, write_json
+from embeddings.record import RunRecord
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 CONTENT_KEY = b"lst_embeddings.content_sha256"
@@ -174,8 +175,12 @@ def write_run(
     fail_before_swap: bool = False,
     user_profiles: pd.DataFrame | None = None,
     writers: int | None = None,
+    record: RunRecord | None = None,
 ) -> dict:
     """Write one run (or, with only ``listings``, new lst feature versions); returns the manifest.
+
+    ``record``: the run's cut-off and model versions (``embed``'s record; tables built by hand get one from their
+    first row).
 
     ``force_older`` (a reason, recorded) publishes a run older than the latest published one.
     ``fail_before_swap`` stops just before the online update, for tests of the failure path.
@@ -193,6 +198,7 @@ def write_run(
             fail_before_swap,
             user_profiles,
             writers,
+            record,
         )
 
 
@@ -207,6 +213,7 @@ def _write_run(
     fail_before_swap,
     profiles,
     writers,
+    record,
 ):
     began = time.perf_counter()
     published_at = pd.Timestamp.now(tz="UTC").floor("s")
@@ -218,8 +225,8 @@ def _write_run(
         "user_preference": preference,
     }
     if user_embeddings is not None:
-        cutoff = utc(user_embeddings["event_timestamp"].iloc[0])
-        model_version = str(user_embeddings["model_version"].iloc[0])
+        record = record or RunRecord.of_vectors(user_embeddings, profiles)
+        cutoff, model_version = record.cutoff, record.model_version
         run_id = run_id_for(cutoff, model_version)
         content = content_hash({k: v for k, v in tables.items() if k != "listings"})  # listings: deduplicated
         _refuse_stale_or_changed(repo, run_id, cutoff, content, force_older)
@@ -253,7 +260,9 @@ def _write_run(
         "run_id": run_id,
         "cutoff": cutoff.isoformat(),
         "model_version": model_version,
-        "profile_model_version": str(profiles["model_version"].iloc[0]) if profiles is not None else None,
+        "profile_model_version": record.profile_model_version if record else None,
+        "space_version": record.space_version if record else None,
+        "encoder": record.encoder if record else None,
         "classifier_version": str(preference["classifier_version"].iloc[0]) if preference is not None else None,
         "content_sha256": content,
         "rows": {name: len(df) for name, df in run.items()},

@@ -142,7 +142,8 @@ class Repo:
         tables = {key: read_parquet(path) if path.exists() else None for key, path in files.items()}
         if tables["profiles"] is not None:
             tables["profiles"] = tables["profiles"].rename(columns={v: k for k, v in PROFILE_COLUMNS.items()})
-        return {"run_id": last["run_id"], "events_rows": last.get("events_rows"), **tables}
+        versions = {k: last.get(k) for k in ("model_version", "profile_model_version")}
+        return {"run_id": last["run_id"], "events_rows": last.get("events_rows"), **versions, **tables}
 
 
 def _redis_parts(connection_string: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
