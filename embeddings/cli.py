@@ -436,7 +436,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--events", required=True, help="events parquet (the data contract)")
     p.add_argument("--listings", help="listings parquet: lets lst-frozen/hybrid models encode unknown listings")
-    p.add_argument("--cutoff", help="only clicks before this count (default: all)")
+    p.add_argument("--cutoff", help="only clicks before this count (default: now, every click so far)")
     p.add_argument("--out", required=True, help="output parquet")
     p.set_defaults(func=cmd_embed_users)
 

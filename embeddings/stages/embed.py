@@ -96,10 +96,9 @@ class Embedder:
     def embed_users(
         self, events: pd.DataFrame, cutoff: pd.Timestamp | None = None, batch_size: int = 256, progress: bool = True
     ) -> pd.DataFrame:
-        """One row per user with at least one usable click before ``cutoff`` (default: after the last event)."""
-        if cutoff is None:
-            cutoff = events["event_timestamp"].max() + pd.Timedelta(microseconds=1)
-        cutoff = utc(cutoff)
+        """One row per user with at least one usable click before ``cutoff`` (default: now, every click so far; a
+        run's cut-off is its model's, see ``pipeline.embed``)."""
+        cutoff = utc(pd.Timestamp.now(tz="UTC") if cutoff is None else cutoff)
         frame, _, table = self.histories(events, cutoff)
         all_users = events["user_id"].nunique()
         frame = frame[frame["history"].map(lambda h: isinstance(h, np.ndarray) and len(h) > 0)]
