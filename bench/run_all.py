@@ -357,7 +357,7 @@ def summary(folder: Path = RESULTS) -> str:
                 )
             if "whole_job_s" in w:
                 lines.append(
-                    f"| {w['users']:,} | | | **whole job** (local profile) | **{w['whole_job_s'] / 60:.1f} min** | "
+                    f"| {w['users']:,} | | | **whole job** (local target) | **{w['whole_job_s'] / 60:.1f} min** | "
                     f"{w['peak_rss_mb']:,.0f} MB | | |"
                 )
         if scale.get("growth_exponent"):

@@ -10,11 +10,11 @@ parallel online writers, the largest process):
     -> checks (validate --run) -> publish (checks again, offline write, materialize)
 
 then what a consumer does: a point-in-time join of 100,000 entity rows (``user_profile``) and single-user online
-lookups of ``user_profile`` (SDK, p50/p99 of 2,000). Profiles: ``local`` (DuckDB offline, SQLite online, the
+lookups of ``user_profile`` (SDK, p50/p99 of 2,000). Targets: ``local`` (DuckDB offline, SQLite online, the
 default), ``redis-cluster`` (DuckDB offline, a three-master Redis Cluster started here; parallel writers), and on the
 worlds in ``--spark-at`` also ``spark`` (Spark offline store and Feast's Spark engine on local[*], the same Redis
 Cluster; ``embed --engine spark``) side by side with the local ones. The whole job is the sum of the local
-profile's stages. The growth exponent of each stage between the two largest worlds is log(time ratio) / log(size
+target's stages. The growth exponent of each stage between the two largest worlds is log(time ratio) / log(size
 ratio) in events. On the first world, training also runs as two processes with the same global batch.
 
 Writes bench/results/scale.json.
@@ -75,13 +75,13 @@ def measure_split(out: Path, data: str) -> None:
     out.write_text(json.dumps({"split_s": time.perf_counter() - began, "test_users": len(split.test)}))
 
 
-def _repo(path: str, profile: str):
+def _repo(path: str, target: str):
     from embeddings.feature_store import Repo
 
-    return Repo(Path(path), profile)
+    return Repo(Path(path), target)
 
 
-def measure_pit(out: Path, repo: str, profile: str, users: str) -> None:
+def measure_pit(out: Path, repo: str, target: str, users: str) -> None:
     """Point-in-time rows of ``user_profile`` for PIT_ROWS (user, time) pairs around the run's cut-off."""
     import numpy as np
     import pandas as pd
@@ -98,7 +98,7 @@ def measure_pit(out: Path, repo: str, profile: str, users: str) -> None:
             "event_timestamp": cutoff + pd.to_timedelta(rng.integers(-86_400, 86_400, PIT_ROWS), unit="s"),
         }
     )
-    the_repo = _repo(repo, profile)
+    the_repo = _repo(repo, target)
     the_repo.store()  # Spark: the session starts here, not inside the timed join
     began = time.perf_counter()
     got = historical_features(the_repo, entity_df)
@@ -106,14 +106,14 @@ def measure_pit(out: Path, repo: str, profile: str, users: str) -> None:
     out.write_text(json.dumps({"pit_s": seconds, "rows": len(got), "with_values": int(got["embedding"].notna().sum())}))
 
 
-def measure_lookup(out: Path, repo: str, profile: str, users: str) -> None:
+def measure_lookup(out: Path, repo: str, target: str, users: str) -> None:
     """Single-user ``user_profile`` lookups through the SDK: p50 / p99 of LOOKUPS after 100 warm-up ones."""
     import numpy as np
 
     from embeddings.data.contract import read_parquet
 
     ids = read_parquet(users)["user_id"].to_numpy()
-    store = _repo(repo, profile).store()
+    store = _repo(repo, target).store()
     service = store.get_feature_service("user_profile")
     rng = np.random.default_rng(1)
     times = []
@@ -128,7 +128,7 @@ def measure_lookup(out: Path, repo: str, profile: str, users: str) -> None:
     out.write_text(json.dumps({"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}))
 
 
-def measure_publish(out: Path, run: str, data: str, repo: str, profile: str) -> None:
+def measure_publish(out: Path, run: str, data: str, repo: str, target: str) -> None:
     """The feature-store write of a run (offline Parquet, materialization), where the checked ``publish`` ends
     once its checks pass: the checks are the ``checks`` stage (a one-epoch model may fail them)."""
     from embeddings.data.contract import load_listings
@@ -137,7 +137,7 @@ def measure_publish(out: Path, run: str, data: str, repo: str, profile: str) -> 
     tables = RunTables.read(RunLayout(Path(run)))
     listings = load_listings(Path(data) / "listings.parquet")
     began = time.perf_counter()
-    manifest = write_to_feature_store(_repo(repo, profile), listings, tables)
+    manifest = write_to_feature_store(_repo(repo, target), listings, tables)
     out.write_text(json.dumps({"write_s": time.perf_counter() - began, "manifest": manifest}, default=str))
 
 
@@ -173,10 +173,10 @@ def _train(data: Path, out: Path, workers: int, log: Path) -> dict:
     }
 
 
-def _publish(run: Path, data: Path, repo: Path, profile: str, log: Path, env: dict) -> dict:
+def _publish(run: Path, data: Path, repo: Path, target: str, log: Path, env: dict) -> dict:
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
     out = log.with_suffix(".json")
-    row = _run([*ME, "--measure", "publish", str(out), str(run), str(data), str(repo), profile], log, env)
+    row = _run([*ME, "--measure", "publish", str(out), str(run), str(data), str(repo), target], log, env)
     manifest = json.loads(out.read_text())["manifest"]
     rows = sum(manifest["rows"].values())
     materialized = manifest["materialized"]
@@ -309,7 +309,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="worlds of 5,000 and 20,000 users, 30,000 listings")
     ap.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--listings", type=int, default=300_000)
-    ap.add_argument("--spark-at", type=int, nargs="*", default=[100_000], help="worlds that also run the Spark profile")
+    ap.add_argument("--spark-at", type=int, nargs="*", default=[100_000], help="worlds that also run the Spark target")
     args = ap.parse_args()
     sizes, listings = ([5_000, 20_000], 30_000) if args.quick else (sorted(args.users), args.listings)
     spark_at = {sizes[0]} if args.quick else set(args.spark_at)

@@ -15,7 +15,7 @@ from embeddings import pipeline as pl
 from embeddings.data import load_data
 from embeddings.data.contract import read_parquet
 from embeddings.errors import ChecksFailed, InputError, LstError
-from embeddings.feature_store import PROFILES, REPO, Repo
+from embeddings.feature_store import REPO, TARGETS, Repo
 from embeddings.io import utc, write_json
 from embeddings.models.sasrec import ITEM_ENCODERS, LAYERS, POSITIONS, SASRecConfig
 from embeddings.training.config import LOSSES, LR_SCHEDULES, PRESETS, WINDOWS, TrainConfig
@@ -85,7 +85,7 @@ def _metric_keys(row: dict, prefixes=("hr@", "ndcg@", "cold_hr", "warm_hr")) -> 
 
 
 def _repo(args: argparse.Namespace) -> Repo:
-    return Repo(Path(args.repo) if args.repo else REPO, args.profile)
+    return Repo(Path(args.repo) if args.repo else REPO, args.target)
 
 
 def _data_config(args: argparse.Namespace) -> pl.DataConfig:
@@ -325,7 +325,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     else:
         raise InputError("publish needs --run (or --listings-only)")
     rows = ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items())
-    print(f"published run {manifest['run_id']} ({args.profile}) in {manifest['seconds']:.1f} s: {rows}")
+    print(f"published run {manifest['run_id']} ({args.target}) in {manifest['seconds']:.1f} s: {rows}")
     for w in manifest.get("materialized", []):
         if "rows_per_s" in w:
             print(f"  online {w['view']}: {w['rows']:,} rows in {w['seconds']:.1f} s by {w['writers']} writer(s)")
@@ -352,9 +352,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------------- parser
+class _Deprecated(argparse.Action):
+    """``--profile``, the old name of ``--target`` (profile now means the user vector): kept for one release."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated; use --target {values}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _add_repo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", help="Feast feature repo (default: feature_repo/ of this checkout)")
-    p.add_argument("--profile", choices=tuple(PROFILES), default="local", help="redis: REDIS_HOST/PORT/PASSWORD/SSL")
+    p.add_argument(
+        "--target",
+        choices=tuple(TARGETS),
+        default="local",
+        help="the deployment: local (SQLite), redis, redis-cluster, spark (feature_repo/feature_store.*.yaml)",
+    )
+    p.add_argument("--profile", choices=tuple(TARGETS), action=_Deprecated, dest="target", help=argparse.SUPPRESS)
 
 
 def _add_model_options(p: argparse.ArgumentParser, preset: str | None) -> None:

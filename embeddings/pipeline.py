@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 import tomllib
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -99,10 +101,21 @@ class DataConfig:
 @dataclass
 class FeatureStoreConfig:
     repo: Path = REPO
-    profile: str = "local"  # local (DuckDB + SQLite) | redis (REDIS_HOST/PORT/PASSWORD/SSL)
+    target: str = "local"  # local (DuckDB + SQLite) | redis | redis-cluster | spark: feature_store.*.yaml
+    profile: str | None = None  # the old name of ``target``: still read for one release, with a warning
+
+    def __post_init__(self) -> None:
+        if self.profile is not None:
+            warnings.warn(
+                "[feature_store] profile is deprecated: call it target (profile now means the user vector)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            print("warning: [feature_store] profile is deprecated; use target", file=sys.stderr)
+            self.target, self.profile = self.profile, None
 
     def open(self) -> Repo:
-        return Repo(Path(self.repo), self.profile)
+        return Repo(Path(self.repo), self.target)
 
 
 @dataclass
@@ -727,10 +740,10 @@ def run_job(cfg: JobConfig, log=print) -> JobResult:
     def do_publish():
         nonlocal manifest
         manifest = publish(cfg.data.path, repo, layout, cfg.publish)
-        log(f"   published run {manifest['run_id']} ({repo.profile})")
+        log(f"   published run {manifest['run_id']} ({repo.target})")
         return {"run_id": manifest["run_id"]}
 
-    settings = {"repo": str(repo.path), "profile": repo.profile, **asdict(cfg.publish)}
+    settings = {"repo": str(repo.path), "target": repo.target, **asdict(cfg.publish)}
     inputs = data.files + [*vectors, layout.scores]
     stage("publish", settings, inputs, [], do_publish)
     if manifest is None and layout.stage_file("publish").exists():

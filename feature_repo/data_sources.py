@@ -1,6 +1,6 @@
 """Parquet written by ``lst-embeddings publish`` under ``data/offline`` beside this file: one file per
 run in each folder, never rewritten. The offline store reads every file of a folder through the glob: DuckDB
-(``FileSource``, the local and Redis profiles) or Spark (``SparkSource``, the Spark profile: lst-embeddings sets
+(``FileSource``, the local and Redis targets) or Spark (``SparkSource``, the Spark target: lst-embeddings sets
 ``LST_OFFLINE_STORE=spark`` while it reads these definitions for that profile).
 
 The DuckDB sources name their files relative to this folder (``data/offline/...``), so the registry holds no
@@ -25,7 +25,7 @@ def _runs(table: str) -> str:
 
 
 def _parquet_runs(name: str, table: str, description: str):
-    """The runs of one table as the profile's offline store reads them."""
+    """The runs of one table as the target's offline store reads them."""
     common = {"timestamp_field": "event_timestamp", "created_timestamp_column": "published_at"}
     if OFFLINE_STORE == "spark":
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource

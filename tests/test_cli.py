@@ -78,3 +78,18 @@ def test_every_command_prints_its_help(capsys):
         assert ended.value.code == 0, name
         assert "usage:" in capsys.readouterr().out
     assert {"train", "evaluate", "embed", "run"} <= set(commands)
+
+
+def test_the_old_profile_flag_and_setting_still_choose_the_target_with_a_warning(capsys, tmp_path):
+    """The deployment is the target (--target, [feature_store] target); --profile and profile = still work for one
+    release, with a deprecation message ("profile" now means the user vector only)."""
+    from embeddings import pipeline as pl
+    from embeddings.cli import build_parser
+
+    args = build_parser().parse_args(["lookup", "--user", "U000001", "--profile", "redis"])
+    assert args.target == "redis" and "--profile is deprecated; use --target redis" in capsys.readouterr().err
+    assert build_parser().parse_args(["lookup", "--user", "U000001", "--target", "spark"]).target == "spark"
+    raw = {"job": {"out": "run"}, "data": {"path": "week"}, "feature_store": {"profile": "redis-cluster"}}
+    with pytest.warns(DeprecationWarning, match="call it target"):
+        cfg = pl.JobConfig.from_dict(raw, base=tmp_path)
+    assert cfg.feature_store.target == "redis-cluster" and cfg.feature_store.open().target == "redis-cluster"

@@ -466,7 +466,7 @@ def test_values_past_their_ttl_are_never_served(profile, repo, runs, request, mo
         .to_dict()
     )
     assert all(v is None for v in after["embedding"])
-    args = ["lookup", "--repo", str(repo.path), "--profile", profile, *[f"--user={u}" for u in fresh[:2]]]
+    args = ["lookup", "--repo", str(repo.path), "--target", profile, *[f"--user={u}" for u in fresh[:2]]]
     assert main(args) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(printed) == 2 and all(r["p_rent"] is None and r["embedding"] is None for r in printed)

@@ -4,8 +4,8 @@ checks it first; the writer itself (``feature_store._writer``) is private."""
 
 from embeddings.feature_store.repo import (
     LISTING_FEATURES,
-    PROFILES,
     REPO,
+    TARGETS,
     VIEWS,
     Repo,
     check_redis,
@@ -16,7 +16,7 @@ from embeddings.feature_store.repo import (
 
 __all__ = [
     "LISTING_FEATURES",
-    "PROFILES",
+    "TARGETS",
     "REPO",
     "VIEWS",
     "Repo",

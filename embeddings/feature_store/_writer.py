@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from embeddings.errors import InputError, NothingToPublish, PublishError
 from embeddings.feature_store._materialize import default_writers, materialize
-from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_PROFILES, SPARK_PROFILES, VIEWS, Repo
+from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_TARGETS, SPARK_TARGETS, VIEWS, Repo
 from embeddings.io import kill_point, utc, write_atomic, write_json
 from embeddings.record import RunRecord
 
@@ -62,7 +62,7 @@ def publish_lock(repo: Repo, wait_s: float | None = None):
     """One publisher per repo at a time: the next one waits up to ``wait_s``, then fails (never half-runs).
 
     A file lock in the repo's data folder (publishers on one machine or one shared folder), and with the
-    Redis profile also a lock in Redis itself (publishers anywhere that reach the same Redis).
+    Redis targets also a lock in Redis itself (publishers anywhere that reach the same Redis).
     """
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     busy = f"{repo.path}: another publish has held the lock for over {wait_s:.0f} s; nothing was changed"
@@ -86,7 +86,7 @@ def publish_lock(repo: Repo, wait_s: float | None = None):
 
 @contextlib.contextmanager
 def _redis_lock(repo: Repo, wait_s: float, busy: str):
-    if repo.profile not in REDIS_PROFILES:
+    if repo.target not in REDIS_TARGETS:
         yield
         return
     client = repo.redis()
@@ -255,7 +255,7 @@ def _write_run(
     offline_s = time.perf_counter() - began
     _record_published(repo, run, run_id, published_at)
     store, writes = _materialize(repo, run, fail_before_swap, writers)
-    expiring = _expire_redis(repo, store, run) if repo.profile in REDIS_PROFILES else None
+    expiring = _expire_redis(repo, store, run) if repo.target in REDIS_TARGETS else None
     manifest = {
         "run_id": run_id,
         "cutoff": cutoff.isoformat(),
@@ -266,7 +266,7 @@ def _write_run(
         "classifier_version": str(preference["classifier_version"].iloc[0]) if preference is not None else None,
         "content_sha256": content,
         "rows": {name: len(df) for name, df in run.items()},
-        "profile": repo.profile,
+        "target": repo.target,
         "project": store.project,
         "published_at": published_at.isoformat(),
         "seconds": round(time.perf_counter() - began, 3),
@@ -343,7 +343,7 @@ def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: boo
     start, end = _interval(run)
     views = [VIEWS[name] for name, df in run.items() if len(df)]
     definitions = repo.definitions()
-    if repo.profile != "local":
+    if repo.target != "local":
         store = repo.store()
         store.apply(definitions)
         if fail_before_swap:
@@ -433,7 +433,7 @@ def _expire_redis(repo: Repo, store, run: dict[str, pd.DataFrame]) -> int:
 
 
 def _load(repo: Repo, store, views: list[str], start, end, writers: int | None) -> list[dict]:
-    if repo.profile not in SPARK_PROFILES:
+    if repo.target not in SPARK_TARGETS:
         writers = writers or default_writers(store.config.online_store.type)
         done = materialize(store, views, start, end, writers=writers, newest=True)
         return [{**asdict(w), "rows_per_s": round(w.rows_per_s)} for w in done]

@@ -15,15 +15,15 @@ from embeddings.data.contract import LISTING_COLUMNS, read_parquet
 from embeddings.errors import InputError, PublishError
 
 REPO = Path(__file__).resolve().parents[2] / "feature_repo"
-PROFILES = {
+TARGETS = {  # where a run is published: the yaml of each deployment
     "local": "feature_store.yaml",
     "redis": "feature_store.redis.yaml",
     "redis-cluster": "feature_store.redis_cluster.yaml",
     "spark": "feature_store.spark.yaml",
 }
-REDIS_PROFILES = ("redis", "redis-cluster", "spark")
-CLUSTER_PROFILES = ("redis-cluster", "spark")  # online store: a Redis Cluster
-SPARK_PROFILES = ("spark",)  # offline store and materialization engine: Spark
+REDIS_TARGETS = ("redis", "redis-cluster", "spark")
+CLUSTER_TARGETS = ("redis-cluster", "spark")  # online store: a Redis Cluster
+SPARK_TARGETS = ("spark",)  # offline store and materialization engine: Spark
 TABLES = ("listings", "listing_embeddings", "user_embeddings", "user_profiles", "user_preference")
 VIEWS = {
     "listings": "listing_lst_features",
@@ -40,14 +40,14 @@ LISTING_FEATURES = [c.name for c in LISTING_COLUMNS if c.name not in ("item_id",
 @dataclass
 class Repo:
     path: Path = REPO
-    profile: str = "local"
+    target: str = "local"  # the deployment: a key of TARGETS
 
     def __post_init__(self) -> None:
         self.path = Path(self.path).resolve()  # a relative path would be resolved again by Feast, doubled
-        if self.profile not in PROFILES:
-            raise InputError(f"unknown feature store profile {self.profile!r}; choose from {tuple(PROFILES)}")
-        if not (self.path / PROFILES[self.profile]).is_file():
-            raise InputError(f"{self.path}: not a feature repo (no {PROFILES[self.profile]})")
+        if self.target not in TARGETS:
+            raise InputError(f"unknown feature store target {self.target!r}; choose from {tuple(TARGETS)}")
+        if not (self.path / TARGETS[self.target]).is_file():
+            raise InputError(f"{self.path}: not a feature repo (no {TARGETS[self.target]})")
 
     @property
     def data(self) -> Path:
@@ -55,7 +55,7 @@ class Repo:
 
     @property
     def yaml(self) -> Path:
-        return self.path / PROFILES[self.profile]
+        return self.path / TARGETS[self.target]
 
     def config(self, online_path: Path | None = None):
         from feast.repo_config import load_repo_config
@@ -74,19 +74,19 @@ class Repo:
         from feast import FeatureStore
 
         config = self.config(online_path)
-        if self.profile in REDIS_PROFILES:
-            check_redis(config.online_store.connection_string, cluster=self.profile in CLUSTER_PROFILES)
+        if self.target in REDIS_TARGETS:
+            check_redis(config.online_store.connection_string, cluster=self.target in CLUSTER_TARGETS)
         if config.offline_store.type == "spark":
             start_spark(config.offline_store)
         return FeatureStore(config=config)
 
     def redis(self):
-        """A Redis (or Redis Cluster) client of this profile's online store."""
-        return redis_client(self.config().online_store.connection_string, cluster=self.profile in CLUSTER_PROFILES)
+        """A Redis (or Redis Cluster) client of this target's online store."""
+        return redis_client(self.config().online_store.connection_string, cluster=self.target in CLUSTER_TARGETS)
 
     @property
     def online_db(self) -> Path:
-        """The SQLite online store of the local profile."""
+        """The SQLite online store of the local target."""
         return Path(self.config().online_store.path)
 
     def definitions(self) -> list:
@@ -180,7 +180,7 @@ def redis_client(connection_string: str, cluster: bool = False):
     if not nodes or not all(h and p.isdigit() for h, p in nodes):
         variable = "REDIS_CLUSTER_NODES" if cluster else "REDIS_HOST and REDIS_PORT"
         where = ",".join(f"{h or '?'}:{p or '?'}" for h, p in nodes) or "?:?"
-        raise PublishError(f"Redis at {where}: set {variable} (the profile's yaml reads them)")
+        raise PublishError(f"Redis at {where}: set {variable} (the target's yaml reads them)")
     password = options.get("password") or None
     ssl = options.get("ssl", "false").lower() == "true"
     if cluster:
@@ -213,7 +213,7 @@ def check_redis(connection_string: str, cluster: bool = False) -> None:
 
 
 def start_spark(offline_store) -> None:
-    """The Spark session of the Spark profile, started from ``offline_store.spark_conf`` before Feast's compute
+    """The Spark session of the Spark target, started from ``offline_store.spark_conf`` before Feast's compute
     engine can start one without it (Feast 0.67 does not apply ``batch_engine.spark_conf``), with Spark's Python
     workers on this interpreter (they import Feast)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
