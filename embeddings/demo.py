@@ -1,99 +1,46 @@
-"""``make demo``: the whole job on the built-in synthetic week, through the pipeline's stage functions."""
+"""``make demo``: a synthetic week, then the weekly job exactly as a scheduler runs it (``run_job`` on
+``examples/week.toml``), then one user's online features as a consumer reads them."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from embeddings import pipeline as pl
-from embeddings.data import load_data
 from embeddings.data.synthetic import WeekConfig, write_week
 from embeddings.errors import LstError
-from embeddings.feature_store import REPO, Repo, online_features
-from embeddings.io import write_json
-from embeddings.models.sasrec import SASRecConfig
-from embeddings.models.zoo import make_model
-from embeddings.stages.evaluate import evaluate
-from embeddings.training.config import TrainConfig
+from embeddings.feature_store import REPO, online_features
 
-PROFILE_HORIZON = 16  # the profile head scores any of the next 16 clicks (about a user's week in the demo)
+WEEK_TOML = Path(__file__).resolve().parents[1] / "examples" / "week.toml"
 
 
-def run(out: Path, users: int, listings: int, seed: int, repo: Repo) -> None:
+def run(out: Path, users: int, listings: int, seed: int, repo: Path, config: Path = WEEK_TOML) -> None:
     began = time.perf_counter()
-    layout, data_dir = pl.RunLayout(out), out / "data"
-
-    print("== synthetic week", flush=True)
+    data_dir = out / "data"
+    print(f"== synthetic week: {users:,} users, {listings:,} listings, ending today", flush=True)
     write_week(WeekConfig(users, listings, 7, seed), data_dir)
-    data = load_data(data_dir)
-    print(f"   {len(data.events):,} events, {len(data.listings):,} listing versions; contract OK")
 
-    print("== lst features of the listings into the feature store", flush=True)
-    try:
-        print(f"   run {pl.publish_listings(data_dir, repo)['run_id']}")
-    except pl.NothingToPublish:
-        print("   already there")
-
-    print("== SASRec (hybrid item encoder, lst features read through Feast)", flush=True)
-    split_cfg = pl.DataConfig(data_dir)
-    trained = pl.train(
-        data,
-        layout,
-        split_cfg,
-        SASRecConfig(item_encoder="hybrid", max_len=50, profile_horizon=PROFILE_HORIZON),
-        TrainConfig(epochs=30, patience=4, seed=seed),
-        features_from="feast",
-        feature_store=repo,
+    job = pl.JobConfig.from_toml(config)
+    job = replace(
+        job,
+        out=out,
+        data=replace(job.data, path=data_dir),
+        feature_store=replace(job.feature_store, repo=repo),
     )
+    print(f"== the weekly job: {config.name} on it (lst-embeddings run --config), run folder {out}", flush=True)
+    result = pl.run_job(job, log=lambda line: print(line, flush=True))
 
-    print("== SASRec against the baselines, same temporal split", flush=True)
-    split = pl.split_data(data, split_cfg)
-    rows = [trained.metrics]
-    for name in ("popular", "lightfm"):
-        model = make_model(name, split, data.listings).fit(split)
-        rows.append({"model": model.name, **evaluate(model, split.test)})
-    for r in rows:
-        print(f"   {r['model']:18s} HR@10 {r['hr@10']:.4f}  NDCG@10 {r['ndcg@10']:.4f}")
-    write_json(layout.evaluation, rows)
-
-    print("== user and listing embeddings as of the training cut-off", flush=True)
-    embedded = pl.embed(data, layout, trained.model)
-    print(f"   {len(embedded.users):,} users (intent and profile vectors), {len(embedded.items):,} listings, "
-          f"model {embedded.model_version}")  # fmt: skip
-
-    print("== user vectors as features: probes against what a consuming team could build alone", flush=True)
-    probed = pl.probe(data, layout)
-    for line in probed.report.table().splitlines():
-        print(f"   {line}")
-    print(f"   the classifier and the pictures take the {probed.preferred} vector")
-
-    print("== rent/sale preference: CatBoost fitted on labels before the cut-off, scored at it", flush=True)
-    classified = pl.classify(data, layout)
-    days = pl.ClassifyConfig.label_days
-    print(f"   fitted on {classified.n_train:,} users labelled in the {days:g} days before the cut-off; scored at it")
-    groups = {"all users labelled after the cut-off": "all users", "users never seen by the classifier": "never seen"}
-    for r in classified.table:
-        if r["users"] in groups:
-            p, rec, auc = r["precision"], r["recall"], r["roc_auc"]
-            print(f"   {groups[r['users']]:10s} {r['model']:26s} precision {p:.3f} recall {rec:.3f} ROC-AUC {auc:.4f}")
-
-    print("== t-SNE pictures", flush=True)
-    for path in pl.pictures(data, layout):
-        print(f"   {path}")
-
-    print("== checks, then publish to the local feature store (DuckDB offline, SQLite online)", flush=True)
-    manifest = pl.publish(data_dir, repo, layout)
-    print(f"   published run {manifest['run_id']}: {manifest['rows']}; report {layout.validation_dir / 'report.html'}")
-
-    print("== one user's online features", flush=True)
-    user = str(embedded.users["user_id"].iloc[0])
-    record = online_features(repo, [user]).iloc[0].to_dict()
+    print("== one user's online features, as a consumer reads them", flush=True)
+    first = pl.RunTables.read(result.layout).users["user_id"].iloc[0]
+    record = online_features(job.feature_store.open(), [str(first)]).iloc[0].to_dict()
     for name in ("embedding", "profile_embedding"):
-        record[name] = [round(float(x), 4) for x in record[name][:4]] + ["..."]
+        if record.get(name) is not None:
+            record[name] = [round(float(x), 4) for x in record[name][:4]] + ["..."]
     print(f"   {record}")
-    print(f"\ndemo finished in {time.perf_counter() - began:.0f} s; outputs under {out}/")
+    print(f"\ndemo finished in {time.perf_counter() - began:.0f} s; outputs under {out}/, published into {repo}/data/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listings", type=int, default=6000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repo", default=str(REPO))
+    p.add_argument("--config", default=str(WEEK_TOML), help="the job's settings (its data and run paths are replaced)")
     args = p.parse_args(argv)
     try:
-        run(Path(args.out), args.users, args.listings, args.seed, Repo(Path(args.repo)))
+        run(
+            Path(args.out).resolve(), args.users, args.listings, args.seed, Path(args.repo).resolve(), Path(args.config)
+        )
     except LstError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -151,6 +151,18 @@ class ProbeSettings:
 
 
 @dataclass
+class EvaluateConfig:
+    baselines: list[str] = field(default_factory=list)  # e.g. ["popular", "lightfm"]: on the same split as SASRec
+
+    def __post_init__(self) -> None:
+        from embeddings.models.zoo import MODELS
+
+        unknown = [b for b in self.baselines if b not in MODELS]
+        if unknown:
+            raise InputError(f"[evaluate] baselines: unknown model(s) {unknown}; known: {sorted(MODELS)}")
+
+
+@dataclass
 class PicturesConfig:
     sample: int = 2000  # points per picture
     seed: int = 0
@@ -177,6 +189,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     features_from: str = "table"  # table | feast: lst features for training from listings.parquet or Feast
     init_from: Path | None = None  # start training from this checkpoint's weights (fine-tuning)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
@@ -199,6 +212,7 @@ class JobConfig:
             "data": DataConfig,
             "model": SASRecConfig,
             "train": TrainConfig,
+            "evaluate": EvaluateConfig,
             "embed": EmbedConfig,
             "probe": ProbeSettings,
             "classify": ClassifyConfig,
@@ -637,24 +651,44 @@ def _contract_tables(data_dir: Path, raw: dict[str, pd.DataFrame]) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------- the job
-def _fingerprint(stage: str, settings: dict, inputs: list[Path]) -> str:
-    digest = hashlib.sha256(json.dumps([stage, settings], sort_keys=True, default=str).encode())
-    for path in inputs:
-        digest.update(file_digest(path).encode())
+def _digest(path: Path) -> str:
+    """A file's content digest; a folder's over its files (names and contents)."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_digest(path)
+    digest = hashlib.sha256()
+    for part in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(part.relative_to(path)).encode() + file_digest(part).encode())
     return digest.hexdigest()
 
 
+def _fingerprint(stage: str, settings: dict, inputs: list[Path]) -> str:
+    digest = hashlib.sha256(json.dumps([stage, settings], sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(_digest(path).encode())
+    return digest.hexdigest()
+
+
+def _outputs(outputs: list[Path]) -> dict[str, str] | None:
+    """The digests of a stage's outputs; None when one is missing."""
+    if not all(Path(p).exists() for p in outputs):
+        return None
+    return {str(p): _digest(p) for p in outputs}
+
+
 def _done(layout: RunLayout, stage: str, fingerprint: str, outputs: list[Path]) -> bool:
+    """The stage ran with these inputs and settings, and its outputs are still what it wrote (a truncated or
+    edited output reruns the stage)."""
     path = layout.stage_file(stage)
-    if not path.exists() or not all(p.exists() for p in outputs):
+    if not path.exists():
         return False
-    return json.loads(path.read_text()).get("fingerprint") == fingerprint
+    stamp, current = json.loads(path.read_text()), _outputs(outputs)
+    return current is not None and stamp.get("fingerprint") == fingerprint and stamp.get("outputs") == current
 
 
-def _stamp(layout: RunLayout, stage: str, fingerprint: str, summary: dict) -> None:
-    write_json(
-        layout.stage_file(stage), {"fingerprint": fingerprint, "finished_at": pd.Timestamp.now(tz="UTC"), **summary}
-    )
+def _stamp(layout: RunLayout, stage: str, fingerprint: str, outputs: list[Path], summary: dict) -> None:
+    stamp = {"fingerprint": fingerprint, "outputs": _outputs(outputs) or {}, **summary}
+    write_json(layout.stage_file(stage), {**stamp, "finished_at": pd.Timestamp.now(tz="UTC")})
 
 
 @dataclass
@@ -666,26 +700,26 @@ class JobResult:
 
 
 def run_job(cfg: JobConfig, log=print) -> JobResult:
-    """The whole weekly job. Each stage is skipped when its outputs exist for the same inputs and settings."""
+    """The whole weekly job. A stage is skipped when it ran with the same inputs and settings and its outputs are
+    still what it wrote (publish: when its run is still in the feature store, online included)."""
     layout = RunLayout(cfg.out)
     repo = cfg.feature_store.open()
     data = load_data(cfg.data.path)
     ran, skipped = [], []
 
-    def stage(name: str, settings: dict, inputs: list[Path], outputs: list[Path], work) -> None:
+    def stage(name: str, settings: dict, inputs: list[Path], outputs: list[Path], work, live=None) -> None:
         fingerprint = _fingerprint(name, settings, inputs)
-        if _done(layout, name, fingerprint, outputs):
+        if _done(layout, name, fingerprint, outputs) and (live is None or live()):
             skipped.append(name)
             log(f"== {name}: up to date, skipped")
             return
         log(f"== {name}")
         summary = work() or {}
-        _stamp(layout, name, fingerprint, summary)
+        _stamp(layout, name, fingerprint, outputs, summary)
         ran.append(name)
 
-    listings_stamp = layout.stage_file("publish-listings")
     if cfg.features_from == "feast":
-        stage("publish-listings", asdict(cfg.feature_store), data.files, [listings_stamp], lambda: _listings(cfg, repo))
+        stage("publish-listings", asdict(cfg.feature_store), data.files, [], lambda: _listings(cfg, repo, log))
     train_settings = {
         "split": asdict(cfg.data) | {"path": None},
         "model": asdict(cfg.model),
@@ -703,56 +737,110 @@ def run_job(cfg: JobConfig, log=print) -> JobResult:
         return {"hr@10": result.metrics["hr@10"], "ndcg@10": result.metrics["ndcg@10"]}
 
     stage("train", train_settings, data.files + init, [layout.model], do_train)
+    if cfg.evaluate.baselines:
+
+        def do_evaluate():
+            rows = evaluate_models(data, layout, cfg.data, cfg.evaluate)
+            for r in rows:
+                log(f"   {r['model']:18s} HR@10 {r['hr@10']:.4f}  NDCG@10 {r['ndcg@10']:.4f}")
+            return {"models": [r["model"] for r in rows]}
+
+        settings = {"split": train_settings["split"], **asdict(cfg.evaluate)}
+        stage("evaluate", settings, data.files + [layout.model], [layout.evaluation], do_evaluate)
 
     def do_embed():
         result = embed(data, layout, layout.model, cfg.embed)
-        log(f"   {len(result.users):,} users, {len(result.items):,} listings, model {result.model_version}")
+        heads = " and ".join(result.record.heads)
+        log(f"   {len(result.users):,} users ({heads} vectors), {len(result.items):,} listings as of {result.cutoff}")
+        log(f"   model {result.model_version} ({result.encoder} items); record {layout.record}")
         return {"users": len(result.users), "model_version": result.model_version}
 
-    outputs = [layout.user_embeddings, layout.listing_embeddings, layout.reference]
+    outputs = [layout.user_embeddings, layout.listing_embeddings, layout.reference, layout.record]
     stage("embed", asdict(cfg.embed), data.files + [layout.model], outputs, do_embed)
 
     def do_probe():
         result = probe(data, layout, cfg.probe)
-        log(f"   preferred user vector: {result.preferred}")
+        for line in result.report.table().splitlines():
+            log(f"   {line}")
+        log(f"   the classifier and the pictures take the {result.preferred} vector")
         return {"preferred": result.preferred}
 
     vectors = [p for p in (layout.user_embeddings, layout.user_profiles, layout.listing_embeddings) if p.exists()]
-    stage("probe", asdict(cfg.probe), data.files + vectors, [layout.probe_report], do_probe)
+    stage("probe", asdict(cfg.probe), data.files + vectors + [layout.record], [layout.probe_report], do_probe)
 
     def do_classify():
         result = classify(data, layout, cfg.classify)
-        log(f"   {result.n_labelled:,} labelled users, classifier {result.classifier_version}")
+        log(
+            f"   fitted on {result.n_train:,} users labelled in the {cfg.classify.label_days:g} days before the cut-off"
+        )
+        for r in result.table:
+            if r["users"] == "all users labelled after the cut-off":
+                log(f"   {r['model']:26s} ROC-AUC {r['roc_auc']:.4f} on labels after the cut-off ({r['n']:,} users)")
         return {"classifier_version": result.classifier_version}
 
     outputs = [layout.scores, layout.classifier, layout.preference_metrics]
-    users_in = [layout.preferred_users(), layout.probe_report]
+    users_in = [layout.preferred_users(), layout.probe_report, layout.record]
     stage("classify", asdict(cfg.classify), data.files + users_in, outputs, do_classify)
-    stage(
-        "pictures",
-        asdict(cfg.pictures),
-        [*users_in, layout.listing_embeddings, layout.scores],
-        [layout.pictures_dir],
-        lambda: {"pictures": [p.name for p in pictures(data, layout, cfg.pictures)]},
-    )
+
+    def do_pictures():
+        paths = pictures(data, layout, cfg.pictures)
+        log(f"   {len(paths)} PNGs in {layout.pictures_dir}")
+        return {"pictures": [p.name for p in paths]}
+
+    inputs = [*users_in, layout.listing_embeddings, layout.scores]
+    stage("pictures", asdict(cfg.pictures), inputs, [layout.pictures_dir], do_pictures)
     manifest: dict | None = None
 
     def do_publish():
         nonlocal manifest
         manifest = publish(cfg.data.path, repo, layout, cfg.publish)
-        log(f"   published run {manifest['run_id']} ({repo.target})")
+        log(f"   {manifest['checks']} checks passed; report {layout.validation_dir / 'report.html'}")
+        log(f"   published run {manifest['run_id']} ({repo.target}): {manifest['rows']}")
         return {"run_id": manifest["run_id"]}
 
     settings = {"repo": str(repo.path), "target": repo.target, **asdict(cfg.publish)}
-    inputs = data.files + [*vectors, layout.scores]
-    stage("publish", settings, inputs, [], do_publish)
+    inputs = data.files + [*vectors, layout.scores, layout.record]
+    stage("publish", settings, inputs, [], do_publish, live=lambda: _still_published(repo, layout))
     if manifest is None and layout.stage_file("publish").exists():
         manifest = repo.manifest(json.loads(layout.stage_file("publish").read_text())["run_id"])
     return JobResult(layout, ran, skipped, manifest)
 
 
-def _listings(cfg: JobConfig, repo: Repo) -> dict:
+def _still_published(repo: Repo, layout: RunLayout) -> bool:
+    """The run the publish stage recorded is in the feature store: its manifest, and one of its users online with
+    the run's model version (a lost or replaced online store, or one past the ttl, publishes again)."""
+    from embeddings.feature_store import online_features
+
+    run_id = json.loads(layout.stage_file("publish").read_text()).get("run_id")
+    if not run_id or repo.manifest(run_id) is None:
+        return False
+    user = str(read_parquet(layout.user_embeddings)["user_id"].iloc[0])
     try:
-        return {"run_id": publish_listings(cfg.data.path, repo)["run_id"]}
+        online = online_features(repo, [user], "user_profile")
+    except Exception:  # noqa: BLE001  (any store error: a missing table, an unreachable Redis) means not live
+        return False
+    return bool(len(online)) and online["model_version"].iloc[0] == RunRecord.read(layout.record).model_version
+
+
+def evaluate_models(data: Dataset, layout: RunLayout, split: DataConfig, cfg: EvaluateConfig) -> list[dict]:
+    """The run's model and ``cfg.baselines`` on the same split: HR@10, NDCG@10 (``layout.evaluation``)."""
+    from embeddings.models.zoo import make_model
+    from embeddings.stages.evaluate import evaluate
+
+    the_split = split_data(data, split)
+    rows = [{"model": "sasrec (this run)", **evaluate(SASRecRecommender.load(layout.model), the_split.test)}]
+    for name in cfg.baselines:
+        model = make_model(name, the_split, data.listings).fit(the_split)
+        rows.append({"model": model.name, **evaluate(model, the_split.test)})
+    write_json(layout.evaluation, rows)
+    return rows
+
+
+def _listings(cfg: JobConfig, repo: Repo, log=print) -> dict:
+    try:
+        run_id = publish_listings(cfg.data.path, repo)["run_id"]
+        log(f"   lst features published: run {run_id}")
+        return {"run_id": run_id}
     except NothingToPublish:
+        log("   every listing version is already in the feature store")
         return {"run_id": None}

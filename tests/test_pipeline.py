@@ -237,6 +237,16 @@ def test_run_config_after_sigkill_in_training_and_in_publishing_ends_like_an_uni
     assert "ran nothing" in again.stdout
     assert json.loads(layout.stage_file("publish").read_text())["run_id"] == resumed.manifest["run_id"]
 
+    # a damaged output reruns the stage that wrote it (and those that read it); a lost online store, the publish
+    layout.scores.write_bytes(layout.scores.read_bytes()[:100])
+    healed = pl.run_job(pl.JobConfig.from_toml(config))
+    assert healed.ran[0] == "classify" and "train" in healed.skipped and "embed" in healed.skipped
+    assert len(read_parquet(layout.scores)) == len(read_parquet(layout.user_embeddings))
+    repos["crashed"].online_db.unlink()
+    republished = pl.run_job(pl.JobConfig.from_toml(config))
+    assert republished.ran == ["publish"]
+    pd.testing.assert_frame_equal(_online(repos["crashed"], users), _online(repos["straight"], users))
+
 
 def test_probe_cli_on_any_embedding_file(job, tiny_dir, tmp_path, capsys):
     _, layout, _ = job

@@ -41,7 +41,7 @@ from embeddings.errors import InputError
 from embeddings.io import kill_point, load_checkpoint, save_torch
 from embeddings.metrics import vector_stats
 from embeddings.models.losses import full_softmax_ce, log_inclusion, logq_softmax_ce, sampled_softmax_ce
-from embeddings.progress import progress
+from embeddings.progress import note, progress
 from embeddings.stages.evaluate import evaluate
 from embeddings.training import distributed as dist
 from embeddings.training.config import (
@@ -360,6 +360,16 @@ class _Loop:
         else:
             self.waited += 1
 
+    def _report(self, epoch: int, stats: dict) -> None:
+        """One line an epoch: its loss and, when validated, validation NDCG@10 against the best so far."""
+        line = f"epoch {epoch + 1}/{self.tc.epochs}: loss {stats['loss']:.4f}, {stats['seconds']:.1f} s"
+        if "valid_ndcg@10" in stats:
+            best = self.best["epoch"] == epoch
+            line += f", validation NDCG@10 {stats['valid_ndcg@10']:.4f}" + (" (best)" if best else "")
+            if not best and self.waited >= self.tc.patience:
+                line += f"; no better for {self.waited} epochs: stopping, best epoch {self.best['epoch'] + 1}"
+        note(line)
+
     def checkpoint(self, epoch: int) -> None:
         """``last.pt``: the exported model plus what resuming needs."""
         if self.folder:
@@ -390,6 +400,8 @@ class _Loop:
                 self.validate(epoch, stats)
             self.rec.history.append(stats)
             self.checkpoint(epoch)
+            if dist.is_main():
+                self._report(epoch, stats)
             if self.rec.on_epoch_end is not None:
                 self.rec.on_epoch_end(epoch, stats)
         self.model.load_state_dict(self.best_weights)
