@@ -16,6 +16,7 @@ Writes bench/results/feature_store.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ from embeddings.pipeline import (
 )
 
 FEAST = str(Path(sys.executable).with_name("feast"))
-CUTOFF = pd.Timestamp("2026-11-08", tz="UTC")
+CUTOFF = pd.Timestamp.now(tz="UTC").floor("D") - pd.Timedelta(days=1)  # recent: served values are within their ttl
 LOOKUP_COLUMNS = ["store", "path", "users_per_request", "p50_ms", "p99_ms", "floor_p50_ms", "p50_over_floor"]
 
 
@@ -259,7 +260,7 @@ def lookups(repo: Repo, name: str, users: list[str], n: int, env: dict) -> list[
 def materialize_side_by_side(repo: Repo, scratch: Path) -> list[dict]:
     """User embeddings into a fresh three-master Redis Cluster: Feast's ``materialize`` against the publisher's
     (``embeddings.feature_store._materialize``) with one and two writers, in one run."""
-    from scale import start_cluster, stop_cluster
+    from bench.scale import start_cluster, stop_cluster
 
     from embeddings.feature_store._materialize import materialize
 
@@ -277,7 +278,9 @@ def materialize_side_by_side(repo: Repo, scratch: Path) -> list[dict]:
         )
         client = cluster_repo.redis()
         ways = {
-            "feast materialize": lambda: store.materialize(start, end, feature_views=["user_embedding"]),
+            "feast materialize": lambda: _in(
+                repo.path, store.materialize, start, end, feature_views=["user_embedding"]
+            ),
             "publisher, 1 writer": lambda: materialize(store, ["user_embedding"], start, end, 1, False, newest=True),
             "publisher, 2 writers": lambda: materialize(
                 store, ["user_embedding"], start, end, 2, False, newest=True, parallel_min_rows=1
@@ -301,6 +304,13 @@ def materialize_side_by_side(repo: Repo, scratch: Path) -> list[dict]:
         stop_cluster(scratch / "cluster")
 
 
+def _in(folder: Path, call, *args, **kwargs):
+    """``call`` with ``folder`` as the working folder: Feast's DuckDB store reads the repo's relative source paths
+    from there."""
+    with contextlib.chdir(folder):
+        return call(*args, **kwargs)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
@@ -322,7 +332,9 @@ def main() -> None:
     store = repo.store(online_path=scratch / "materialize_only.db")
     store.apply(repo.definitions())  # creates the online tables in the fresh file
     start = time.perf_counter()
-    store.materialize(
+    _in(
+        repo.path,
+        store.materialize,
         CUTOFF.to_pydatetime() - pd.Timedelta(seconds=1),
         CUTOFF.to_pydatetime() + pd.Timedelta(seconds=1),
         feature_views=["user_embedding"],
