@@ -465,7 +465,10 @@ def classify(
     users = read_parquet(source)
     cutoff = RunRecord.read(layout.record).cutoff
     start = cutoff - pd.Timedelta(days=cfg.label_days)
-    past = Embedder.from_checkpoint(layout.model, data.listings).embed_users(data.events, start)  # its features
+    ts = data.events["event_timestamp"]
+    labelled = data.events.loc[(ts >= start) & (ts < cutoff), "user_id"].unique()  # only they can be fitted on
+    clicks = data.events[data.events["user_id"].isin(labelled)]
+    past = Embedder.from_checkpoint(layout.model, data.listings).embed_users(clicks, start)  # the fit's features
     intent, profiles = Embedder.split_heads(past)
     past = profiles if source == layout.user_profiles and profiles is not None else intent
     labels = data.labels() if labels is None else labels

@@ -95,6 +95,7 @@ HISTORY_FEATURES = ("history_rent_share", "log1p_history_clicks")
 # (depth, learning rate, rounds) tried by cross-validation; measured on the demo week (README, bench/NOTES.md)
 GRID = ((3, 0.1, 200), (4, 0.05, 300), (4, 0.03, 800), (6, 0.03, 500))
 LABEL_DAYS = 2.0
+MAX_FIT_USERS = 50_000  # the classifier is fitted (and its settings cross-validated) on at most this many users
 
 
 def _booster(seed: int, depth: int = 4, learning_rate: float = 0.05, iterations: int = 300) -> CatBoostClassifier:
@@ -245,6 +246,7 @@ def fit_preference(
     latent: pd.DataFrame | None = None,
     min_history: int = 3,
     seed: int = 0,
+    max_fit_users: int = MAX_FIT_USERS,
 ) -> PreferenceResult:
     """Fit on ``past_users`` (vectors as of ``cutoff - label_days``) labelled by their clicks in
     ``[cutoff - label_days, cutoff)``, score ``users`` (vectors as of ``cutoff``), and report the scores against
@@ -259,6 +261,8 @@ def fit_preference(
             f"too few users labelled between {start} and the cut-off {cutoff} ({len(fit)}); need at least 20 with "
             "both classes (a longer label window: label_days)"
         )
+    if len(fit) > max_fit_users:  # a seeded sample: on a site-size week the grid would otherwise cost minutes
+        fit = fit.sample(max_fit_users, random_state=seed).reset_index(drop=True)
     x_fit, y_fit = preference_features(fit, events, listings, start), fit["label"].to_numpy()
     catboost = PreferenceModel.fit(x_fit, y_fit, seed)
     scores = score_users(catboost, users, events, listings)
