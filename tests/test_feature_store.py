@@ -440,7 +440,7 @@ def test_values_past_their_ttl_are_never_served(profile, repo, runs, request, mo
     write_run(store, *ancient)
     assert not _present(store, old).any()  # published already past its ttl: never served
 
-    expires = now - ttl + pd.Timedelta(seconds=30 if profile == "local" else 6)  # local: time for `feast apply`
+    expires = now - ttl + pd.Timedelta(seconds=30 if profile == "local" else 15)  # local: time for `feast apply`
     nearly = (listings, users[users["user_id"].isin(fresh)], items, scores[scores["user_id"].isin(fresh)])
     write_run(store, *_dated(nearly, expires))
     assert _present(store, fresh).all()
