@@ -261,7 +261,6 @@ def materialize_side_by_side(repo: Repo, scratch: Path) -> list[dict]:
     """User embeddings into a fresh three-master Redis Cluster: Feast's ``materialize`` against the publisher's
     (``embeddings.feature_store._materialize``) with one and two writers, in one run."""
     from bench.scale import start_cluster, stop_cluster
-
     from embeddings.feature_store._materialize import materialize
 
     cluster = start_cluster(scratch / "cluster")
