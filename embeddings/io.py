@@ -19,6 +19,12 @@ import pandas as pd
 from embeddings.errors import InputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``."""
     path = Path(path)
@@ -27,6 +33,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: the product's files follow the umask, as open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -143,8 +150,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused something executable: never retry without it
         raise InputError(f"{path}: refused, the file holds objects that would run code when loaded") from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise InputError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        kind = type(state).__name__
+        raise InputError(f"{path}: not an lst-embeddings checkpoint (a {kind}, not a saved model's dictionary)")
+    return state

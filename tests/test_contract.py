@@ -120,3 +120,20 @@ def test_a_day_partitioned_events_folder_reads_as_one_table(tmp_path, tiny_dir, 
     assert main(["check-data", "--data", str(tmp_path / "parts")]) == 2
     err = capsys.readouterr().err
     assert "events.parquet" in err and "user_id" in err
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_follow_the_process_umask(tmp_path, umask, mode):
+    """Files a server or reader running as another user must read (Parquet, manifests, the registry's inputs) get
+    the mode any program's files get under the umask, not mkstemp's 0600."""
+    import os
+
+    from embeddings.io import write_json
+
+    old = os.umask(umask)
+    try:
+        path = write_json(tmp_path / "m.json", {"a": 1})
+        write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode and (tmp_path / "t.parquet").stat().st_mode & 0o777 == mode

@@ -345,3 +345,30 @@ def test_resuming_with_other_settings_is_refused(tiny_week, tmp_path):
     other = TrainConfig(epochs=2, batch_size=32, bf16=False, seed=7, lr=1e-3)
     with pytest.raises(InputError, match=r"cannot resume with other settings \(lr 0.002 -> 0.001, seed 0 -> 7\)"):
         SASRecRecommender(cfg, other, checkpoint_dir=tmp_path).fit(split)
+
+
+def test_foreign_checkpoints_bad_shapes_and_lookups_without_a_run_are_one_line(
+    run, tiny_dir, feature_repo, tmp_path, capsys
+):
+    """#33 row 8: a dict or a list given as a checkpoint, a negative --max-len, a lookup before any publish and one
+    after the online store lost its file end in one line and an exit code, never a traceback."""
+    import torch
+
+    torch.save({"a": 1}, tmp_path / "dict.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    data, out = ["--data", str(tiny_dir)], ["--out", str(tmp_path / "out")]
+    assert main(["embed", "--model", str(tmp_path / "list.pt"), *data, *out]) == 2
+    assert main(["embed", "--model", str(tmp_path / "dict.pt"), *data, *out]) == 2
+    assert main(["train", *data, "--out", str(tmp_path / "m"), "--init-from", str(tmp_path / "list.pt")]) == 2
+    assert main(["train", *data, "--out", str(tmp_path / "m"), "--max-len", "-5", "--epochs", "1"]) == 2
+    lookup = ["lookup", "--repo", str(feature_repo.path), "--user", "U000001"]
+    assert main(lookup) == 2
+    layout = pl.RunLayout(tmp_path / "run")
+    _lay_out(layout, run)
+    assert main(["publish", "--run", str(layout.root), *data, "--repo", str(feature_repo.path)]) == 0
+    feature_repo.online_db.unlink()
+    assert main(lookup) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 6, err
+    assert "not an lst-embeddings checkpoint (a list" in err and "max_len -5: must be at least 1" in err
+    assert "nothing published yet" in err and "lost its tables" in err

@@ -225,9 +225,22 @@ def start_spark(offline_store) -> None:
 
 
 def online_features(repo: Repo, user_ids: list[str], service: str = "user_profile") -> pd.DataFrame:
+    """Online values of ``service``'s features for ``user_ids``; a clear error before any publish or when the online
+    store has lost its tables."""
+    import sqlite3
+
+    from feast.errors import FeastObjectNotFoundException
+
     store = repo.store()
-    features = store.get_feature_service(service)
-    return store.get_online_features(features=features, entity_rows=[{"user_id": u} for u in user_ids]).to_df()
+    try:
+        features = store.get_feature_service(service)
+        return store.get_online_features(features=features, entity_rows=[{"user_id": u} for u in user_ids]).to_df()
+    except (FeastObjectNotFoundException, FileNotFoundError) as exc:
+        raise InputError(f"{repo.path}: nothing published yet ({str(exc).splitlines()[0]}); run publish first") from exc
+    except sqlite3.OperationalError as exc:
+        raise PublishError(
+            f"{repo.online_db}: the online store lost its tables ({exc}); publish the run again"
+        ) from exc
 
 
 def historical_features(repo: Repo, entity_df: pd.DataFrame, service: str = "user_profile") -> pd.DataFrame:

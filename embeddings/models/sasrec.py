@@ -77,6 +77,12 @@ class SASRecConfig:
     def __post_init__(self) -> None:
         if self.item_encoder not in (*ITEM_ENCODERS, "auto"):
             raise InputError(f"item_encoder must be one of {(*ITEM_ENCODERS, 'auto')}, got {self.item_encoder!r}")
+        small = {k: v for k, v in (("max_len", self.max_len), ("dim", self.dim), ("n_blocks", self.n_blocks),
+                                   ("n_heads", self.n_heads), ("ffn_mult", self.ffn_mult)) if v < 1}  # fmt: skip
+        if small:
+            raise InputError(f"{', '.join(f'{k} {v}' for k, v in small.items())}: must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.dim % self.n_heads:
             raise InputError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.profile_horizon < 0:
