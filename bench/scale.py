@@ -278,8 +278,8 @@ def start_cluster(folder: Path) -> dict | None:
     env = {**os.environ, "REDIS_CLUSTER_PASSWORD": password}
     got = subprocess.run(["bash", str(ROOT / "scripts" / "redis-cluster.sh"), "start", str(CLUSTER_PORT), str(folder)],
                          env=env, capture_output=True, text=True, check=True)  # fmt: skip
-    nodes = got.stdout.strip().split("=", 1)[1]
-    return {"REDIS_CLUSTER_NODES": nodes, "REDIS_CLUSTER_PASSWORD": password}
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in got.stdout.strip().splitlines())
+    return {"REDIS_CLUSTER_NODES": exported["REDIS_CLUSTER_NODES"], "REDIS_CLUSTER_PASSWORD": password}
 
 
 def stop_cluster(folder: Path) -> None:

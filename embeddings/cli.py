@@ -527,6 +527,25 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # no permission, a file where a folder should be, a full disk: nothing half-written
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 3
+    except Exception as exc:
+        message = _store_failure(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 3
+
+
+def _store_failure(exc: Exception) -> str | None:
+    """One line for a store that failed under a command (Redis gone or failing over, SQLite's disk full), or None
+    for an exception that is a bug (its traceback is the report)."""
+    import sqlite3
+
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if type(exc).__module__.startswith("redis"):
+        return f"Redis: {first} (the online store failed under this command; run it again once Redis serves)"
+    if isinstance(exc, sqlite3.Error):
+        return f"SQLite: {first}"
+    return None
 
 
 if __name__ == "__main__":

@@ -105,9 +105,18 @@ def write_parquet_partitioned(df: pd.DataFrame | Iterable[pd.DataFrame], path: s
 
 
 def save_torch(obj: dict, path: str | os.PathLike) -> Path:
+    import errno
+
     import torch
 
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: str) -> None:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's writer reports a full disk as "unexpected pos ..."
+            reason = f"could not write a checkpoint (disk full?): {str(exc).splitlines()[0]}"
+            raise OSError(errno.EIO, reason, str(path)) from exc
+
+    return write_atomic(path, save)
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
@@ -121,9 +130,12 @@ def utc(value) -> pd.Timestamp:
 
 
 def kill_point(name: str) -> None:
-    """Fault injection for crash tests: ``LST_EMBEDDINGS_KILL_AT=name`` ends the process here with SIGKILL."""
+    """Fault injection for crash tests: ``LST_EMBEDDINGS_KILL_AT=name`` ends the process here with SIGKILL;
+    ``LST_EMBEDDINGS_STOP_AT=name`` pauses it here (SIGSTOP) until a SIGCONT."""
     if os.environ.get("LST_EMBEDDINGS_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("LST_EMBEDDINGS_STOP_AT") == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -7,6 +7,7 @@ run, time); the definitions below read it, so the registry shows them (``feast f
 the vector fields' ``vector_length`` and the views' and fields' tags."""
 
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from feast.types import Array, Float32, Float64, Int64, String
 
 OWNER = "recsys-embeddings@lst.example"
 WEEKLY = timedelta(days=8)
-PUBLISHED = Path(__file__).resolve().parent / "data" / "published.json"
+# lst-embeddings points LST_PUBLISHED at the record of the publish in progress while it applies the repo
+PUBLISHED = Path(os.environ.get("LST_PUBLISHED") or Path(__file__).resolve().parent / "data" / "published.json")
 
 
 def published(view: str) -> dict[str, str]:

@@ -1,29 +1,43 @@
 #!/usr/bin/env bash
-# A real Redis Cluster of three masters on 127.0.0.1, for tests and local use.
+# A real Redis Cluster on 127.0.0.1: three masters, each with one replica, append-only files on, for tests and
+# local use. A master that dies is replaced by its replica within about CLUSTER_NODE_TIMEOUT_MS (default 3000).
 #
 #   REDIS_CLUSTER_PASSWORD=... scripts/redis-cluster.sh start [FIRST_PORT] [DIR]
-#       starts masters on FIRST_PORT..FIRST_PORT+2 (default 7101; cluster bus on port + 10000), creates the
-#       cluster, waits until it serves, and prints the line to eval:
-#       export REDIS_CLUSTER_NODES=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
-#   scripts/redis-cluster.sh stop [FIRST_PORT] [DIR]
+#       starts six nodes on FIRST_PORT..FIRST_PORT+5 (default 7101; cluster bus on port + 10000): masters on the
+#       first three, replicas on the next three. Creates the cluster, waits until it serves, and prints the lines
+#       to eval:
+#         export REDIS_CLUSTER_NODES=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+#         export REDIS_CLUSTER_DIR=...
+#       DIR (data, logs, pid files) must be new or empty; without it a fresh private folder comes from mktemp.
+#   scripts/redis-cluster.sh stop [FIRST_PORT] [DIR]      (DIR defaults to $REDIS_CLUSTER_DIR)
 #
 # The password comes from the environment only (Feast splits its connection string on commas and
 # JSON-decodes values: use no comma and not only digits).
 set -euo pipefail
 cmd=${1:?usage: redis-cluster.sh start|stop [FIRST_PORT] [DIR]}
 first=${2:-7101}
-dir=${3:-/tmp/lst-embeddings-redis-cluster-$first}
-ports=("$first" "$((first + 1))" "$((first + 2))")
+ports=()
+for i in 0 1 2 3 4 5; do ports+=("$((first + i))"); done
 
 case "$cmd" in
 start)
   : "${REDIS_CLUSTER_PASSWORD:?set REDIS_CLUSTER_PASSWORD}"
-  mkdir -p "$dir"
+  if [ -n "${3:-}" ]; then
+    dir=$3
+    mkdir -p -m 700 "$dir"
+    if [ -n "$(ls -A "$dir")" ]; then
+      echo "redis-cluster.sh: $dir is not empty; give a new folder (or none: one is made with mktemp)" >&2
+      exit 2
+    fi
+  else
+    dir=$(mktemp -d -t lst-embeddings-redis-cluster.XXXXXX)
+  fi
   for p in "${ports[@]}"; do
-    rm -f "$dir/nodes-$p.conf"
-    redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "$dir/nodes-$p.conf" \
-      --requirepass "$REDIS_CLUSTER_PASSWORD" --masterauth "$REDIS_CLUSTER_PASSWORD" --save "" --appendonly no \
-      --dir "$dir" --daemonize yes --pidfile "$dir/redis-$p.pid" --logfile "$dir/redis-$p.log"
+    redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "nodes-$p.conf" \
+      --cluster-node-timeout "${CLUSTER_NODE_TIMEOUT_MS:-3000}" --requirepass "$REDIS_CLUSTER_PASSWORD" \
+      --masterauth "$REDIS_CLUSTER_PASSWORD" --save "" --appendonly yes --appendfilename "appendonly-$p.aof" \
+      --appenddirname "aof-$p" --dir "$dir" --daemonize yes --pidfile "$dir/redis-$p.pid" \
+      --logfile "$dir/redis-$p.log"
   done
   for p in "${ports[@]}"; do
     for _ in $(seq 100); do
@@ -31,16 +45,27 @@ start)
       sleep 0.1
     done
   done
-  REDISCLI_AUTH="$REDIS_CLUSTER_PASSWORD" redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" \
-    --cluster-replicas 0 --cluster-yes >"$dir/create.log"
-  for _ in $(seq 100); do
-    REDISCLI_AUTH="$REDIS_CLUSTER_PASSWORD" redis-cli -p "$first" cluster info | grep -q "cluster_state:ok" && break
-    sleep 0.1
+  # masters are the first three nodes given; each of the other three becomes a replica
+  if ! created=$(REDISCLI_AUTH="$REDIS_CLUSTER_PASSWORD" redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" \
+    --cluster-replicas 1 --cluster-yes 2>&1); then
+    echo "$created" >&2
+    exit 1
+  fi
+  for p in "${ports[@]}"; do  # every node serves and knows the three replicas
+    for _ in $(seq 300); do
+      if REDISCLI_AUTH="$REDIS_CLUSTER_PASSWORD" redis-cli -p "$p" cluster info | grep -q "cluster_state:ok" &&
+        [ "$(REDISCLI_AUTH="$REDIS_CLUSTER_PASSWORD" redis-cli -p "$p" cluster nodes | grep -c slave)" = 3 ]; then
+        break
+      fi
+      sleep 0.1
+    done
   done
-  nodes=$(printf "127.0.0.1:%s," "${ports[@]}")
+  nodes=$(printf "127.0.0.1:%s," "${ports[@]:0:3}")
   echo "export REDIS_CLUSTER_NODES=${nodes%,}"
+  echo "export REDIS_CLUSTER_DIR=$dir"
   ;;
 stop)
+  dir=${3:-${REDIS_CLUSTER_DIR:?give the cluster folder or set REDIS_CLUSTER_DIR}}
   for p in "${ports[@]}"; do
     [ -f "$dir/redis-$p.pid" ] && kill "$(cat "$dir/redis-$p.pid")" 2>/dev/null || true
   done

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -121,3 +122,120 @@ def feast_serve(repo_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    """The Redis that .ci/run started (REDIS_PORT, REDIS_PASSWORD), else one of our own on a free port."""
+    if os.environ.get("REDIS_PORT") and os.environ.get("REDIS_PASSWORD"):
+        yield int(os.environ["REDIS_PORT"]), os.environ["REDIS_PASSWORD"]
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: .ci/run installs it")
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    port, password = free_port(), "s3cret-for-tests"
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield port, password
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "redis-cluster.sh"
+
+
+def _free_block(n: int = 6) -> int:
+    """A first port with ``n`` free ports after it, and their cluster bus ports (+10000) free too."""
+    for _ in range(50):
+        first = free_port()
+        if first + n + 10000 > 65535:
+            continue
+        wanted = [first + i for i in range(n)] + [first + 10000 + i for i in range(n)]
+        try:
+            for port in wanted:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise AssertionError("no block of free ports")
+
+
+@dataclass
+class Cluster:
+    """A Redis Cluster this test started: three masters on ``first``..``first + 2``, replicas on the next three."""
+
+    nodes: str
+    password: str
+    first: int
+    folder: Path
+
+    def pid(self, port: int) -> int:
+        return int((self.folder / f"redis-{port}.pid").read_text())
+
+
+@contextlib.contextmanager
+def own_cluster(folder: Path):
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: .ci/run installs it")
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    first, password = _free_block(), "cluster-s3cret"
+    env = {**os.environ, "REDIS_CLUSTER_PASSWORD": password, "CLUSTER_NODE_TIMEOUT_MS": "1500"}
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start", str(first), str(folder)], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        yield Cluster(exported(started.stdout)["REDIS_CLUSTER_NODES"], password, first, folder)
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(first), str(folder)], timeout=60)
+
+
+@pytest.fixture()
+def redis_cluster(tmp_path):
+    """The Redis Cluster .ci/run started (REDIS_CLUSTER_NODES, REDIS_CLUSTER_PASSWORD), else one of our own through
+    scripts/redis-cluster.sh (three masters, three replicas): (nodes, password)."""
+    if os.environ.get("REDIS_CLUSTER_NODES") and os.environ.get("REDIS_CLUSTER_PASSWORD"):
+        yield os.environ["REDIS_CLUSTER_NODES"], os.environ["REDIS_CLUSTER_PASSWORD"]
+        return
+    with own_cluster(tmp_path / "cluster") as cluster:
+        yield cluster.nodes, cluster.password
+
+
+@pytest.fixture()
+def private_cluster(tmp_path):
+    """A Redis Cluster of this test's own (it may kill nodes), with replicas and a 1.5 s node timeout."""
+    with own_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
+
+
+def exported(stdout: str) -> dict[str, str]:
+    """The variables of ``export NAME=value`` lines (what scripts/redis-cluster.sh start prints)."""
+    return dict(line.removeprefix("export ").split("=", 1) for line in stdout.strip().splitlines())

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import day, feast_serve, fit_scores, free_port
+from conftest import day, feast_serve, fit_scores
 
 from embeddings import pipeline
 from embeddings.cli import main
@@ -138,49 +137,6 @@ def test_feast_serve_answers_get_online_features(repo, runs, publish):
         np.testing.assert_allclose(p_rent, expected, rtol=1e-6)
 
 
-@pytest.fixture()
-def redis_server(tmp_path):
-    """The Redis that .ci/run started (REDIS_PORT, REDIS_PASSWORD), else one of our own on a free port."""
-    if os.environ.get("REDIS_PORT") and os.environ.get("REDIS_PASSWORD"):
-        yield int(os.environ["REDIS_PORT"]), os.environ["REDIS_PASSWORD"]
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: .ci/run installs it")
-        pytest.skip("redis-server not installed (apt-get install redis-server)")
-    port, password = free_port(), "s3cret-for-tests"
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--requirepass",
-            password,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield port, password
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def _publish_and_read_back(repo, runs, publish) -> list:
     """Publish DAY5 into ``repo``; five users' online embeddings are the published ones. Returns those users."""
     publish(repo, *runs[DAY5])
@@ -218,51 +174,6 @@ def test_redis_publish_and_lookup(repo, runs, redis_server, monkeypatch, publish
             raise AssertionError("took a lock that another publisher holds")
     finally:
         held.release()
-
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "redis-cluster.sh"
-
-
-def _free_block(n: int = 3) -> int:
-    """A first port with ``n`` free ports after it, and their cluster bus ports (+10000) free too."""
-    for _ in range(50):
-        first = free_port()
-        if first + n + 10000 > 65535:
-            continue
-        wanted = [first + i for i in range(n)] + [first + 10000 + i for i in range(n)]
-        try:
-            for port in wanted:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-    raise AssertionError("no block of free ports")
-
-
-@pytest.fixture()
-def redis_cluster(tmp_path):
-    """The Redis Cluster .ci/run started (REDIS_CLUSTER_NODES, REDIS_CLUSTER_PASSWORD), else three masters of our
-    own through scripts/redis-cluster.sh: (nodes, password)."""
-    if os.environ.get("REDIS_CLUSTER_NODES") and os.environ.get("REDIS_CLUSTER_PASSWORD"):
-        yield os.environ["REDIS_CLUSTER_NODES"], os.environ["REDIS_CLUSTER_PASSWORD"]
-        return
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: .ci/run installs it")
-        pytest.skip("redis-server not installed (apt-get install redis-server)")
-    first, password = _free_block(), "cluster-s3cret"
-    env = {**os.environ, "REDIS_CLUSTER_PASSWORD": password}
-    started = subprocess.run(
-        ["bash", str(SCRIPT), "start", str(first), str(tmp_path / "cluster")],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
-    nodes = started.stdout.strip().split("=", 1)[1]
-    try:
-        yield nodes, password
-    finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(first), str(tmp_path / "cluster")], timeout=60)
 
 
 def test_redis_cluster_publish_and_lookup(repo, runs, redis_cluster, monkeypatch, publish):

@@ -75,7 +75,7 @@ def test_a_bad_click_fails_the_spark_job_clearly_and_writes_nothing(spark, tiny_
     message = r"events.parquet: column .item_id.: listings unknown to the listings table \(4 rows\)"
     with pytest.raises(InputError, match=message):
         embed_users_spark(bad, tiny_hybrid_model, out, cutoff, data.listings, spark=spark, partitions=2)
-    assert not out.exists() and not list(tmp_path.glob(".*staging*"))
+    assert not out.exists() and not list(tmp_path.glob(".*spark-*"))
 
 
 def test_the_embed_stage_on_spark_writes_what_the_local_stage_writes(
@@ -95,3 +95,40 @@ def test_the_embed_stage_on_spark_writes_what_the_local_stage_writes(
     np.testing.assert_allclose(np.stack(b["embedding"]), np.stack(a["embedding"]), atol=1e-5, rtol=0)
     assert on_spark.report.users == local.report.users and on_spark.model_version == local.model_version
     pd.testing.assert_frame_equal(on_spark.items.drop(columns="embedding"), local.items.drop(columns="embedding"))
+
+
+@pytest.fixture(scope="module")
+def tiny_profile_model(tiny_week, tmp_path_factory):
+    """A hybrid checkpoint with a profile head (as ``examples/week.toml`` trains)."""
+    from embeddings.data.split import temporal_split
+    from embeddings.models.sasrec import SASRecConfig
+    from embeddings.models.zoo import make_model
+    from embeddings.training.config import TrainConfig
+
+    listings, events, _ = tiny_week
+    split = temporal_split(events, listings)
+    cfg = SASRecConfig(item_encoder="hybrid", max_len=20, dim=16, profile_horizon=4)
+    model = make_model("sasrec", split, listings, sasrec=cfg, train=TrainConfig(epochs=1, batch_size=32, bf16=False))
+    path = tmp_path_factory.mktemp("tiny-profile") / "model.pt"
+    model.fit(split).save(path)
+    return path
+
+
+def test_the_embed_stage_on_spark_writes_both_heads_of_a_profile_model(
+    spark, day_partitions, tiny_profile_model, tmp_path
+):
+    from embeddings import pipeline as pl
+    from embeddings.data.contract import read_parquet
+
+    data = load_data(day_partitions)
+    local = pl.embed(data, pl.RunLayout(tmp_path / "local"), tiny_profile_model, pl.EmbedConfig())
+    on_spark = pl.embed(data, pl.RunLayout(tmp_path / "spark"), tiny_profile_model, pl.EmbedConfig(engine="spark"))
+    layout = pl.RunLayout(tmp_path / "spark")
+    assert local.profiles is not None and on_spark.profiles is not None
+    for ours, theirs in ((local.users, layout.user_embeddings), (local.profiles, layout.user_profiles)):
+        a = ours.set_index("user_id")
+        b = read_parquet(theirs).set_index("user_id").loc[a.index]
+        assert list(b.columns) == list(a.columns) and (b["model_version"] == a["model_version"]).all()
+        np.testing.assert_allclose(np.stack(b["embedding"]), np.stack(a["embedding"]), atol=1e-5, rtol=0)
+    assert on_spark.record == local.record
+    assert not list((tmp_path / "spark" / "embeddings").glob(".*spark-*"))

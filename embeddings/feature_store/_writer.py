@@ -1,17 +1,23 @@
 """Writing one run into the feature repo. Private: call the pipeline's ``publish``, which checks the run first.
 
-:func:`write_run`, under an exclusive lock on the repo (a second publisher waits, then fails clearly):
+:func:`write_run`, under the publish lock (a file lock; with the Redis targets also a lease in Redis that is
+renewed while the publisher lives, taken over seconds after it dies, and carries a fencing token):
 
 1. refuses a run id already published with other content, and a run older than the latest published one
    unless forced with a reason;
-2. adds the run's tables to the offline Parquet sources as new files named by the run id (earlier runs'
-   files are never rewritten; a file already there with the same content is reused, which makes a rerun
-   after a crash continue where it stopped);
-3. applies the feature repo and materializes the run's interval into the online store. With SQLite this
-   happens on a private copy of the online database, whose tables then replace the live ones inside one
-   transaction of the live database: readers already connected (a running ``feast serve``) see the old
-   run or the new one, never a mix, and never a deleted file;
-4. records a manifest (run id, model versions, content hash, row counts, interval, time) under ``manifests/``.
+2. **stages** everything the run adds to the repo beside its final place, under names no reader looks at:
+   the offline Parquet files (``run-<id>.parquet.staged``: the sources read ``*.parquet``), the manifest and
+   ``published.json`` (``*.staged``). A folder that cannot take them fails the publish here, before anything is
+   visible;
+3. writes the online store from the staged files and **commits** it: SQLite builds a private copy of the online
+   database whose tables replace the live ones in one transaction, which also records the committed run; Redis
+   writes each entity (a user's intent, profile and score) in one ``HSET`` and then records the committed run;
+4. moves the staged files into place (renames in one folder tree: microseconds), the manifest last.
+
+A publish killed before step 3's commit leaves point-in-time joins and online lookups on the previous run (on
+Redis, users already written hold the new run, each whole); rerunning it completes it, reusing the staged files.
+Killed between the commit and step 4, the next publish of any run first finishes the committed one (a run
+that is online always gets its offline files and manifest).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import os
 import re
 import sqlite3
 import tempfile
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,15 +41,18 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from embeddings.errors import InputError, NothingToPublish, PublishError
-from embeddings.feature_store._materialize import default_writers, materialize
-from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_TARGETS, SPARK_TARGETS, VIEWS, Repo
+from embeddings.feature_store._materialize import default_writers, materialize, materialize_entities
+from embeddings.feature_store._redis_rows import fence_token
+from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_TARGETS, VIEWS, Repo
 from embeddings.io import kill_point, utc, write_atomic, write_json
 from embeddings.record import RunRecord
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 CONTENT_KEY = b"lst_embeddings.content_sha256"
 LOCK_WAIT_S = 600.0  # how long a publisher waits for another one to finish
-REDIS_LOCK_TTL_S = 3600  # a crashed publisher's Redis lock expires after this
+LEASE_S = 10.0  # the Redis lease: renewed every LEASE_S / 3 while the publisher lives, free LEASE_S after it dies
+STAGED = ".staged"  # suffix of a publish's files until its commit
+COMMIT_TABLE = "lst_embeddings_commit"  # SQLite: the committed run, written in the swap's transaction
 
 
 def run_id_for(cutoff: pd.Timestamp, model_version: str) -> str:
@@ -57,12 +67,28 @@ def _inside(folder: Path, path: Path) -> Path:
     return path
 
 
+@dataclass
+class Lease:
+    """The publish lock as held: ``token`` fences the Redis writes (None with the file lock alone)."""
+
+    token: int | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    def check(self, step: str) -> None:
+        if self.lost.is_set():
+            raise PublishError(
+                f"the publish lease was lost before {step} (this publisher was paused or cut off from Redis "
+                f"for over {LEASE_S:.0f} s and another may have taken over); nothing more was written"
+            )
+
+
 @contextlib.contextmanager
 def publish_lock(repo: Repo, wait_s: float | None = None):
     """One publisher per repo at a time: the next one waits up to ``wait_s``, then fails (never half-runs).
 
-    A file lock in the repo's data folder (publishers on one machine or one shared folder), and with the
-    Redis targets also a lock in Redis itself (publishers anywhere that reach the same Redis).
+    A file lock in the repo's data folder (publishers on one machine or one shared folder; the kernel releases
+    it when its owner dies), and with the Redis targets also a lease in Redis (publishers anywhere that reach the
+    same Redis). Yields the :class:`Lease`.
     """
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     busy = f"{repo.path}: another publish has held the lock for over {wait_s:.0f} s; nothing was changed"
@@ -78,25 +104,44 @@ def publish_lock(repo: Repo, wait_s: float | None = None):
                     raise PublishError(busy) from None
                 time.sleep(0.2)
         try:
-            with _redis_lock(repo, max(deadline - time.monotonic(), 0.1), busy):
-                yield
+            if repo.target in REDIS_TARGETS:
+                with redis_lease(repo, max(deadline - time.monotonic(), 0.1), busy) as lease:
+                    yield lease
+            else:
+                yield Lease()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
-def _redis_lock(repo: Repo, wait_s: float, busy: str):
-    if repo.target not in REDIS_TARGETS:
-        yield
-        return
+def redis_lease(repo: Repo, wait_s: float, busy: str = "another publish holds the lease"):
+    """A lease in Redis: ``LEASE_S`` long, renewed by a thread every ``LEASE_S / 3`` while this process runs, so a
+    killed publisher's lease is free within ``LEASE_S``. Each lease takes a new fencing token; a renewal that
+    finds the lease gone marks it lost, and the writer stops."""
     client = repo.redis()
-    lock = client.lock(f"lst_embeddings:publish:{repo.config().project}", timeout=REDIS_LOCK_TTL_S)
+    project = repo.config().project
+    lock = client.lock(f"lst_embeddings:publish:{project}", timeout=LEASE_S, thread_local=False)
     if not lock.acquire(blocking=True, blocking_timeout=wait_s):
         raise PublishError(busy)
+    lease = Lease(fence_token(client, project))
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_S / 3):
+            try:
+                lock.reacquire()  # back to LEASE_S; raises when the lease is no longer ours
+            except Exception:
+                lease.lost.set()
+                return
+
+    renewer = threading.Thread(target=renew, name="publish-lease", daemon=True)
+    renewer.start()
     try:
-        yield
+        yield lease
     finally:
-        with contextlib.suppress(Exception):  # expired after REDIS_LOCK_TTL_S: nothing left to give back
+        stop.set()
+        renewer.join()
+        with contextlib.suppress(Exception):  # lost or expired: nothing left to give back
             lock.release()
 
 
@@ -183,79 +228,59 @@ def write_run(
     first row).
 
     ``force_older`` (a reason, recorded) publishes a run older than the latest published one.
-    ``fail_before_swap`` stops just before the online update, for tests of the failure path.
+    ``fail_before_swap`` stops just before the online commit, for tests of the failure path.
     ``writers``: processes writing the online store (default: one for SQLite, one per core otherwise).
     """
-    with publish_lock(repo):
-        return _write_run(
-            repo,
-            listings,
-            user_embeddings,
-            listing_embeddings,
-            preference,
-            extra_manifest,
-            force_older,
-            fail_before_swap,
-            user_profiles,
-            writers,
-            record,
-        )
-
-
-def _write_run(
-    repo,
-    listings,
-    user_embeddings,
-    listing_embeddings,
-    preference,
-    extra,
-    force_older,
-    fail_before_swap,
-    profiles,
-    writers,
-    record,
-):
-    began = time.perf_counter()
-    published_at = pd.Timestamp.now(tz="UTC").floor("s")
     tables = {
         "listings": listings,
         "listing_embeddings": listing_embeddings,
         "user_embeddings": user_embeddings,
-        "user_profiles": profiles,
+        "user_profiles": user_profiles,
         "user_preference": preference,
     }
-    if user_embeddings is not None:
-        record = record or RunRecord.of_vectors(user_embeddings, profiles)
+    with publish_lock(repo) as lease:
+        return _write_run(repo, tables, record, extra_manifest, force_older, fail_before_swap, writers, lease)
+
+
+def _write_run(repo, tables, record, extra, force_older, fail_before_swap, writers, lease: Lease) -> dict:
+    began = time.perf_counter()
+    published_at = pd.Timestamp.now(tz="UTC").floor("s")
+    if tables["user_embeddings"] is not None:
+        record = record or RunRecord.of_vectors(tables["user_embeddings"], tables["user_profiles"])
         cutoff, model_version = record.cutoff, record.model_version
         run_id = run_id_for(cutoff, model_version)
         content = content_hash({k: v for k, v in tables.items() if k != "listings"})  # listings: deduplicated
         _refuse_stale_or_changed(repo, run_id, cutoff, content, force_older)
     else:
-        cutoff, model_version = utc(listings["event_timestamp"].max()), None
+        record = None
+        cutoff, model_version = utc(tables["listings"]["event_timestamp"].max()), None
         run_id = f"{cutoff:%Y%m%dT%H%M%SZ}-listings"
-        content = content_hash({"listings": listings})
+        content = content_hash({"listings": tables["listings"]})
+    recovered = _recover(repo, run_id)
+
     run: dict[str, pd.DataFrame] = {}
+    files: dict[str, Path] = {}  # where each table's rows are now: its staged file (or the committed one)
     for name, df in tables.items():
         if df is None:
             continue
-        path = _inside(repo.data, repo.run_file(name, run_id))
-        if path.exists():
-            if _file_content(path) != content:
-                raise PublishError(f"{path}: holds other rows for run {run_id}; nothing was changed")
-            run[name] = pq.read_table(path).to_pandas()  # a rerun after a crash: publish exactly those rows
-            continue
-        if name == "listings":
-            df = _new_listing_versions(repo, df, path)
-        if len(df):
-            run[name] = _offline_table(name, df, published_at)
-            _write_offline(run[name], path, content)
+        final = _inside(repo.data, repo.run_file(name, run_id))
+        staged = _staged(final)
+        for path in (final, staged):  # a rerun after a crash: publish exactly those rows
+            if path.exists():
+                if _file_content(path) != content:
+                    raise PublishError(f"{path}: holds other rows for run {run_id}; nothing was changed")
+                run[name], files[name] = pq.read_table(path).to_pandas(), path
+                break
+        else:
+            if name == "listings":
+                df = _new_listing_versions(repo, df, final)
+            if len(df):
+                run[name], files[name] = _offline_table(name, df, published_at), staged
+                _write_offline(run[name], staged, content)
     if not run:
         raise NothingToPublish("nothing to publish: every listing version is already in the feature store")
+    kill_point("publish:staged")
 
-    offline_s = time.perf_counter() - began
-    _record_published(repo, run, run_id, published_at)
-    store, writes = _materialize(repo, run, fail_before_swap, writers)
-    expiring = _expire_redis(repo, store, run) if repo.target in REDIS_TARGETS else None
     manifest = {
         "run_id": run_id,
         "cutoff": cutoff.isoformat(),
@@ -263,21 +288,93 @@ def _write_run(
         "profile_model_version": record.profile_model_version if record else None,
         "space_version": record.space_version if record else None,
         "encoder": record.encoder if record else None,
-        "classifier_version": str(preference["classifier_version"].iloc[0]) if preference is not None else None,
+        "classifier_version": _first(tables["user_preference"], "classifier_version"),
         "content_sha256": content,
         "rows": {name: len(df) for name, df in run.items()},
         "target": repo.target,
-        "project": store.project,
+        "project": repo.config().project,
         "published_at": published_at.isoformat(),
-        "seconds": round(time.perf_counter() - began, 3),
-        "offline_write_seconds": round(offline_s, 3),
-        "materialized": writes,
-        **({"redis_keys_expiring": expiring} if expiring is not None else {}),
+        "offline_write_seconds": round(time.perf_counter() - began, 3),
         **({"forced_older": force_older} if force_older else {}),
+        **({"recovered": recovered} if recovered else {}),
         **(extra or {}),
     }
-    write_json(_inside(repo.data, repo.data / "manifests" / f"{run_id}.json"), manifest)
+    manifest_file = _inside(repo.data, repo.data / "manifests" / f"{run_id}.json")
+    write_json(_staged(manifest_file), manifest)  # a manifests folder that cannot take it stops us here
+    published = _inside(repo.data, repo.data / "published.json")
+    write_json(_staged(published), _published_record(repo, run, run_id, published_at))
+
+    lease.check("the online write")
+    store, writes = _materialize(repo, run, files, run_id, fail_before_swap, writers, lease)
+    kill_point("publish:online-committed")
+    manifest.update(seconds=round(time.perf_counter() - began, 3), materialized=writes)
+    write_json(_staged(manifest_file), manifest)
+    _commit_files(repo, run_id)
     return manifest
+
+
+def _first(df: pd.DataFrame | None, column: str) -> str | None:
+    return str(df[column].iloc[0]) if df is not None and len(df) else None
+
+
+def _staged(path: Path) -> Path:
+    return path.with_name(path.name + STAGED)
+
+
+def _commit_files(repo: Repo, run_id: str) -> None:
+    """Move a committed run's staged files into place: offline files, then ``published.json``, the manifest last."""
+    from embeddings.feature_store.repo import TABLES
+
+    for table in TABLES:
+        final = repo.run_file(table, run_id)
+        if _staged(final).exists():
+            os.replace(_staged(final), final)
+    kill_point("publish:offline-committed")
+    published = repo.data / "published.json"
+    if _staged(published).exists():
+        os.replace(_staged(published), published)
+    manifest = repo.data / "manifests" / f"{run_id}.json"
+    if _staged(manifest).exists():
+        os.replace(_staged(manifest), manifest)
+
+
+def _recover(repo: Repo, run_id: str) -> str | None:
+    """Before a publish (under the lock): finish a run that a killed publisher committed online but did not move
+    into place, and drop what other unfinished publishes staged. Returns the run id it finished, if any."""
+    manifests = repo.data / "manifests"
+    pending = sorted(p.name.removesuffix(".json" + STAGED) for p in manifests.glob(f"*.json{STAGED}"))
+    committed = _online_run(repo) if pending else None
+    finished = None
+    for other in pending:
+        if other == committed:
+            _commit_files(repo, other)
+            finished = other
+    for path in [*(repo.data / "offline").glob(f"*/*{STAGED}"), *manifests.glob(f"*{STAGED}")]:
+        if run_id not in path.name:  # what a killed publish of another run staged: never visible, never will be
+            path.unlink(missing_ok=True)
+    _staged(repo.data / "published.json").unlink(missing_ok=True)  # this publish writes its own
+    return finished
+
+
+def _online_run(repo: Repo) -> str | None:
+    """The run whose online write committed last (recorded by the commit itself)."""
+    if repo.target not in REDIS_TARGETS:
+        if not repo.online_db.exists():
+            return None
+        con = sqlite3.connect(repo.online_db)
+        try:
+            row = con.execute(f"SELECT run_id FROM {COMMIT_TABLE}").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            con.close()
+        return row[0] if row else None
+    value = repo.redis().get(_commit_key(repo))
+    return value.decode() if value else None
+
+
+def _commit_key(repo: Repo) -> str:
+    return f"lst_embeddings:publish:{repo.config().project}:committed"
 
 
 VECTOR_COLUMNS = {
@@ -293,8 +390,8 @@ VERSION_COLUMNS = {
 }
 
 
-def _record_published(repo: Repo, run: dict[str, pd.DataFrame], run_id: str, published_at: pd.Timestamp) -> None:
-    """``data/published.json``: per view, what this publish put in it (vector_dim, model_version, run_id,
+def _published_record(repo: Repo, run: dict[str, pd.DataFrame], run_id: str, published_at: pd.Timestamp) -> dict:
+    """``data/published.json`` after this publish: per view, what it put there (vector_dim, model_version, run_id,
     published_at); ``feature_views.py`` reads it, so the registry describes the vectors it serves."""
     path = repo.data / "published.json"
     try:
@@ -308,7 +405,7 @@ def _record_published(repo: Repo, run: dict[str, pd.DataFrame], run_id: str, pub
         if name in VECTOR_COLUMNS:
             entry["vector_dim"] = len(df[VECTOR_COLUMNS[name]].iloc[0])
         record[VIEWS[name]] = {**entry, "published_at": published_at.isoformat()}
-    write_json(_inside(repo.data, path), record)
+    return record
 
 
 def _refuse_stale_or_changed(repo: Repo, run_id: str, cutoff: pd.Timestamp, content: str, force_older: str | None):
@@ -332,23 +429,42 @@ def _interval(run: dict[str, pd.DataFrame]):
     return start.to_pydatetime() - timedelta(seconds=1), end.to_pydatetime()
 
 
-def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: bool, writers: int | None):
-    """Apply the repo and load the run's interval into the online store (atomically for SQLite).
+def _materialize(
+    repo: Repo,
+    run: dict[str, pd.DataFrame],
+    files: dict[str, Path],
+    run_id: str,
+    fail_before_swap: bool,
+    writers: int | None,
+    lease: Lease,
+):
+    """Apply the repo, load the run's rows from its staged ``files`` into the online store and commit them.
 
-    The Spark profile materializes with Feast's Spark engine; the others with :mod:`._materialize` (Feast's
-    offline pull and online writer, parallel writer processes for Redis). Returns the store and, per view,
-    rows, seconds, writers and rows/s.
+    SQLite: into a private copy of the online database, whose tables then replace the live ones in one
+    transaction. Redis (every other target; Spark pulls the staged rows): each entity's views in one ``HSET``,
+    fenced by the lease's token, then the committed run is recorded. Returns the store and, per view, rows,
+    seconds, writers and rows/s.
     """
     repo.data.mkdir(parents=True, exist_ok=True)
     start, end = _interval(run)
     views = [VIEWS[name] for name, df in run.items() if len(df)]
-    definitions = repo.definitions()
+    definitions = repo.definitions(published=_staged(repo.data / "published.json"))
+    sources = {VIEWS[name]: _source_at(d, files[name]) for name in run for d in definitions if _is_source_of(d, name)}
     if repo.target != "local":
         store = repo.store()
         store.apply(definitions)
         if fail_before_swap:
             raise PublishError("publish stopped before the online update (test hook)")
-        return store, _load(repo, store, views, start, end, writers)
+        kill_point("publish:before-online-write")
+        client = repo.redis()
+        token = lease.token if lease.token is not None else fence_token(client, store.project)
+        done = materialize_entities(
+            store, views, start, end, token, writers or default_writers("redis"),
+            newest={v for v in views if v != VIEWS["listings"]}, sources=sources,
+        )  # fmt: skip
+        lease.check("recording the commit")
+        client.set(_commit_key(repo), run_id)
+        return store, [{**asdict(w), "rows_per_s": round(w.rows_per_s)} for w in done]
     live = repo.online_db
     for stale in repo.data.glob(".online_store.*.staging.db"):  # left by a killed publish; we hold the lock
         stale.unlink()
@@ -362,16 +478,40 @@ def _materialize(repo: Repo, run: dict[str, pd.DataFrame], fail_before_swap: boo
             _unmask(staging)
         store = repo.store(online_path=staging)
         store.apply(definitions)
-        writes = _load(repo, store, views, start, end, 1)
+        done = materialize(store, views, start, end, writers=1, newest=True, sources=sources)
         if fail_before_swap:
             raise PublishError("publish stopped before the online store swap (test hook)")
         kill_point("publish:before-swap")
-        _swap_tables(staging, live, _sqlite_ttls(store))
+        _swap_tables(staging, live, _sqlite_ttls(store), run_id)
+    except sqlite3.OperationalError as exc:
+        raise PublishError(f"{repo.data}: the online store could not be written ({exc}); nothing was changed") from exc
     finally:
         staging.unlink(missing_ok=True)
     live_store = repo.store()
     _record_infra(live_store)
-    return live_store, writes
+    return live_store, [{**asdict(w), "rows_per_s": round(w.rows_per_s)} for w in done]
+
+
+def _is_source_of(definition, table: str) -> bool:
+    """Whether ``definition`` is the offline source of ``table`` (its path names the table's folder)."""
+    path = getattr(definition, "path", None)
+    return isinstance(path, str) and Path(path).parent.name == table
+
+
+def _source_at(source, path: Path):
+    """``source`` reading one file: the run's staged rows (a DuckDB or Spark source, as the target's)."""
+    from feast import FileSource
+    from feast.data_format import ParquetFormat
+
+    common = {
+        "name": source.name,
+        "timestamp_field": source.timestamp_field,
+        "created_timestamp_column": source.created_timestamp_column,
+        "field_mapping": source.field_mapping,
+    }
+    if type(source).__name__ == "SparkSource":
+        return type(source)(path=str(path.resolve()), file_format="parquet", **common)
+    return FileSource(path=str(path.resolve()), file_format=ParquetFormat(), **common)
 
 
 def _record_infra(store) -> None:
@@ -380,66 +520,6 @@ def _record_infra(store) -> None:
     registry = store.registry
     infra = store._get_provider().plan_infra(store.config, registry._get_registry_proto(project=store.project))
     registry.update_infra(infra, store.project, commit=True)
-
-
-def _expire_redis(repo: Repo, store, run: dict[str, pd.DataFrame]) -> int:
-    """Give every Redis key this run wrote an expiry: the earliest ``event_timestamp + ttl`` of the views written
-    to it (Feast's Redis store keeps all views of one entity in one hash, so one key carries one expiry). Redis
-    then drops the values itself once they are past their ttl, whoever reads (Feast 0.67's online read path
-    ignores the ttl). A key whose entity's views were not all written by this run only has its expiry shortened
-    (``EXPIREAT ... LT``): new lst features never extend the life of an older run's listing vector. Returns the
-    number of keys."""
-    from feast.infra.online_stores.helpers import _redis_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    by_key: dict[str, list[pd.Series]] = {}
-    views_of: dict[str, set[str]] = {}
-    for fv in store.list_feature_views():
-        if fv.ttl:
-            views_of.setdefault(fv.entity_columns[0].name, set()).add(fv.name)
-    written: dict[str, set[str]] = {}
-    for name, df in run.items():
-        fv = store.get_feature_view(VIEWS[name])
-        if not len(df) or not fv.ttl:
-            continue
-        key = fv.entity_columns[0].name
-        until = (pd.to_datetime(df["event_timestamp"], utc=True) + fv.ttl).groupby(df[key].to_numpy()).max()
-        by_key.setdefault(key, []).append(until)
-        written.setdefault(key, set()).add(fv.name)
-    client = repo.redis()
-    version = store.config.entity_key_serialization_version
-    count = 0
-    for key, parts in by_key.items():
-        expiries = pd.concat(parts, axis=1)
-        until = expiries.min(axis=1)  # the earliest expiry of the views this run wrote
-        whole = (expiries.notna().all(axis=1) & (written[key] >= views_of.get(key, set()))).to_numpy()
-        rows = list(
-            zip(
-                until.index,
-                ((until - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(),
-                whole,
-                strict=True,
-            )
-        )
-        for lo in range(0, len(rows), 5_000):
-            with client.pipeline(transaction=False) as pipe:
-                for entity, at, all_views in rows[lo : lo + 5_000]:
-                    entity_key = EntityKey(join_keys=[key], entity_values=[Value(string_val=str(entity))])
-                    pipe.expireat(_redis_key(store.project, entity_key, version), int(at), lt=not all_views)
-                pipe.execute()
-        count += len(rows)
-    return count
-
-
-def _load(repo: Repo, store, views: list[str], start, end, writers: int | None) -> list[dict]:
-    if repo.target not in SPARK_TARGETS:
-        writers = writers or default_writers(store.config.online_store.type)
-        done = materialize(store, views, start, end, writers=writers, newest=True)
-        return [{**asdict(w), "rows_per_s": round(w.rows_per_s)} for w in done]
-    began = time.perf_counter()
-    store.materialize(start, end, feature_views=views)  # Feast's Spark engine
-    return [{"view": ", ".join(views), "seconds": round(time.perf_counter() - began, 3), "engine": "spark"}]
 
 
 ROWS_SUFFIX = "__rows"  # the live SQLite database keeps a view's rows in "<table>__rows", behind a view "<table>"
@@ -480,19 +560,23 @@ def _unmask(db: Path) -> None:
         con.close()
 
 
-def _swap_tables(staging: Path, live: Path, ttls: dict[str, int | None]) -> None:
+def _swap_tables(staging: Path, live: Path, ttls: dict[str, int | None], run_id: str) -> None:
     """Make the live database's rows those of ``staging``, in one transaction of the live database.
 
     Each of Feast's tables ``T`` lives there as ``T__rows`` behind a view ``T`` that shows only rows within the
     feature view's ttl (``ttls``: table -> seconds), so every reader (SDK, ``feast serve``) sees stale values as
     absent. Feast's own ``apply`` leaves the layout alone: its CREATE TABLE / CREATE INDEX ... IF NOT EXISTS find
-    the view and the index ``T_ek`` (on ``T__rows``) already there."""
+    the view and the index ``T_ek`` (on ``T__rows``) already there. The same transaction records ``run_id`` as the
+    committed run (table ``lst_embeddings_commit``)."""
     con = sqlite3.connect(live, timeout=60, isolation_level=None)
     try:
         con.execute("ATTACH DATABASE ? AS staging", (str(staging),))
         con.execute("BEGIN IMMEDIATE")
-        new = dict(con.execute("SELECT name, sql FROM staging.sqlite_master WHERE type = 'table'").fetchall())
-        kinds = dict(con.execute("SELECT name, type FROM main.sqlite_master WHERE type IN ('table', 'view')"))
+        ours = f"name NOT LIKE '{COMMIT_TABLE}%'"
+        new = dict(con.execute(f"SELECT name, sql FROM staging.sqlite_master WHERE type = 'table' AND {ours}"))
+        kinds = dict(
+            con.execute(f"SELECT name, type FROM main.sqlite_master WHERE type IN ('table', 'view') AND {ours}")
+        )
         for name, kind in kinds.items():  # views the repo no longer defines
             if name.removesuffix(ROWS_SUFFIX) not in new:
                 con.execute(f'DROP {kind.upper()} main."{name}"')
@@ -512,6 +596,9 @@ def _swap_tables(staging: Path, live: Path, ttls: dict[str, int | None]) -> None
                 con.execute(f'DELETE FROM main."{rows}"')
             con.execute(f'INSERT INTO main."{rows}" SELECT * FROM staging."{name}"')
             con.execute(_ttl_view_sql(name, ttls.get(name)))
+        con.execute(f"CREATE TABLE IF NOT EXISTS main.{COMMIT_TABLE} (run_id TEXT NOT NULL)")
+        con.execute(f"DELETE FROM main.{COMMIT_TABLE}")
+        con.execute(f"INSERT INTO main.{COMMIT_TABLE} VALUES (?)", (run_id,))
         con.execute("COMMIT")
     except BaseException:
         if con.in_transaction:

@@ -89,24 +89,26 @@ class Repo:
         """The SQLite online store of the local target."""
         return Path(self.config().online_store.path)
 
-    def definitions(self) -> list:
-        """Entities, sources, views and services defined by the repo's Python files."""
+    def definitions(self, published: Path | None = None) -> list:
+        """Entities, sources, views and services defined by the repo's Python files (``published``: the record of
+        published vectors the views describe, instead of ``data/published.json``: a publish in progress)."""
         from feast.repo_operations import parse_repo
 
         for py in self.path.glob("*.py"):  # another repo's modules of the same names may be loaded
             sys.modules.pop(py.stem, None)
         sys.path.insert(0, str(self.path))
-        before = os.environ.get("LST_OFFLINE_STORE")
-        os.environ["LST_OFFLINE_STORE"] = self.config().offline_store.type  # which kind of source to build
+        settings = {  # which kind of source to build; which record to describe
+            "LST_OFFLINE_STORE": self.config().offline_store.type,
+            "LST_PUBLISHED": str(published) if published else None,
+        }
+        before = {k: os.environ.get(k) for k in settings}
+        _set_env(settings)
         try:
             with contextlib.chdir(self.path):  # Feast names repo modules relative to the working folder
                 contents = parse_repo(self.path)
         finally:
             sys.path.remove(str(self.path))
-            if before is None:
-                os.environ.pop("LST_OFFLINE_STORE", None)
-            else:
-                os.environ["LST_OFFLINE_STORE"] = before
+            _set_env(before)
         return [*contents.entities, *contents.data_sources, *contents.feature_views, *contents.feature_services]
 
     def manifests(self) -> list[dict]:
@@ -144,6 +146,14 @@ class Repo:
             tables["profiles"] = tables["profiles"].rename(columns={v: k for k, v in PROFILE_COLUMNS.items()})
         versions = {k: last.get(k) for k in ("model_version", "profile_model_version")}
         return {"run_id": last["run_id"], "events_rows": last.get("events_rows"), **versions, **tables}
+
+
+def _set_env(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _redis_parts(connection_string: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
@@ -241,6 +251,11 @@ def online_features(repo: Repo, user_ids: list[str], service: str = "user_profil
         raise PublishError(
             f"{repo.online_db}: the online store lost its tables ({exc}); publish the run again"
         ) from exc
+    except Exception as exc:  # Redis lost, failing over, or a cluster node gone after the connection check
+        if not type(exc).__module__.startswith("redis"):
+            raise
+        where = ",".join(f"{h}:{p}" for h, p in _redis_parts(store.config.online_store.connection_string)[0])
+        raise PublishError(f"Redis at {where}: {str(exc).splitlines()[0] or type(exc).__name__}") from exc
 
 
 def historical_features(repo: Repo, entity_df: pd.DataFrame, service: str = "user_profile") -> pd.DataFrame:

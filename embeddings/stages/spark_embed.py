@@ -119,7 +119,8 @@ def embed_users_spark(
     task = _Task(shared_model, model.version, shared_listings, cutoff, batch_size, threads_per_task, events, problems)
     result = frame.mapInPandas(task, StructType(fields))
 
-    staging = out.with_name(f".{out.name}.spark-staging")
+    # both heads' vectors land here first; the tables finally written are staged as ".<name>.spark-staging"
+    staging = out.with_name(f".{out.name}.spark-both")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         result.write.parquet(str(staging))
