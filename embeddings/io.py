@@ -163,8 +163,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise InputError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused something executable: never retry without it
-        raise InputError(f"{path}: refused, the file holds objects that would run code when loaded") from exc
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # weights_only refused a reference to code: never retried without it
+            raise InputError(f"{path}: refused, the file holds objects that would run code when loaded") from exc
+        raise InputError(f"{path}: not a readable checkpoint (not a file torch.save wrote)") from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise InputError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from exc
     if not isinstance(state, dict) or "model" not in state:

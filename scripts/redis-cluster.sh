@@ -36,7 +36,7 @@ start)
     redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "nodes-$p.conf" \
       --cluster-node-timeout "${CLUSTER_NODE_TIMEOUT_MS:-3000}" --requirepass "$REDIS_CLUSTER_PASSWORD" \
       --masterauth "$REDIS_CLUSTER_PASSWORD" --save "" --appendonly yes --appendfilename "appendonly-$p.aof" \
-      --appenddirname "aof-$p" --dir "$dir" --daemonize yes --pidfile "$dir/redis-$p.pid" \
+      --appenddirname "aof-$p" --repl-diskless-sync-delay 0 --dir "$dir" --daemonize yes --pidfile "$dir/redis-$p.pid" \
       --logfile "$dir/redis-$p.log"
   done
   for p in "${ports[@]}"; do
@@ -51,10 +51,12 @@ start)
     echo "$created" >&2
     exit 1
   fi
-  for p in "${ports[@]}"; do  # every node serves and knows the three replicas
+  for p in "${ports[@]}"; do  # every node serves and knows the three replicas; replicas hold their master's data
     for _ in $(seq 300); do
       if REDISCLI_AUTH="$REDIS_CLUSTER_PASSWORD" redis-cli -p "$p" cluster info | grep -q "cluster_state:ok" &&
-        [ "$(REDISCLI_AUTH="$REDIS_CLUSTER_PASSWORD" redis-cli -p "$p" cluster nodes | grep -c slave)" = 3 ]; then
+        [ "$(REDISCLI_AUTH="$REDIS_CLUSTER_PASSWORD" redis-cli -p "$p" cluster nodes | grep -c slave)" = 3 ] &&
+        ! REDISCLI_AUTH="$REDIS_CLUSTER_PASSWORD" redis-cli -p "$p" info replication | grep -q "master_link_status:down"
+      then
         break
       fi
       sleep 0.1

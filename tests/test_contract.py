@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -120,6 +121,26 @@ def test_a_day_partitioned_events_folder_reads_as_one_table(tmp_path, tiny_dir, 
     assert main(["check-data", "--data", str(tmp_path / "parts")]) == 2
     err = capsys.readouterr().err
     assert "events.parquet" in err and "user_id" in err
+
+
+@pytest.mark.parametrize("which", ["first", "last"])
+def test_a_partition_with_another_type_is_named_with_its_column(which, tmp_path, capsys):
+    """One day's ``item_id`` written as int64: the error names that partition file and the column, whether the
+    day is the first or the last one read (Arrow would cast it to the first file's type without a word)."""
+    from conftest import TINY
+
+    from embeddings.data.synthetic import write_week
+
+    write_week(TINY, tmp_path / "parts", partition_by_day=True)
+    days = sorted((tmp_path / "parts" / "events.parquet").glob("day=*/part-0.parquet"))
+    bad = days[0] if which == "first" else days[-1]
+    frame = pd.read_parquet(bad)
+    frame["item_id"] = np.arange(len(frame), dtype="int64")
+    write_parquet(frame, bad)
+    assert main(["check-data", "--data", str(tmp_path / "parts")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err, err
+    assert f"column 'item_id': type int64, while the other partitions have string ({len(frame)} rows)" in err
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])

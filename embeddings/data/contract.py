@@ -129,7 +129,20 @@ def _coerce_column(df: pd.DataFrame, col: Column, source: str) -> pd.Series:
 
 
 def _problem(bad: pd.Series, col: Column) -> str:
-    """What is wrong with values that broke ``col``'s rule, in words."""
+    """What is wrong with values that broke ``col``'s rule, in words (each kind of fault found, with its count when
+    there are several)."""
+    if col.kind in ("int", "float") and not pd.api.types.is_bool_dtype(bad):
+        num = pd.to_numeric(bad, errors="coerce").astype("float64")
+        kinds = {
+            "null or NaN values": int(bad.isna().sum()),
+            "infinite values": int(np.isinf(num).sum()),
+            f"expected numbers, found {bad.dtype}": int((num.isna() & bad.notna()).sum()),
+        }
+        found = {k: n for k, n in kinds.items() if n}
+        if len(found) > 1:
+            return ", ".join(f"{n} {k}" for k, n in found.items())
+        if found:
+            return next(iter(found))
     if bad.isna().any():
         return "null values"
     if col.kind == "string":
@@ -141,8 +154,6 @@ def _problem(bad: pd.Series, col: Column) -> str:
         num = pd.to_numeric(bad, errors="coerce")
         if pd.api.types.is_bool_dtype(bad) or num.isna().any():
             return f"expected numbers, found {bad.dtype}"
-        if not np.isfinite(num.astype(float)).all():
-            return "NaN or infinite values"
         if col.kind == "int" and ((num % 1) != 0).any():
             return "non-integer values"
         if col.min_value is not None and (num < col.min_value).any():
@@ -282,11 +293,35 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
             return pq.read_table(path).to_pandas()
         if not any(path.rglob("*.parquet")):
             raise ContractError(str(path), None, 0, "a folder without Parquet files")
+        _same_types(path)
         table = pq.read_table(path, partitioning="hive")
         keys = {d.name.split("=", 1)[0] for d in path.rglob("*=*") if d.is_dir()}
         return table.drop_columns(sorted(keys & set(table.column_names))).to_pandas()
     except (pa.ArrowException, OSError) as exc:
         raise ContractError(str(path), None, 0, f"not a readable Parquet file: {exc}") from exc
+
+
+def _same_types(folder: Path) -> None:
+    """Every partition file's columns have the types of the other files' (Arrow would cast a partition to the
+    first file's types without a word: an int64 ``item_id`` becomes strings that then match no listing)."""
+    from collections import Counter
+
+    files = sorted(folder.rglob("*.parquet"))
+    schemas = {f: pq.read_schema(f) for f in files}
+    types: dict[str, Counter] = {}
+    for schema in schemas.values():
+        for field in schema:
+            types.setdefault(field.name, Counter())[str(field.type)] += 1
+    for name, seen in types.items():
+        if len(seen) < 2:
+            continue
+        usual = seen.most_common(1)[0][0]
+        for file, schema in schemas.items():
+            if name in schema.names and str(schema.field(name).type) != usual:
+                rows = pq.ParquetFile(file).metadata.num_rows
+                raise ContractError(
+                    str(file), name, rows, f"type {schema.field(name).type}, while the other partitions have {usual}"
+                )
 
 
 def load_listings(path: str | os.PathLike) -> pd.DataFrame:

@@ -13,7 +13,9 @@ the publisher's fencing token:
 - before each batch the writer checks that its token is still the latest one and stops otherwise.
 
 A batch that meets a lost connection, a failover or a moved slot is sent again (the writes are idempotent) until
-``RETRY_S`` has passed; then the publish fails with one clear error.
+``RETRY_S`` has passed; then the publish fails with one clear error. Where masters have replicas, a batch counts
+as written once a replica holds it (``WAIT``): a master that dies right after it answered cannot take the batch
+with it (Redis replicates asynchronously), so after a failover no user is silently missing or left on the old run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from embeddings.errors import PublishError
 
 FENCE_FIELD = b"_lst_fence"
 RETRY_S = 30.0  # how long a batch is retried through a failover before the publish fails
+WAIT_MS = 2_000  # how long a batch waits for a replica to hold it (a master without a live replica: not waited for)
 
 # KEYS[1] the entity's hash; ARGV: token, expire-at (Unix s, 0 = none), '1' = only shorten the expiry, fields...
 WRITE = """
@@ -97,6 +100,8 @@ class EntityWriter:
         self.client = client_of(config)
         self.cluster = isinstance(self.client, RedisCluster)
         self.sha = self.client.script_load(WRITE)
+        self.unreplicated: set[str] = set()  # masters whose replica did not answer a WAIT: not waited for again
+        self.replicas = self._has_replicas()
 
     def write(self, parts: list[pa.Table]) -> int:
         """Write the rows of ``parts`` (one slice per view, same entities); returns the entities written."""
@@ -174,6 +179,7 @@ class EntityWriter:
 
     # ------------------------------------------------------------------------------------------------ Redis
     def _send(self, hashes: dict[bytes, dict]) -> int:
+        nodes = {}
         with self.client.pipeline(transaction=False) as pipe:
             for key, entry in hashes.items():
                 until = min(entry["until"]) if entry["until"] else 0
@@ -181,11 +187,29 @@ class EntityWriter:
                 flat = [x for pair in entry["fields"].items() for x in pair]
                 args = ("EVALSHA", self.sha, 1, key, self.token, until, shorten, *flat)
                 if self.cluster:  # the node from the key's slot, computed here (no round trip per command)
-                    pipe.execute_command(*args, target_nodes=self.client.get_node_from_key(key))
+                    node = self.client.get_node_from_key(key)
+                    nodes[node.name] = node
+                    pipe.execute_command(*args, target_nodes=node)
                 else:
                     pipe.execute_command(*args)
-            written = pipe.execute()
+            waits = [n for n in (nodes.values() if self.cluster else [None]) if self._replicated(n)]
+            for node in waits:  # on the connection that wrote: WAIT counts the replicas that hold its writes
+                pipe.execute_command("WAIT", 1, WAIT_MS, **({"target_nodes": node} if node else {}))
+            answers = pipe.execute()
+        written, acks = answers[: len(hashes)], answers[len(hashes) :]
+        for node, ack in zip(waits, acks, strict=True):
+            if int(ack) < 1:  # its replica is down or lagging: the batch is on the master only
+                self.unreplicated.add(node.name if node else "main")
         return int(sum(written))
+
+    def _replicated(self, node) -> bool:
+        """Whether the master ``node`` (None: the one Redis) has a replica worth waiting for."""
+        return self.replicas and (node.name if node is not None else "main") not in self.unreplicated
+
+    def _has_replicas(self) -> bool:
+        if self.cluster:
+            return bool(self.client.get_replicas())
+        return int(self.client.info("replication").get("connected_slaves", 0)) > 0
 
     def _check_fence(self) -> None:
         latest = self.client.get(fence_key(self.config.project))
@@ -202,13 +226,16 @@ class EntityWriter:
             if self.cluster:
                 self.client.nodes_manager.initialize()
             self.sha = self.client.script_load(WRITE)
+            self.replicas = self._has_replicas()
 
 
 def _retryable(exc: Exception) -> bool:
     import redis
 
+    if isinstance(exc, redis.exceptions.NoScriptError):  # a promoted replica has no script cache
+        return True
     if isinstance(exc, redis.exceptions.ResponseError):
-        text = str(exc)
+        text = str(exc).split(" caused error: ")[-1]  # a pipeline names the command first
         return text.startswith(("NOSCRIPT", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "READONLY"))
     return isinstance(
         exc,

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -322,7 +323,8 @@ def _staged(path: Path) -> Path:
 
 
 def _commit_files(repo: Repo, run_id: str) -> None:
-    """Move a committed run's staged files into place: offline files, then ``published.json``, the manifest last."""
+    """Move a committed run's staged files into place: offline files, ``published.json`` and the registry, the
+    manifest last."""
     from embeddings.feature_store.repo import TABLES
 
     for table in TABLES:
@@ -330,9 +332,9 @@ def _commit_files(repo: Repo, run_id: str) -> None:
         if _staged(final).exists():
             os.replace(_staged(final), final)
     kill_point("publish:offline-committed")
-    published = repo.data / "published.json"
-    if _staged(published).exists():
-        os.replace(_staged(published), published)
+    for path in (repo.data / "published.json", repo.registry):
+        if _staged(path).exists():
+            os.replace(_staged(path), path)
     manifest = repo.data / "manifests" / f"{run_id}.json"
     if _staged(manifest).exists():
         os.replace(_staged(manifest), manifest)
@@ -352,7 +354,8 @@ def _recover(repo: Repo, run_id: str) -> str | None:
     for path in [*(repo.data / "offline").glob(f"*/*{STAGED}"), *manifests.glob(f"*{STAGED}")]:
         if run_id not in path.name:  # what a killed publish of another run staged: never visible, never will be
             path.unlink(missing_ok=True)
-    _staged(repo.data / "published.json").unlink(missing_ok=True)  # this publish writes its own
+    for path in (repo.data / "published.json", repo.registry):  # this publish writes its own
+        _staged(path).unlink(missing_ok=True)
     return finished
 
 
@@ -449,9 +452,12 @@ def _materialize(
     start, end = _interval(run)
     views = [VIEWS[name] for name, df in run.items() if len(df)]
     definitions = repo.definitions(published=_staged(repo.data / "published.json"))
+    registry = _staged(repo.registry)  # Feast rewrites its registry file in place: readers meanwhile see the old one
+    if repo.registry.exists():
+        shutil.copyfile(repo.registry, registry)
     sources = {VIEWS[name]: _source_at(d, files[name]) for name in run for d in definitions if _is_source_of(d, name)}
     if repo.target != "local":
-        store = repo.store()
+        store = repo.store(registry_path=registry)
         store.apply(definitions)
         if fail_before_swap:
             raise PublishError("publish stopped before the online update (test hook)")
@@ -476,7 +482,7 @@ def _materialize(
             with sqlite3.connect(live) as src, sqlite3.connect(staging) as dst:
                 src.backup(dst)  # a consistent copy even while readers are connected
             _unmask(staging)
-        store = repo.store(online_path=staging)
+        store = repo.store(online_path=staging, registry_path=registry)
         store.apply(definitions)
         done = materialize(store, views, start, end, writers=1, newest=True, sources=sources)
         if fail_before_swap:
@@ -487,7 +493,7 @@ def _materialize(
         raise PublishError(f"{repo.data}: the online store could not be written ({exc}); nothing was changed") from exc
     finally:
         staging.unlink(missing_ok=True)
-    live_store = repo.store()
+    live_store = repo.store(registry_path=registry)
     _record_infra(live_store)
     return live_store, [{**asdict(w), "rows_per_s": round(w.rows_per_s)} for w in done]
 

@@ -57,7 +57,7 @@ class Repo:
     def yaml(self) -> Path:
         return self.path / TARGETS[self.target]
 
-    def config(self, online_path: Path | None = None):
+    def config(self, online_path: Path | None = None, registry_path: Path | None = None):
         from feast.repo_config import load_repo_config
 
         config = load_repo_config(self.path, self.yaml)
@@ -67,13 +67,16 @@ class Repo:
             config.online_store.path = str(self.path / config.online_store.path)
         if online_path is not None:
             config.online_store.path = str(online_path)
+        if registry_path is not None:
+            config.registry.path = str(registry_path)
         return config
 
-    def store(self, online_path: Path | None = None):
-        """A FeatureStore for this repo; ``online_path`` points the SQLite online store elsewhere."""
+    def store(self, online_path: Path | None = None, registry_path: Path | None = None):
+        """A FeatureStore for this repo; ``online_path`` points the SQLite online store elsewhere, ``registry_path``
+        the registry (a publish writes a copy, renamed over the registry when it commits)."""
         from feast import FeatureStore
 
-        config = self.config(online_path)
+        config = self.config(online_path, registry_path)
         if self.target in REDIS_TARGETS:
             check_redis(config.online_store.connection_string, cluster=self.target in CLUSTER_TARGETS)
         if config.offline_store.type == "spark":
@@ -83,6 +86,10 @@ class Repo:
     def redis(self):
         """A Redis (or Redis Cluster) client of this target's online store."""
         return redis_client(self.config().online_store.connection_string, cluster=self.target in CLUSTER_TARGETS)
+
+    @property
+    def registry(self) -> Path:
+        return Path(self.config().registry.path)
 
     @property
     def online_db(self) -> Path:
@@ -230,6 +237,12 @@ def start_spark(offline_store) -> None:
     from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
         get_spark_session_or_start_new_with_repoconfig,
     )
+
+    from embeddings.stages.spark_embed import check_spark_master
+
+    master = (offline_store.spark_conf or {}).get("spark.master")
+    if master:
+        check_spark_master(master)
 
     get_spark_session_or_start_new_with_repoconfig(offline_store)
 

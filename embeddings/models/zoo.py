@@ -48,7 +48,7 @@ def make_model(
         return LightFMRecommender(cfg, features)
     if name == "sasrec":
         init = load_checkpoint(init_from) if init_from else None
-        cfg = SASRecConfig(**init["model_config"]) if init else (sasrec or SASRecConfig())
+        cfg = _init_config(init, sasrec, init_from) if init else (sasrec or SASRecConfig())
         has_features = listings is not None or feature_store is not None
         cfg = cfg.resolve(has_features, train_clicks=int(split.train.lengths.sum()))
         features, stats = None, init.get("feature_stats") if init else None
@@ -64,6 +64,27 @@ def make_model(
             model.init_state = {"model": init["model"], "item_ids": init["item_ids"]}
         return model
     raise InputError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+def _init_config(init: dict, asked: SASRecConfig | None, path) -> SASRecConfig:
+    """The checkpoint's model settings; settings asked for that differ from both the defaults and the checkpoint's
+    are refused (fine-tuning keeps the checkpoint's shape: nothing is silently replaced)."""
+    from dataclasses import fields
+
+    cfg = SASRecConfig(**init["model_config"])
+    if asked is not None:
+        default = SASRecConfig()
+        clash = [
+            f"{f.name} {getattr(asked, f.name)!r} (the checkpoint has {getattr(cfg, f.name)!r})"
+            for f in fields(SASRecConfig)
+            if getattr(asked, f.name) not in (getattr(default, f.name), getattr(cfg, f.name))
+        ]
+        if clash:
+            raise InputError(
+                f"{path}: fine-tuning keeps the checkpoint's model settings, but these were asked for: "
+                f"{', '.join(clash)}; drop them or train from scratch"
+            )
+    return cfg
 
 
 def _features(split: Split, listings: pd.DataFrame | None, who: str, stats: dict | None):

@@ -17,6 +17,7 @@ can read (shared storage); the checkpoint and listings travel as broadcasts.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -41,6 +42,32 @@ class SparkEmbedResult:
     seconds: float
 
 
+MASTER = re.compile(
+    r"^(local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|mesos|k8s)://\S+)$"
+)
+
+
+def check_spark_master(master: str, timeout_s: float = 5.0) -> None:
+    """A clear error within seconds for a master URL Spark cannot use (Spark itself retries for over a minute and
+    answers with pages of Java stack trace): the URL's form, and for ``spark://`` that its masters answer."""
+    import socket
+
+    if not MASTER.match(master):
+        raise InputError(
+            f"Spark master {master!r}: not a master URL (local, local[N], local[*], spark://host:port, yarn, "
+            "k8s://..., mesos://...)"
+        )
+    if master.startswith("spark://"):
+        for hostport in master.removeprefix("spark://").split(","):
+            host, _, port = hostport.rpartition(":")
+            if not host or not port.isdigit():
+                raise InputError(f"Spark master {master!r}: {hostport!r} is not host:port")
+            try:
+                socket.create_connection((host, int(port)), timeout=timeout_s).close()
+            except OSError as exc:
+                raise InputError(f"Spark master {master!r}: {hostport} does not answer ({exc})") from exc
+
+
 def spark_session(master: str | None = "local[2]", app: str = "lst-embeddings"):
     """A Spark session in UTC, writing Parquet timestamps as microseconds (the session already running, if any,
     is reused with those settings). Spark's Python workers run this interpreter."""
@@ -50,6 +77,8 @@ def spark_session(master: str | None = "local[2]", app: str = "lst-embeddings"):
     except ImportError as exc:
         raise InputError("the Spark engine needs pyspark: pip install -e '.[spark]' (and Java 17)") from exc
 
+    if master:
+        check_spark_master(master)
     builder = SparkSession.builder.appName(app).config("spark.ui.enabled", "false")
     if master:
         builder = builder.master(master)
