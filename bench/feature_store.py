@@ -258,10 +258,11 @@ def lookups(repo: Repo, name: str, users: list[str], n: int, env: dict) -> list[
 
 
 def materialize_side_by_side(repo: Repo, scratch: Path) -> list[dict]:
-    """User embeddings into a fresh three-master Redis Cluster: Feast's ``materialize`` against the publisher's
-    (``embeddings.feature_store._materialize``) with one and two writers, in one run."""
+    """User embeddings into a fresh Redis Cluster: Feast's ``materialize`` against the publisher's (one fenced
+    ``HSET`` per user with its expiry, ``embeddings.feature_store._materialize.materialize_entities``) with one and
+    two writers, in one run."""
     from bench.scale import start_cluster, stop_cluster
-    from embeddings.feature_store._materialize import materialize
+    from embeddings.feature_store._materialize import materialize_entities
 
     cluster = start_cluster(scratch / "cluster")
     if cluster is None:
@@ -280,9 +281,19 @@ def materialize_side_by_side(repo: Repo, scratch: Path) -> list[dict]:
             "feast materialize": lambda: _in(
                 repo.path, store.materialize, start, end, feature_views=["user_embedding"]
             ),
-            "publisher, 1 writer": lambda: materialize(store, ["user_embedding"], start, end, 1, False, newest=True),
-            "publisher, 2 writers": lambda: materialize(
-                store, ["user_embedding"], start, end, 2, False, newest=True, parallel_min_rows=1
+            "publisher, 1 writer": lambda: materialize_entities(
+                store, ["user_embedding"], start, end, token=1, writers=1, progress=False, newest=True
+            ),
+            "publisher, 2 writers": lambda: materialize_entities(
+                store,
+                ["user_embedding"],
+                start,
+                end,
+                token=1,
+                writers=2,
+                progress=False,
+                newest=True,
+                parallel_min_rows=1,
             ),
         }
         rows = []

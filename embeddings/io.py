@@ -152,6 +152,24 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _calls_code(path: Path) -> bool:
+    """Whether the pickle in ``path`` (a bare pickle or torch's zip) names functions or classes to call: read
+    opcode by opcode, nothing executed. Random bytes are not a pickle at all."""
+    import pickletools
+    import zipfile
+
+    data = path.read_bytes()
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith(".pkl")]
+            data = archive.read(pickles[0]) if pickles else b""
+    try:
+        ops = [op.name for op, _, _ in pickletools.genops(data)]  # the whole stream: random bytes fail somewhere
+    except Exception:  # not a pickle
+        return False
+    return any(name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ") for name in ops)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint without executing anything it contains."""
     import pickle
@@ -164,10 +182,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "GLOBAL" in str(exc):  # weights_only refused a reference to code: never retried without it
+        if "GLOBAL" in str(exc) or _calls_code(path):  # weights_only refused it: never retried without it
             raise InputError(f"{path}: refused, the file holds objects that would run code when loaded") from exc
         raise InputError(f"{path}: not a readable checkpoint (not a file torch.save wrote)") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
+    except Exception as exc:  # torch meets random bytes with any of a dozen errors
         raise InputError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from exc
     if not isinstance(state, dict) or "model" not in state:
         kind = type(state).__name__

@@ -130,6 +130,19 @@ def redis_server(tmp_path):
     if os.environ.get("REDIS_PORT") and os.environ.get("REDIS_PASSWORD"):
         yield int(os.environ["REDIS_PORT"]), os.environ["REDIS_PASSWORD"]
         return
+    with own_redis(tmp_path) as (port, password, _):
+        yield port, password
+
+
+@pytest.fixture()
+def private_redis(tmp_path):
+    """A Redis of this test's own (it may kill it): (port, password, process)."""
+    with own_redis(tmp_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def own_redis(folder: Path):
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("CI"):
@@ -150,7 +163,7 @@ def redis_server(tmp_path):
             "--appendonly",
             "no",
             "--dir",
-            str(tmp_path),
+            str(folder),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -162,9 +175,12 @@ def redis_server(tmp_path):
             break
         except OSError:
             time.sleep(0.1)
-    yield port, password
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield port, password, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "redis-cluster.sh"

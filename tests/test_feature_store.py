@@ -271,7 +271,7 @@ def test_parallel_writers_write_what_feasts_materialize_writes(repo, runs, redis
     import pyarrow as pa
     from feast.utils import _convert_arrow_to_proto
 
-    from embeddings.feature_store._materialize import _pull, arrow_to_rows, materialize
+    from embeddings.feature_store._materialize import _pull, arrow_to_rows, materialize, materialize_entities
 
     nodes, password = redis_cluster
     monkeypatch.setenv("REDIS_CLUSTER_NODES", nodes)
@@ -313,6 +313,17 @@ def test_parallel_writers_write_what_feasts_materialize_writes(repo, runs, redis
     ours = online_features(cluster, users)
     pd.testing.assert_frame_equal(ours.drop(columns="embedding"), feasts.drop(columns="embedding"))
     for a, b in zip(ours["embedding"], feasts["embedding"], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    client.flushall()  # the publisher's path: both user views in one HSET per user, from two writers
+    together = materialize_entities(
+        store, ["user_embedding", "user_rent_sale_preference"], start, end, token=1, writers=2, progress=False,
+        newest=True, parallel_min_rows=1,
+    )  # fmt: skip
+    assert [w.writers for w in together] == [2, 2] and together[0].rows == len(users)
+    whole = online_features(cluster, users)
+    pd.testing.assert_frame_equal(whole.drop(columns="embedding"), feasts.drop(columns="embedding"))
+    for a, b in zip(whole["embedding"], feasts["embedding"], strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

@@ -505,3 +505,57 @@ def test_a_bad_spark_master_is_refused_within_seconds(tiny_dir, tiny_hybrid_mode
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"Spark master {master!r}" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_redis_dying_during_a_publish_and_a_lookup_is_one_line(
+    runs, tiny_dir, feature_repo, private_redis, monkeypatch, tmp_path, capsys
+):
+    """#33 row 5: Redis killed after the connection check, in the middle of a publish: one error line, exit 3,
+    no traceback; the same for a lookup."""
+    from embeddings.cli import main
+    from embeddings.feature_store import _redis_rows
+
+    port, password, server = private_redis
+    run_a, run_b, users = runs
+    repo = _redis_repo(feature_repo, (port, password), monkeypatch)
+    pl.write_to_feature_store(repo, load_data(tiny_dir).listings, run_a)
+    write, calls = _redis_rows.EntityWriter.write, []
+
+    def write_then_lose_redis(self, parts):
+        calls.append(1)
+        if len(calls) == 2:
+            server.kill()
+            server.wait()
+        return write(self, parts)
+
+    monkeypatch.setattr(_redis_rows.EntityWriter, "write", write_then_lose_redis)
+    monkeypatch.setattr(_redis_rows, "RETRY_S", 2.0)
+    monkeypatch.setattr("embeddings.feature_store._materialize.BATCH_ROWS", 20)
+    layout = _lay_out(tmp_path / "run-b", run_b)
+    capsys.readouterr()
+    argv = ["publish", "--run", str(layout.root), "--data", str(tiny_dir), "--repo", str(repo.path)]
+    assert main([*argv, "--target", "redis", "--allow-drift", "test", "--writers", "1"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: Redis at 127.0.0.1:{port}: ") and "again" in err, err
+    assert len(repo.manifests()) == 1  # the run is not claimed
+    assert main(["lookup", "--repo", str(repo.path), "--target", "redis", "--user", users[0]]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+
+
+def test_the_cluster_script_never_follows_what_was_planted_in_its_folder(tmp_path):
+    """#33 row 13: a folder given to the script must be new or empty (nothing planted in it is written through);
+    without one, the script makes its own with mktemp."""
+    from conftest import SCRIPT
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    planted = tmp_path / "shared"
+    planted.mkdir()
+    (planted / "create.log").symlink_to(victim)
+    env = {**os.environ, "REDIS_CLUSTER_PASSWORD": "x-secret"}
+    got = subprocess.run(
+        ["bash", str(SCRIPT), "start", "7991", str(planted)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert got.returncode == 2 and "not empty" in got.stderr and victim.read_text() == "keep me"
+    assert "mktemp -d" in SCRIPT.read_text()

@@ -93,11 +93,14 @@ class EntityWriter:
     """Writes whole entities (all of their views' fields at once) with one client."""
 
     def __init__(self, config, views: list, token: int, newest: bool, ttl_views: set[str]):
+        from redis.backoff import NoBackoff
         from redis.cluster import RedisCluster
+        from redis.retry import Retry
 
         self.config, self.views, self.token, self.newest = config, views, token, newest
         self.ttl_views = ttl_views  # the entity's views that have a ttl (all of them decide the key's expiry)
         self.client = client_of(config)
+        self.client.set_retry(Retry(NoBackoff(), 0))  # retried here, batch by batch, within RETRY_S
         self.cluster = isinstance(self.client, RedisCluster)
         self.sha = self.client.script_load(WRITE)
         self.unreplicated: set[str] = set()  # masters whose replica did not answer a WAIT: not waited for again
@@ -232,20 +235,26 @@ class EntityWriter:
 def _retryable(exc: Exception) -> bool:
     import redis
 
-    if isinstance(exc, redis.exceptions.NoScriptError):  # a promoted replica has no script cache
-        return True
-    if isinstance(exc, redis.exceptions.ResponseError):
-        text = str(exc).split(" caused error: ")[-1]  # a pipeline names the command first
-        return text.startswith(("NOSCRIPT", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "READONLY"))
-    return isinstance(
-        exc,
-        (
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-            redis.exceptions.ClusterDownError,
-            redis.exceptions.RedisClusterException,
-        ),
+    errors = redis.exceptions
+    passing = (  # a failover or a lost connection; a promoted replica has no script cache
+        errors.ConnectionError,
+        errors.TimeoutError,
+        errors.ClusterDownError,
+        errors.TryAgainError,
+        errors.MovedError,
+        errors.AskError,
+        errors.NoScriptError,
+        errors.ReadOnlyError,
+        errors.BusyLoadingError,
+        errors.RedisClusterException,
     )
+    if isinstance(exc, passing):
+        return True
+    text = str(exc).split(" caused error: ")[-1]  # a pipeline names the command first
+    return isinstance(exc, errors.ResponseError) and text.startswith(
+        ("NOSCRIPT", "No matching script", "MOVED", "ASK", "CLUSTERDOWN", "The cluster is down", "TRYAGAIN",
+         "LOADING", "READONLY")
+    )  # fmt: skip
 
 
 def _redis_error(config, exc: Exception) -> PublishError:

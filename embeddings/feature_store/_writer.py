@@ -119,7 +119,11 @@ def redis_lease(repo: Repo, wait_s: float, busy: str = "another publish holds th
     """A lease in Redis: ``LEASE_S`` long, renewed by a thread every ``LEASE_S / 3`` while this process runs, so a
     killed publisher's lease is free within ``LEASE_S``. Each lease takes a new fencing token; a renewal that
     finds the lease gone marks it lost, and the writer stops."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     client = repo.redis()
+    client.set_retry(Retry(NoBackoff(), 1))  # a Redis that is gone fails the renewal in time, not after backoffs
     project = repo.config().project
     lock = client.lock(f"lst_embeddings:publish:{project}", timeout=LEASE_S, thread_local=False)
     if not lock.acquire(blocking=True, blocking_timeout=wait_s):
@@ -351,8 +355,9 @@ def _recover(repo: Repo, run_id: str) -> str | None:
         if other == committed:
             _commit_files(repo, other)
             finished = other
+    ours = {f"run-{run_id}.parquet{STAGED}", f"{run_id}.json{STAGED}"}
     for path in [*(repo.data / "offline").glob(f"*/*{STAGED}"), *manifests.glob(f"*{STAGED}")]:
-        if run_id not in path.name:  # what a killed publish of another run staged: never visible, never will be
+        if path.name not in ours:  # what a killed publish of another run staged: never visible, never will be
             path.unlink(missing_ok=True)
     for path in (repo.data / "published.json", repo.registry):  # this publish writes its own
         _staged(path).unlink(missing_ok=True)
