@@ -42,9 +42,7 @@ class SparkEmbedResult:
     seconds: float
 
 
-MASTER = re.compile(
-    r"^(local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|mesos|k8s)://\S+)$"
-)
+MASTER = re.compile(r"^(local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|mesos|k8s)://\S+)$")
 
 
 def check_spark_master(master: str, timeout_s: float = 5.0) -> None:
