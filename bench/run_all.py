@@ -32,6 +32,7 @@ SCRIPTS = [
     "sasrec_levers:video",
     "embed_throughput",
     "feature_store",
+    "publish_readers",
     "peers/rectools_sasrec",
     "probes",
     "losses",
@@ -205,6 +206,14 @@ def summary(folder: Path = RESULTS) -> str:
                 f"Feast's materialize, same run: {_f(fs['materialize_redis_cluster'][0]['rows_per_s'])} rows/s | "
                 f"{_f(r['over_feast'], 1)}x faster | - |"
             )
+    readers = _load("publish_readers", folder)
+    if readers:
+        view, hset = readers["rows"]
+        lines.append(
+            f"| rows mixing two runs seen by a reader during a Redis publish, {readers['users']:,} users | "
+            f"{hset['mixed_rows']} of {hset['rows_read']:,} (one HSET per user, {_f(hset['write_s'], 2)} s) | "
+            f"view by view: {view['mixed_rows']:,} of {view['rows_read']:,} ({_f(view['write_s'], 2)} s) | - | - |"
+        )
     for name, what in (
         ("sasrec_levers", "ML-1M, against dim 64, 2 blocks, dropout 0.2, learned positions, constant lr 2e-3"),
         (
