@@ -94,9 +94,15 @@ def _data_config(args: argparse.Namespace) -> pl.DataConfig:
 
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from embeddings.data.synthetic import WeekConfig, write_week
+    from embeddings.data.synthetic import WeekConfig, write_week, write_weeks
 
-    cfg = WeekConfig(args.users, args.listings, args.days, args.seed)
+    cfg = WeekConfig(args.users, args.listings, args.days, args.seed, weeks=args.weeks)
+    if args.weeks > 1:
+        if args.partition_by_day:
+            raise InputError("demo-data: --partition-by-day writes one week; drop it with --weeks")
+        for folder in write_weeks(cfg, args.out):
+            print(f"week      {folder}")
+        return 0
     paths = write_week(cfg, args.out, args.partition_by_day, workers=args.workers)
     for name, path in paths.items():
         print(f"{name:9s} {path}")
@@ -402,7 +408,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML job config (see examples/week.toml)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo-data", help="write a synthetic week (listings, events, labels)")
+    p = sub.add_parser("demo-data", help="write a synthetic week (listings, events, labels), or consecutive weeks")
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--listings", type=int, default=6000)
     p.add_argument("--days", type=int, default=7)
@@ -410,6 +416,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--partition-by-day", action="store_true", help="events.parquet as a folder of day= partitions")
     p.add_argument("--workers", type=int, default=1, help="processes generating blocks of users (same files)")
+    p.add_argument(
+        "--weeks", type=int, default=1, help="consecutive weeks of one world: folders week-1 .. week-N under --out"
+    )
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("check-data", help="load a data folder or file through the data contract")

@@ -99,3 +99,39 @@ def test_a_large_catalogue_keeps_the_shape_of_the_week():
     district = first["district"].to_numpy()
     same = np.concatenate([district[s[1:]] == district[s[:-1]] for s in seqs if len(s) > 1])
     assert same.mean() > 0.5  # ~1/60 by chance: 60 districts
+
+
+def test_consecutive_weeks_of_one_world(tmp_path):
+    """demo-data --weeks: each week's folder passes the contract; users return and new ones arrive; listings are
+    published and withdrawn all along; some users switch intent and their clicks follow; one week is unchanged."""
+    from embeddings.cli import main
+    from embeddings.data import load_data
+
+    assert main(["demo-data", "--weeks", "3", "--users", "1500", "--listings", "1500", "--out", str(tmp_path)]) == 0
+    weeks = [load_data(tmp_path / f"week-{k}") for k in (1, 2, 3)]
+    labels = [pd.read_parquet(tmp_path / f"week-{k}" / "labels.parquet") for k in (1, 2, 3)]
+    users = [set(w.events["user_id"]) for w in weeks]
+    for before, now in zip(users, users[1:], strict=False):
+        assert len(now & before) > 0.4 * len(now) and len(now - before) > 0.1 * len(now)  # returning and new
+    ends = [w.events["event_timestamp"].max() for w in weeks]
+    assert ends[0] < weeks[1].events["event_timestamp"].min() and ends[1] < weeks[2].events["event_timestamp"].min()
+    listings = [set(w.listings["item_id"]) for w in weeks]
+    assert listings[0] < listings[1] < listings[2]  # new listings every week, earlier ones kept
+    clicked = [set(w.events["item_id"]) for w in weeks]
+    assert len(clicked[0] - clicked[2]) > 0  # some of week 1's listings get no click by week 3 (withdrawn)
+
+    week1_end = weeks[0].events["event_timestamp"].min().floor("D") + pd.Timedelta(days=7)
+    at = labels[2]["switched_at"]
+    switched = labels[2][at.notna() & (at >= week1_end) & (at < ends[1])]  # in week 2: week 3 is all after it
+    changed = (
+        labels[0].set_index("user_id").loc[switched["user_id"], "intent"] != switched.set_index("user_id")["intent"]
+    )
+    assert changed.all() and len(switched) > 20  # the label follows the switch
+    rent = weeks[2].listings.drop_duplicates("item_id").set_index("item_id")["deal_type"].eq("rent")
+    late = weeks[2].events[weeks[2].events["user_id"].isin(switched["user_id"])]
+    share = late["item_id"].map(rent).groupby(late["user_id"]).mean()
+    now_rent = switched.set_index("user_id")["intent"].eq("rent").loc[share.index]
+    assert (share[now_rent] > 0.5).mean() > 0.7 and (share[~now_rent] < 0.5).mean() > 0.7  # clicks follow the switch
+
+    one = WeekConfig(users=200, listings=300, seed=4, start="2026-11-01")
+    assert one.weeks == 1 and "switched_at" not in generate_week(one)[2]

@@ -37,6 +37,14 @@ popular-item baseline is weak because popularity is split across cities and deal
 Favourites (about 6 %) and contacts (about 3 %) follow a view of the same listing, more often
 when the listing fits the user and matches the session's deal type.
 
+Consecutive weeks (``weeks`` > 1). The same world runs for ``weeks`` weeks: listings are published and
+withdrawn all along, users have 1 + Poisson(1.2 x weeks) sessions spread over their days in the span (so most return
+week after week), budgets and room counts drift as in one week, and 15 % of the
+rent or sale users switch intent once, at a random moment (a move, a change of plan). Half the users are there
+from the first day; the others arrive on a random day of the span (new users each week). :func:`write_weeks` cuts it
+into one folder per week, each as a weekly job sees it: the week's clicks, the listing versions known by the
+week's end, and each user's intent at the week's end. One week (``weeks`` = 1) draws exactly what it always did.
+
 How it is drawn, so that a click costs the same at 1,000 or 300,000 listings: each click is one
 sampling-importance-resampling step over ``_CANDIDATES`` candidates, proposed by attractiveness from the
 session's pool (and, when refining, half of them from the listings next to the previous click in the
@@ -82,6 +90,8 @@ CITIES = (
 HOUR_WEIGHTS = np.array([2, 1, 1, 1, 1, 2, 4, 7, 9, 10, 10, 11, 13, 13, 11, 10, 10, 11, 13, 16, 18, 17, 12, 6], float)
 REFINE_P = 0.8
 RESUME_P = 0.75
+SWITCH_P = 0.15  # consecutive weeks: share of rent or sale users who switch intent once
+ARRIVE_P = 0.5  # consecutive weeks: share of users who arrive during the span (the others are there from the start)
 
 
 @dataclass(frozen=True)
@@ -92,12 +102,17 @@ class WeekConfig:
     seed: int = 0
     block_users: int = 20_000  # users per block: each block has its own random stream (part of the world's
     # definition), so any number of processes writes the same week and memory holds a few blocks of events
-    start: pd.Timestamp | str | None = None  # the week's first midnight (UTC); default: recent_start(days).
-    # The data is a function of the seed; the start only shifts every timestamp.
+    start: pd.Timestamp | str | None = None  # the first week's first midnight (UTC); default: recent_start of
+    # the whole span. The data is a function of the seed; the start only shifts every timestamp.
+    weeks: int = 1  # consecutive weeks of the same world (``days`` each)
 
     def __post_init__(self) -> None:
-        start = recent_start(self.days) if self.start is None else pd.Timestamp(self.start)
+        start = recent_start(self.span_days) if self.start is None else pd.Timestamp(self.start)
         object.__setattr__(self, "start", start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC"))
+
+    @property
+    def span_days(self) -> int:
+        return self.days * self.weeks
 
     @property
     def n_blocks(self) -> int:
@@ -150,12 +165,13 @@ def _make_listings(cfg: WeekConfig, rng: np.random.Generator) -> tuple[pd.DataFr
     lon = np.array([d[3] for d in districts])[district] + rng.normal(0, 0.02, n)
 
     pre = rng.random(n) < 0.5
-    offset_s = np.where(pre, -rng.uniform(1, 45, n) * 86400, rng.uniform(0, cfg.days, n) * 86400)
+    span = cfg.span_days
+    offset_s = np.where(pre, -rng.uniform(1, 45, n) * 86400, rng.uniform(0, span, n) * 86400)
     last_day = ~pre & (rng.random(n) < 0.12)  # guaranteed share of last-day (cold-start) listings
-    offset_s = np.where(last_day, (cfg.days - 1 + rng.uniform(0, 0.9, n)) * 86400, offset_s)
+    offset_s = np.where(last_day, (span - 1 + rng.uniform(0, 0.9, n)) * 86400, offset_s)
     created = cfg.start + pd.to_timedelta(np.round(offset_s), unit="s")
     withdraw = rng.random(n) < np.where(pre, 0.2, 0.08)
-    end_s = cfg.days * 86400.0
+    end_s = span * 86400.0
     lo = np.maximum(offset_s, 0) + 3600
     after_lo = lo + rng.random(n) * np.clip(end_s - lo, 0, None)  # uniform between lo and the week's end
     withdrawn_s = np.where(withdraw & (lo < end_s), after_lo, np.inf)
@@ -282,7 +298,7 @@ def _block(cfg: WeekConfig, mk: _Market, block: int) -> tuple[pd.DataFrame, pd.D
     rng = np.random.default_rng([cfg.seed, 1, block])
     first = block * cfg.block_users
     n = min(cfg.users, first + cfg.block_users) - first
-    n_cities, city_w, week_s = len(CITIES), _zipf(len(CITIES), 1.0), cfg.days * 86400.0
+    n_cities, city_w, week_s = len(CITIES), _zipf(len(CITIES), 1.0), cfg.span_days * 86400.0
 
     intent = rng.choice(3, size=n, p=[0.55, 0.35, 0.10])
     p_rent = np.array([0.96, 0.04, 0.5])[intent]
@@ -309,10 +325,25 @@ def _block(cfg: WeekConfig, mk: _Market, block: int) -> tuple[pd.DataFrame, pd.D
         }
     )
 
-    n_sessions = 1 + rng.poisson(1.2, n)
+    # consecutive weeks: who switches intent and when, from a stream of its own (one week draws as it always did)
+    drift = np.random.default_rng([cfg.seed, 2, block])
+    switch_s = np.where((cfg.weeks > 1) & (intent < 2) & (drift.random(n) < SWITCH_P), drift.random(n) * week_s, np.inf)
+    p_rent_after = np.where(np.isfinite(switch_s), 1.0 - p_rent, p_rent)
+    if cfg.weeks > 1:
+        labels["intent_after"] = np.where(np.isfinite(switch_s), np.array(["sale", "rent", "both"])[intent], None)
+        labels["switched_at"] = cfg.start + pd.to_timedelta(np.where(np.isfinite(switch_s), switch_s, np.nan), "s")
+
+    n_sessions = 1 + rng.poisson(1.2 * cfg.weeks, n)
+    arrival = np.zeros(n, int)
+    if cfg.weeks > 1:  # half the users arrive during the span, with sessions in proportion to the days left
+        arrival = np.where(drift.random(n) < ARRIVE_P, drift.integers(0, cfg.span_days, n), 0)
+        n_sessions = 1 + drift.binomial(n_sessions - 1, 1 - arrival / cfg.span_days)
     hour_p = HOUR_WEIGHTS / HOUR_WEIGHTS.sum()
     shape = (n, int(n_sessions.max()))
-    starts = rng.integers(0, cfg.days, shape) * 86400.0 + rng.choice(24, shape, p=hour_p) * 3600.0
+    days = rng.integers(0, cfg.span_days, shape)
+    if cfg.weeks > 1:  # an arrived user's sessions fall on the days after they came
+        days = arrival[:, None] + days % (cfg.span_days - arrival)[:, None]
+    starts = days * 86400.0 + rng.choice(24, shape, p=hour_p) * 3600.0
     starts = starts + rng.uniform(0, 3600, shape)
     starts = np.sort(np.where(np.arange(shape[1]) < n_sessions[:, None], starts, np.inf), axis=1)
     t_end, last, alive = np.full(n, -np.inf), np.full(n, -1), np.ones(n, bool)
@@ -328,7 +359,8 @@ def _block(cfg: WeekConfig, mk: _Market, block: int) -> tuple[pd.DataFrame, pd.D
         u, t = u[t < week_s], t[t < week_s]
         if len(u) == 0:
             break
-        deal = (rng.random(len(u)) >= p_rent[u]).astype(int)  # 0 rent, 1 sale
+        p_now = np.where(t >= switch_s[u], p_rent_after[u], p_rent[u])
+        deal = (rng.random(len(u)) >= p_now).astype(int)  # 0 rent, 1 sale
         slot = ((second[u] >= 0) & (rng.random(len(u)) < 0.3)).astype(int)
         pool = cities[u, slot] * 2 + deal
         budget, pref, fav_u = log_budget[u, slot, deal], room_pref[u], fav[u]
@@ -376,7 +408,7 @@ def _block(cfg: WeekConfig, mk: _Market, block: int) -> tuple[pd.DataFrame, pd.D
             emit(ua, item, ta, 0)
             fav_click = rng.random(len(active)) < 0.10 * match
             emit(ua[fav_click], item[fav_click], ta[fav_click] + rng.uniform(5, 60, int(fav_click.sum())), 1)
-            on_intent = (deal[active] == 0) == (p_rent[ua] >= 0.5)
+            on_intent = (deal[active] == 0) == (p_now[active] >= 0.5)
             contact = rng.random(len(active)) < 0.05 * match * np.where(on_intent | (intent[ua] == 2), 1.0, 0.3)
             emit(ua[contact], item[contact], ta[contact] + rng.uniform(61, 240, int(contact.sum())), 2)
             clicked[active, k] = prev[active] = last[ua] = item
@@ -475,3 +507,36 @@ def write_week(
         "events": written,
         "labels": write_parquet(pd.concat(labels, ignore_index=True), out_dir / "labels.parquet"),
     }
+
+
+def write_weeks(cfg: WeekConfig, out_dir: str | Path) -> list[Path]:
+    """``cfg.weeks`` consecutive weeks of one world, a folder each (``week-1`` .. ``week-N``) as a weekly job sees
+    its week: the week's clicks (``events.parquet``), every listing version known by the week's end
+    (``listings.parquet``), and each user's intent at the week's end (``labels.parquet``)."""
+    if cfg.weeks < 1:
+        raise InputError("demo-data: --weeks must be at least 1")
+    listings, events, labels = generate_week(cfg)
+    out_dir = Path(out_dir)
+    folders = []
+    for k in range(cfg.weeks):
+        begin = cfg.start + pd.Timedelta(days=cfg.days * k)
+        end = begin + pd.Timedelta(days=cfg.days)
+        week = events[(events["event_timestamp"] >= begin) & (events["event_timestamp"] < end)]
+        known = listings[listings["event_timestamp"] < end]
+        folder = out_dir / f"week-{k + 1}"
+        write_parquet(known.reset_index(drop=True), folder / "listings.parquet")
+        write_parquet(week.reset_index(drop=True), folder / "events.parquet")
+        write_parquet(_labels_at(labels, end), folder / "labels.parquet")
+        folders.append(folder)
+    return folders
+
+
+def _labels_at(labels: pd.DataFrame, when: pd.Timestamp) -> pd.DataFrame:
+    """Each user's intent as of ``when`` (after a switch, the new one), in the one-week labels' shape."""
+    if "switched_at" not in labels:
+        return labels
+    switched = labels["switched_at"].notna() & (labels["switched_at"] < when)
+    intent = labels["intent"].where(~switched, labels["intent_after"])
+    p_rent = intent.map({"rent": 0.96, "sale": 0.04, "both": 0.5})
+    out = labels.assign(intent=intent, p_rent=p_rent)
+    return out[["user_id", "intent", "p_rent", "home_city", "switched_at"]]
