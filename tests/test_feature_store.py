@@ -271,7 +271,8 @@ def test_parallel_writers_write_what_feasts_materialize_writes(repo, runs, redis
     import pyarrow as pa
     from feast.utils import _convert_arrow_to_proto
 
-    from embeddings.feature_store._materialize import _pull, arrow_to_rows, materialize, materialize_entities
+    from embeddings.feature_store._materialize import _pull, materialize, materialize_entities
+    from embeddings.feature_store._rows import arrow_to_rows
 
     nodes, password = redis_cluster
     monkeypatch.setenv("REDIS_CLUSTER_NODES", nodes)

@@ -131,7 +131,7 @@ class EntityWriter:
         from feast.utils import make_tzaware
         from google.protobuf.timestamp_pb2 import Timestamp
 
-        from embeddings.feature_store._materialize import arrow_to_rows
+        from embeddings.feature_store._rows import arrow_to_rows
 
         project, version = self.config.project, self.config.entity_key_serialization_version
         out: dict[bytes, dict] = {}
