@@ -1,0 +1,136 @@
+"""Compatible releases: does a consumer's model fitted on one release's user vectors survive the next retrains?
+
+    python -m bench.compat [--quick] [--users N] [--weeks W] [--encoders hybrid id lst-frozen]
+
+The world: ``demo-data --weeks W`` (consecutive weeks of one synthetic site). Release k is a SASRec model trained
+on week k alone (its own seed), as the weekly job trains it. The consumer: a logistic regression fitted on
+release 0's user vectors as of week 1's end, on half the users, predicting whether the user's clicks in week 2
+are mostly rent; scored (ROC-AUC) on the other half.
+
+After each retrain k, the consumer scores release k's vectors of the same held-out users, from the same clicks
+(so only the space changed), read through:
+
+- ``raw``: no map (what consumers get today);
+- ``orthogonal`` / ``linear``: a map k -> k-1 fitted at release time on the vectors both models give the same
+  inputs (every user's clicks up to week k's end, and the listings both know), chained back to release 0
+  (``embeddings.space``);
+- ``orthogonal, users only``: the same without the listings in the fit.
+
+The table gives AUC ratios to release 0's own AUC (target >= 0.98 after one retrain, >= 0.95 after four).
+Writes bench/results/compat.json. Not yet here (issue #31): Video and ML-1M time slices, the training-time
+compatibility loss, retrieval recall with old listing vectors, and the new model's own HR@10 cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from bench.common import table, write
+from embeddings.data import load_data
+from embeddings.data.split import temporal_split
+from embeddings.data.synthetic import WeekConfig, write_weeks
+from embeddings.models.sasrec import SASRecConfig
+from embeddings.models.zoo import make_model
+from embeddings.space import fit_space_map
+from embeddings.stages.embed import Embedder
+from embeddings.training.config import TrainConfig
+
+MAPS = ("raw", "orthogonal", "linear", "orthogonal, users only")
+
+
+def _vectors(embedder: Embedder, events: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Series:
+    users = embedder.embed_users(events, cutoff, progress=False)
+    return pd.Series(list(np.stack(users["embedding"])), index=users["user_id"])
+
+
+def _stack(series: pd.Series, ids) -> np.ndarray:
+    return np.stack(series.loc[ids].to_numpy())
+
+
+def _mostly_rent(week) -> pd.Series:
+    """Users with at least 3 clicks in ``week``: whether most of them are on rent listings."""
+    rent = week.listings.drop_duplicates("item_id", keep="last").set_index("item_id")["deal_type"].eq("rent")
+    share = week.events["item_id"].map(rent).groupby(week.events["user_id"]).agg(["mean", "size"])
+    return share[share["size"] >= 3]["mean"] > 0.5
+
+
+def one_encoder(encoder: str, weeks: list, folder: Path, epochs: int) -> list[dict]:
+    ends = [w.events["event_timestamp"].max().ceil("D") for w in weeks]
+    everything = pd.concat([w.events for w in weeks], ignore_index=True)
+    latest = weeks[-1].listings
+    embedders = []
+    for k, week in enumerate(weeks):
+        split = temporal_split(week.events, week.listings)
+        cfg = SASRecConfig(item_encoder=encoder, max_len=50, dim=32)
+        model = make_model("sasrec", split, week.listings, sasrec=cfg, train=TrainConfig(epochs=epochs, seed=k))
+        began = time.perf_counter()
+        path = model.fit(split).save(folder / f"{encoder}-{k}.pt")
+        print(f"{encoder}: release {k} trained on week {k + 1} in {time.perf_counter() - began:.0f} s", flush=True)
+        embedders.append(Embedder.from_checkpoint(path, latest))
+
+    label = _mostly_rent(weeks[1])
+    base = _vectors(embedders[0], everything, ends[0])
+    users = base.index.intersection(label.index)
+    order = np.random.default_rng(0).permutation(len(users))
+    fit_users, test_users = users[order[: len(users) // 2]], users[order[len(users) // 2 :]]
+    consumer = LogisticRegression(max_iter=2000).fit(_stack(base, fit_users), label[fit_users])
+    auc0 = roc_auc_score(label[test_users], consumer.predict_proba(_stack(base, test_users))[:, 1])
+    rows = [{"encoder": encoder, "retrains": 0, "map": m, "auc": auc0, "ratio": 1.0} for m in MAPS]
+
+    chains: dict[str, object] = {}
+    for k in range(1, len(weeks)):
+        new_v, old_v = (_vectors(e, everything, ends[k]) for e in (embedders[k], embedders[k - 1]))
+        shared = new_v.index.intersection(old_v.index)
+        new_i = embedders[k].embed_items(ends[k]).set_index("item_id")["embedding"]
+        old_i = embedders[k - 1].embed_items(ends[k]).set_index("item_id")["embedding"]
+        items = new_i.index.intersection(old_i.index)
+        pairs = {
+            "orthogonal": ("orthogonal", True),
+            "linear": ("linear", True),
+            "orthogonal, users only": ("orthogonal", False),
+        }
+        for name, (kind, with_items) in pairs.items():
+            new = _stack(new_v, shared)
+            old = _stack(old_v, shared)
+            if with_items:
+                new, old = np.vstack([new, _stack(new_i, items)]), np.vstack([old, _stack(old_i, items)])
+            step = fit_space_map(new, old, f"r{k}", f"r{k - 1}", kind)
+            chains[name] = step if k == 1 else step.then(chains[name])
+        scored = _stack(_vectors(embedders[k], everything, ends[0]), test_users)  # release 0's inputs
+        for name in MAPS:
+            x = scored if name == "raw" else chains[name](scored)
+            auc = roc_auc_score(label[test_users], consumer.predict_proba(x)[:, 1])
+            rows.append({"encoder": encoder, "retrains": k, "map": name, "auc": auc, "ratio": auc / auc0})
+        print(table([r for r in rows if r["retrains"] == k], ["encoder", "retrains", "map", "auc", "ratio"]))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--users", type=int, default=3000)
+    p.add_argument("--weeks", type=int, default=5, help="releases: one per week (4 retrains with 5)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--encoders", nargs="+", default=["hybrid", "id", "lst-frozen"])
+    args = p.parse_args()
+    users, n_weeks, epochs = (1500, 3, 8) if args.quick else (args.users, args.weeks, args.epochs)
+    folder = Path(tempfile.mkdtemp(prefix="lst-compat-"))
+    write_weeks(WeekConfig(users=users, listings=users, weeks=n_weeks, seed=0), folder)
+    weeks = [load_data(folder / f"week-{k + 1}") for k in range(n_weeks)]
+    rows = [r for encoder in args.encoders for r in one_encoder(encoder, weeks, folder, epochs)]
+    wide = pd.DataFrame(rows).pivot_table(index=["encoder", "retrains"], columns="map", values="ratio")
+    print("\nconsumer ROC-AUC on release k's vectors / on release 0's (same users, same clicks)\n")
+    print(wide[list(MAPS)].round(4).to_string())
+    print(f"wrote {write('compat', {'users': users, 'weeks': n_weeks, 'epochs': epochs, 'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()
