@@ -9,15 +9,24 @@
 #         export REDIS_CLUSTER_NODES=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 #         export REDIS_CLUSTER_DIR=...
 #       DIR (data, logs, pid files) must be new or empty; without it a fresh private folder comes from mktemp.
+#   scripts/redis-cluster.sh restart-node PORT [DIR]      a node that died rejoins (as a replica if it was replaced)
 #   scripts/redis-cluster.sh stop [FIRST_PORT] [DIR]      (DIR defaults to $REDIS_CLUSTER_DIR)
 #
 # The password comes from the environment only (Feast splits its connection string on commas and
 # JSON-decodes values: use no comma and not only digits).
 set -euo pipefail
-cmd=${1:?usage: redis-cluster.sh start|stop [FIRST_PORT] [DIR]}
+cmd=${1:?usage: redis-cluster.sh start|stop [FIRST_PORT] [DIR] | restart-node PORT [DIR]}
 first=${2:-7101}
 ports=()
 for i in 0 1 2 3 4 5; do ports+=("$((first + i))"); done
+
+start_node() {  # port, folder: one node, with its cluster config and append-only file in the folder
+  redis-server --port "$1" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "nodes-$1.conf" \
+    --cluster-node-timeout "${CLUSTER_NODE_TIMEOUT_MS:-3000}" --requirepass "$REDIS_CLUSTER_PASSWORD" \
+    --masterauth "$REDIS_CLUSTER_PASSWORD" --save "" --appendonly yes --appendfilename "appendonly-$1.aof" \
+    --appenddirname "aof-$1" --repl-diskless-sync-delay 0 --dir "$2" --daemonize yes --pidfile "$2/redis-$1.pid" \
+    --logfile "$2/redis-$1.log"
+}
 
 case "$cmd" in
 start)
@@ -33,11 +42,7 @@ start)
     dir=$(mktemp -d -t lst-embeddings-redis-cluster.XXXXXX)
   fi
   for p in "${ports[@]}"; do
-    redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "nodes-$p.conf" \
-      --cluster-node-timeout "${CLUSTER_NODE_TIMEOUT_MS:-3000}" --requirepass "$REDIS_CLUSTER_PASSWORD" \
-      --masterauth "$REDIS_CLUSTER_PASSWORD" --save "" --appendonly yes --appendfilename "appendonly-$p.aof" \
-      --appenddirname "aof-$p" --repl-diskless-sync-delay 0 --dir "$dir" --daemonize yes --pidfile "$dir/redis-$p.pid" \
-      --logfile "$dir/redis-$p.log"
+    start_node "$p" "$dir"
   done
   for p in "${ports[@]}"; do
     for _ in $(seq 100); do
@@ -66,6 +71,10 @@ start)
   echo "export REDIS_CLUSTER_NODES=${nodes%,}"
   echo "export REDIS_CLUSTER_DIR=$dir"
   ;;
+restart-node)  # a node that died rejoins: its cluster config and data are in DIR; it comes back as a replica
+  : "${REDIS_CLUSTER_PASSWORD:?set REDIS_CLUSTER_PASSWORD}"
+  start_node "$first" "${3:-${REDIS_CLUSTER_DIR:?give the cluster folder or set REDIS_CLUSTER_DIR}}"
+  ;;
 stop)
   dir=${3:-${REDIS_CLUSTER_DIR:?give the cluster folder or set REDIS_CLUSTER_DIR}}
   for p in "${ports[@]}"; do
@@ -73,7 +82,7 @@ stop)
   done
   ;;
 *)
-  echo "usage: redis-cluster.sh start|stop [FIRST_PORT] [DIR]" >&2
+  echo "usage: redis-cluster.sh start|stop [FIRST_PORT] [DIR] | restart-node PORT [DIR]" >&2
   exit 2
   ;;
 esac

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import day, fit_scores
+from conftest import SCRIPT, day, fit_scores
 
 from embeddings import pipeline as pl
 from embeddings.data import load_data
@@ -312,8 +312,8 @@ def test_a_cluster_master_lost_during_lookups_and_a_publish(
 ):
     """Three masters with replicas. A master is killed (SIGKILL) in the middle of a publish while a reader loops:
     the publish goes on through the failover and completes; readers get clean errors at worst and never a missing
-    value; then every user reads back, all on the new run. With a whole shard gone (master and replica), a lookup
-    is one error line."""
+    value; then every user reads back, all on the new run, also after the lost master rejoins (as a replica). With a
+    whole shard gone (master and replica), a lookup is one error line."""
     from embeddings.cli import main
     from embeddings.feature_store import _materialize
     from embeddings.feature_store._redis_rows import EntityWriter
@@ -359,6 +359,16 @@ def test_a_cluster_master_lost_during_lookups_and_a_publish(
     assert seen["missing"] == 0 and seen["reads"] > 0 and "crash" not in seen, seen.get("crash", seen)
     print(f"reader during the failover: {seen}")
 
+    env = {**os.environ, "REDIS_CLUSTER_PASSWORD": private_cluster.password}  # the lost master rejoins
+    subprocess.run(["bash", str(SCRIPT), "restart-node", str(victim), str(private_cluster.folder)], env=env, check=True)
+    deadline = time.monotonic() + 60
+    while not _in_sync(repo, victim):
+        assert time.monotonic() < deadline, "the restarted node did not rejoin as a replica"
+        time.sleep(0.2)
+    online = online_features(repo, everyone).set_index("user_id")
+    for user in everyone:  # nothing lost when it came back
+        np.testing.assert_allclose(online.loc[user, "embedding"], b.loc[user, "embedding"], atol=1e-6)
+
     client = repo.redis()
     shard = next(n for n in client.get_primaries() if n.port != victim)
     for port in _shard_ports(client, shard.port):  # a whole shard: no replica left to take over
@@ -368,6 +378,18 @@ def test_a_cluster_master_lost_during_lookups_and_a_publish(
     code = main(["lookup", "--repo", str(repo.path), "--target", "redis-cluster", *asked])
     err = capsys.readouterr().err
     assert code == 3 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def _in_sync(repo: Repo, port: int) -> bool:
+    """Whether the node on ``port`` is a replica whose link to its master is up."""
+    import redis
+
+    try:
+        node = redis.Redis(port=port, password=os.environ["REDIS_CLUSTER_PASSWORD"], socket_connect_timeout=1)
+        info = node.info("replication")
+    except redis.exceptions.RedisError:
+        return False
+    return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
 
 def _shard_ports(client, master_port: int) -> list[int]:

@@ -117,8 +117,9 @@ def publish_lock(repo: Repo, wait_s: float | None = None):
 @contextlib.contextmanager
 def redis_lease(repo: Repo, wait_s: float, busy: str = "another publish holds the lease"):
     """A lease in Redis: ``LEASE_S`` long, renewed by a thread every ``LEASE_S / 3`` while this process runs, so a
-    killed publisher's lease is free within ``LEASE_S``. Each lease takes a new fencing token; a renewal that
-    finds the lease gone marks it lost, and the writer stops."""
+    killed publisher's lease is free within ``LEASE_S``. Each lease takes a new fencing token. A renewal that finds
+    the lease gone, or that could not reach Redis for ``LEASE_S`` (it may have expired), marks it lost, and the
+    writer stops; a failover shorter than that only delays the renewal."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
@@ -132,12 +133,21 @@ def redis_lease(repo: Repo, wait_s: float, busy: str = "another publish holds th
     stop = threading.Event()
 
     def renew() -> None:
-        while not stop.wait(LEASE_S / 3):
+        from redis.exceptions import LockNotOwnedError
+
+        renewed, wait = time.monotonic(), LEASE_S / 3
+        while not stop.wait(wait):
             try:
-                lock.reacquire()  # back to LEASE_S; raises when the lease is no longer ours
-            except Exception:
+                lock.reacquire()  # back to LEASE_S
+                renewed, wait = time.monotonic(), LEASE_S / 3
+            except LockNotOwnedError:  # expired and maybe taken: no longer ours
                 lease.lost.set()
                 return
+            except Exception:  # Redis unreachable or failing over: try again soon, until the lease may have run out
+                if time.monotonic() - renewed >= LEASE_S:
+                    lease.lost.set()
+                    return
+                wait = 0.5
 
     renewer = threading.Thread(target=renew, name="publish-lease", daemon=True)
     renewer.start()
