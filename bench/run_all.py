@@ -33,6 +33,7 @@ SCRIPTS = [
     "embed_throughput",
     "feature_store",
     "publish_readers",
+    "compat",
     "peers/rectools_sasrec",
     "probes",
     "losses",
@@ -205,6 +206,16 @@ def summary(folder: Path = RESULTS) -> str:
                 f"| materialize user embeddings (Redis Cluster), {r['writer']} | {_f(r['rows_per_s'])} rows/s | "
                 f"Feast's materialize, same run: {_f(fs['materialize_redis_cluster'][0]['rows_per_s'])} rows/s | "
                 f"{_f(r['over_feast'], 1)}x faster | - |"
+            )
+    compat = _load("compat", folder)
+    if compat:
+        last = max(r["retrains"] for r in compat["rows"])
+        for enc in dict.fromkeys(r["encoder"] for r in compat["rows"]):
+            got = {r["map"]: r["ratio"] for r in compat["rows"] if r["encoder"] == enc and r["retrains"] == last}
+            lines.append(
+                f"| consumer ROC-AUC after {last} retrains / before, {enc} (bench/compat.py) | "
+                f"linear map {_f(got.get('linear'), 3)}x, orthogonal {_f(got.get('orthogonal'), 3)}x | "
+                f"raw {_f(got.get('raw'), 3)}x | - | - |"
             )
     readers = _load("publish_readers", folder)
     if readers:
