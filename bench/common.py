@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -172,3 +173,36 @@ def memory_copy_rate(megabytes: int = 512) -> float:
     start = time.perf_counter()
     np.copyto(b, a)
     return a.nbytes / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def local_redis(folder: str | os.PathLike | None = None, password: str = "bench-password"):
+    """A real redis-server on a free loopback port (no persistence) for a benchmark; yields the environment that
+    the redis target's yaml reads (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_SSL)."""
+    import shutil
+    import socket
+    import subprocess
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password, "--save", ""]
+    argv += ["--appendonly", "no", *(["--dir", str(folder)] if folder else [])]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"redis-server did not listen on port {port}") from None
+                time.sleep(0.1)
+        yield {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password, "REDIS_SSL": "false"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import disk_write_rate, memory_copy_rate, table, write
+from bench.common import disk_write_rate, local_redis, memory_copy_rate, table, write
 from embeddings.feature_store import REPO, Repo, historical_features
 from embeddings.pipeline import (
     RunTables,
@@ -181,7 +181,7 @@ def floor_redis(env: dict, batch: int, n: int, rng) -> dict:
     import redis
 
     client = redis.Redis(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"]), password=env["REDIS_PASSWORD"])
-    keys = list(client.scan_iter(count=10_000))
+    keys = list(client.scan_iter(count=10_000, _type="hash"))  # Feast's entity hashes (not the publish lease's keys)
 
     def read(chosen: list[bytes]) -> None:
         pipe = client.pipeline(transaction=False)
@@ -394,36 +394,14 @@ def main() -> None:
     print(f"historical retrieval {n_rows:,} rows in {hist_s:.2f} s ({n_rows / hist_s:,.0f} rows/s)")
 
     rows = lookups(repo, "sqlite", users, n_requests, {})
-    redis = shutil.which("redis-server")
-    if redis:
-        port, password = _free_port(), "bench-password"
-        proc = subprocess.Popen(
-            [
-                redis,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password, "REDIS_SSL": "false"}
-        os.environ.update(env)
-        try:
-            _wait_port(port)
+    if shutil.which("redis-server"):
+        with local_redis() as env:
+            os.environ.update(env)
             redis_repo = Repo(repo.path, "redis")
             start = time.perf_counter()
             write_to_feature_store(redis_repo, listings, RunTables(users_df, items, pref))
             out["publish_redis_s"] = time.perf_counter() - start
             rows += lookups(redis_repo, "redis", users, n_requests, env)
-        finally:
-            proc.terminate()
     else:
         print("redis-server not installed: Redis rows skipped (apt-get install redis-server)")
     out["lookups"] = rows

@@ -17,10 +17,8 @@ processes), same reader, one run. Writes bench/results/publish_readers.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import table, write
-from bench.feature_store import _free_port, _wait_port, synthetic_run
+from bench.common import local_redis, table, write
+from bench.feature_store import synthetic_run
 from embeddings.feature_store import REPO, Repo, online_features
 from embeddings.pipeline import RunTables, write_to_feature_store
 
@@ -116,50 +114,35 @@ def main() -> None:
     p.add_argument("--users", type=int, default=20_000)
     args = p.parse_args()
     n_users = 5_000 if args.quick else args.users
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is needed (apt-get install redis-server)")
     scratch = Path(tempfile.mkdtemp(prefix="lst-publish-readers-"))
-    port, password = _free_port(), "bench-password"
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password, "--save", "",
-         "--appendonly", "no", "--dir", str(scratch)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    os.environ.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(port), REDIS_PASSWORD=password, REDIS_SSL="false")
     try:
-        _wait_port(port)
-        shutil.copytree(REPO, scratch / "repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
-        repo = Repo(scratch / "repo", "redis")
-        listings, run_a, run_b = _runs(n_users)
-        a = run_a.users.set_index("user_id")[["embedding"]].join(run_a.scores.set_index("user_id")["p_rent"])
-        b = run_b.users.set_index("user_id")[["embedding"]].join(run_b.scores.set_index("user_id")["p_rent"])
-        write_to_feature_store(repo, listings, run_a)
-        store = repo.store()
-        sources = _b_sources(store, run_b, scratch)
-        views = list(sources)
-        stamp = run_b.users["event_timestamp"].iloc[0]
-        start, end = (
-            (stamp - pd.Timedelta(seconds=1)).to_pydatetime(),
-            (stamp + pd.Timedelta(seconds=1)).to_pydatetime(),
-        )
-        ways = {
-            "view by view (Feast's online_write_batch)": lambda: materialize(
-                store, views, start, end, writers=2, progress=False, newest=True, sources=sources,
-                parallel_min_rows=1,
-            ),
-            "one HSET per user (publisher)": lambda: materialize_entities(
-                store, views, start, end, token=2**62, writers=2, progress=False, newest=True, sources=sources,
-                parallel_min_rows=1,
-            ),
-        }  # fmt: skip
-        print(table([], COLUMNS))
-        rows = [one_way(name, way, repo, listings, run_a, a, b) for name, way in ways.items()]
+        with local_redis(scratch) as env:
+            os.environ.update(env)
+            shutil.copytree(REPO, scratch / "repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
+            repo = Repo(scratch / "repo", "redis")
+            listings, run_a, run_b = _runs(n_users)
+            a = run_a.users.set_index("user_id")[["embedding"]].join(run_a.scores.set_index("user_id")["p_rent"])
+            b = run_b.users.set_index("user_id")[["embedding"]].join(run_b.scores.set_index("user_id")["p_rent"])
+            write_to_feature_store(repo, listings, run_a)
+            store = repo.store()
+            sources = _b_sources(store, run_b, scratch)
+            views = list(sources)
+            stamp = run_b.users["event_timestamp"].iloc[0]
+            start, end = ((stamp + pd.Timedelta(seconds=s)).to_pydatetime() for s in (-1, 1))
+            ways = {
+                "view by view (Feast's online_write_batch)": lambda: materialize(
+                    store, views, start, end, writers=2, progress=False, newest=True, sources=sources,
+                    parallel_min_rows=1,
+                ),
+                "one HSET per user (publisher)": lambda: materialize_entities(
+                    store, views, start, end, token=2**62, writers=2, progress=False, newest=True, sources=sources,
+                    parallel_min_rows=1,
+                ),
+            }  # fmt: skip
+            print(table([], COLUMNS))
+            rows = [one_way(name, way, repo, listings, run_a, a, b) for name, way in ways.items()]
     finally:
-        server.terminate()
-        server.wait(timeout=10)
-        with contextlib.suppress(Exception):
-            shutil.rmtree(scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
     print()
     print(table(rows, COLUMNS))
     print(f"wrote {write('publish_readers', {'users': n_users, 'rows': rows})}")
