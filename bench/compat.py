@@ -1,11 +1,11 @@
 """Compatible releases: does a consumer's model fitted on one release's user vectors survive the next retrains?
 
-    python -m bench.compat [--quick] [--users N] [--weeks W] [--encoders hybrid id lst-frozen]
+    python -m bench.compat [--quick] [--users N] [--weeks W] [--encoders hybrid id lst-frozen] [--train-weeks 1]
 
 The world: ``demo-data --weeks W`` (consecutive weeks of one synthetic site). Release k is a SASRec model trained
-on week k alone (its own seed), as the weekly job trains it. The consumer: a logistic regression fitted on
-release 0's user vectors as of week 1's end, on half the users, predicting whether the user's clicks in week 2
-are mostly rent; scored (ROC-AUC) on the other half.
+on week k alone (its own seed), as the weekly job trains it (``--train-weeks 2``: on weeks k-1 and k). The
+consumer: a logistic regression fitted on release 0's user vectors as of week 1's end, on half the users,
+predicting whether the user's clicks in week 2 are mostly rent; scored (ROC-AUC) on the other half.
 
 After each retrain k, the consumer scores release k's vectors of the same held-out users, from the same clicks
 (so only the space changed), read through:
@@ -62,18 +62,19 @@ def _mostly_rent(week) -> pd.Series:
     return share[share["size"] >= 3]["mean"] > 0.5
 
 
-def one_encoder(encoder: str, weeks: list, folder: Path, epochs: int) -> list[dict]:
+def one_encoder(encoder: str, weeks: list, folder: Path, epochs: int, train_weeks: int = 1) -> list[dict]:
     ends = [w.events["event_timestamp"].max().ceil("D") for w in weeks]
     everything = pd.concat([w.events for w in weeks], ignore_index=True)
     latest = weeks[-1].listings
     embedders = []
     for k, week in enumerate(weeks):
-        split = temporal_split(week.events, week.listings)
+        window = pd.concat([w.events for w in weeks[max(0, k - train_weeks + 1) : k + 1]], ignore_index=True)
+        split = temporal_split(window, week.listings)
         cfg = SASRecConfig(item_encoder=encoder, max_len=50, dim=32)
         model = make_model("sasrec", split, week.listings, sasrec=cfg, train=TrainConfig(epochs=epochs, seed=k))
         began = time.perf_counter()
         path = model.fit(split).save(folder / f"{encoder}-{k}.pt")
-        print(f"{encoder}: release {k} trained on week {k + 1} in {time.perf_counter() - began:.0f} s", flush=True)
+        print(f"{encoder}: release {k} trained up to week {k + 1} in {time.perf_counter() - began:.0f} s", flush=True)
         embedders.append(Embedder.from_checkpoint(path, latest))
 
     label = _mostly_rent(weeks[1])
@@ -84,6 +85,8 @@ def one_encoder(encoder: str, weeks: list, folder: Path, epochs: int) -> list[di
     consumer = LogisticRegression(max_iter=2000).fit(_stack(base, fit_users), label[fit_users])
     auc0 = roc_auc_score(label[test_users], consumer.predict_proba(_stack(base, test_users))[:, 1])
     rows = [{"encoder": encoder, "retrains": 0, "map": m, "auc": auc0, "ratio": 1.0} for m in MAPS]
+    for r in rows:
+        r["train_weeks"] = train_weeks
 
     chains: dict[str, object] = {}
     for k in range(1, len(weeks)):
@@ -108,7 +111,8 @@ def one_encoder(encoder: str, weeks: list, folder: Path, epochs: int) -> list[di
         for name in MAPS:
             x = scored if name == "raw" else chains[name](scored)
             auc = roc_auc_score(label[test_users], consumer.predict_proba(x)[:, 1])
-            rows.append({"encoder": encoder, "retrains": k, "map": name, "auc": auc, "ratio": auc / auc0})
+            row = {"encoder": encoder, "retrains": k, "map": name, "auc": auc, "ratio": auc / auc0}
+            rows.append({**row, "train_weeks": train_weeks})
         print(table([r for r in rows if r["retrains"] == k], ["encoder", "retrains", "map", "auc", "ratio"]))
     return rows
 
@@ -120,16 +124,19 @@ def main() -> None:
     p.add_argument("--weeks", type=int, default=5, help="releases: one per week (4 retrains with 5)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--encoders", nargs="+", default=["hybrid", "id", "lst-frozen"])
+    p.add_argument("--train-weeks", type=int, default=1, help="each release trains on this many latest weeks")
     args = p.parse_args()
     users, n_weeks, epochs = (1500, 3, 8) if args.quick else (args.users, args.weeks, args.epochs)
     folder = Path(tempfile.mkdtemp(prefix="lst-compat-"))
     write_weeks(WeekConfig(users=users, listings=users, weeks=n_weeks, seed=0), folder)
     weeks = [load_data(folder / f"week-{k + 1}") for k in range(n_weeks)]
-    rows = [r for encoder in args.encoders for r in one_encoder(encoder, weeks, folder, epochs)]
+    rows = [r for enc in args.encoders for r in one_encoder(enc, weeks, folder, epochs, args.train_weeks)]
     wide = pd.DataFrame(rows).pivot_table(index=["encoder", "retrains"], columns="map", values="ratio")
     print("\nconsumer ROC-AUC on release k's vectors / on release 0's (same users, same clicks)\n")
     print(wide[list(MAPS)].round(4).to_string())
-    print(f"wrote {write('compat', {'users': users, 'weeks': n_weeks, 'epochs': epochs, 'rows': rows})}")
+    name = "compat" if args.train_weeks == 1 else f"compat_train{args.train_weeks}w"
+    payload = {"users": users, "weeks": n_weeks, "epochs": epochs, "train_weeks": args.train_weeks, "rows": rows}
+    print(f"wrote {write(name, payload)}")
 
 
 if __name__ == "__main__":
