@@ -20,6 +20,7 @@ with it (Redis replicates asynchronously), so after a failover no user is silent
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -102,8 +103,13 @@ class EntityWriter:
         self.client = client_of(config)
         self.client.set_retry(Retry(NoBackoff(), 0))  # retried here, batch by batch, within RETRY_S
         self.cluster = isinstance(self.client, RedisCluster)
-        self.sha = self.client.script_load(WRITE)
         self.unreplicated: set[str] = set()  # masters whose replica did not answer a WAIT: not waited for again
+        self.sha, self.replicas = None, False
+        with contextlib.suppress(Exception):  # Redis unreachable now: the first batch retries it, then fails clearly
+            self._prepare()
+
+    def _prepare(self) -> None:
+        self.sha = self.client.script_load(WRITE)
         self.replicas = self._has_replicas()
 
     def write(self, parts: list[pa.Table]) -> int:
@@ -112,6 +118,8 @@ class EntityWriter:
         deadline = time.monotonic() + RETRY_S
         while True:
             try:
+                if self.sha is None:
+                    self._prepare()
                 self._check_fence()
                 if not self.newest:
                     hashes = self._newer_only(hashes)
@@ -223,13 +231,10 @@ class EntityWriter:
             )
 
     def _reconnect(self) -> None:
-        import contextlib
-
         with contextlib.suppress(Exception):
             if self.cluster:
                 self.client.nodes_manager.initialize()
-            self.sha = self.client.script_load(WRITE)
-            self.replicas = self._has_replicas()
+            self._prepare()
 
 
 def _retryable(exc: Exception) -> bool:
