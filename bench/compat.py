@@ -16,9 +16,12 @@ After each retrain k, the consumer scores release k's vectors of the same held-o
   (``embeddings.space``);
 - ``orthogonal, users only``: the same without the listings in the fit.
 
-The table gives AUC ratios to release 0's own AUC (target >= 0.98 after one retrain, >= 0.95 after four).
+The tables give AUC ratios to release 0's own AUC (target >= 0.98 after one retrain, >= 0.95 after four); the
+recall@10 of each held-out user's week-2 clicks among release 0's listing vectors, ranked by release k's mapped
+user vector, over the same with release 0's own (target >= 0.95); and the consumer's AUC on users that only
+release k knows (first click in week k + 1, label from week k + 2), through the same map, over release 0's AUC.
 Writes bench/results/compat.json. Not yet here (issue #31): Video and ML-1M time slices, the training-time
-compatibility loss, retrieval recall with old listing vectors, and the new model's own HR@10 cost.
+compatibility loss and the new model's own HR@10 cost.
 """
 
 from __future__ import annotations
@@ -84,9 +87,16 @@ def one_encoder(encoder: str, weeks: list, folder: Path, epochs: int, train_week
     fit_users, test_users = users[order[: len(users) // 2]], users[order[len(users) // 2 :]]
     consumer = LogisticRegression(max_iter=2000).fit(_stack(base, fit_users), label[fit_users])
     auc0 = roc_auc_score(label[test_users], consumer.predict_proba(_stack(base, test_users))[:, 1])
-    rows = [{"encoder": encoder, "retrains": 0, "map": m, "auc": auc0, "ratio": 1.0} for m in MAPS]
-    for r in rows:
-        r["train_weeks"] = train_weeks
+    # retrieval: old listing vectors (release 0's) against user vectors; the targets are week 2's clicks
+    items0 = embedders[0].embed_items(ends[0]).set_index("item_id")["embedding"]
+    targets = weeks[1].events[weeks[1].events["item_id"].isin(items0.index)].groupby("user_id")["item_id"].agg(set)
+    seekers = test_users.intersection(targets.index)
+    recall0 = _recall(_stack(base, seekers), items0, targets.loc[seekers])
+    rows = [
+        {"encoder": encoder, "retrains": 0, "map": m, "auc": auc0, "ratio": 1.0, "recall@10": recall0,
+         "recall_ratio": 1.0, "train_weeks": train_weeks}
+        for m in MAPS
+    ]  # fmt: skip
 
     chains: dict[str, object] = {}
     for k in range(1, len(weeks)):
@@ -107,14 +117,46 @@ def one_encoder(encoder: str, weeks: list, folder: Path, epochs: int, train_week
                 new, old = np.vstack([new, _stack(new_i, items)]), np.vstack([old, _stack(old_i, items)])
             step = fit_space_map(new, old, f"r{k}", f"r{k - 1}", kind)
             chains[name] = step if k == 1 else step.then(chains[name])
-        scored = _stack(_vectors(embedders[k], everything, ends[0]), test_users)  # release 0's inputs
+        now = _vectors(embedders[k], everything, ends[0])  # release 0's inputs
+        fresh = _fresh(weeks, k, new_v)  # users whose first click is in week k + 1: no earlier release saw them
         for name in MAPS:
-            x = scored if name == "raw" else chains[name](scored)
-            auc = roc_auc_score(label[test_users], consumer.predict_proba(x)[:, 1])
+            read = (lambda x: x) if name == "raw" else chains[name]
+            auc = roc_auc_score(label[test_users], consumer.predict_proba(read(_stack(now, test_users)))[:, 1])
+            recall = _recall(read(_stack(now, seekers)), items0, targets.loc[seekers])
             row = {"encoder": encoder, "retrains": k, "map": name, "auc": auc, "ratio": auc / auc0}
-            rows.append({**row, "train_weeks": train_weeks})
-        print(table([r for r in rows if r["retrains"] == k], ["encoder", "retrains", "map", "auc", "ratio"]))
+            row |= {"recall@10": recall, "recall_ratio": recall / recall0, "train_weeks": train_weeks}
+            if fresh is not None:
+                users_f, labels_f = fresh
+                probs = consumer.predict_proba(read(_stack(new_v, users_f)))[:, 1]
+                row |= {"fresh_users": len(users_f), "fresh_auc": roc_auc_score(labels_f, probs)}
+                row["fresh_ratio"] = row["fresh_auc"] / auc0
+            rows.append(row)
+        print(table([r for r in rows if r["retrains"] == k], COLUMNS))
     return rows
+
+
+COLUMNS = ["encoder", "retrains", "map", "auc", "ratio", "recall@10", "recall_ratio", "fresh_users", "fresh_ratio"]
+
+
+def _recall(users: np.ndarray, items: pd.Series, targets: pd.Series, k: int = 10) -> float:
+    """Mean recall@k of each user's target listings among ``items`` ranked by the dot product."""
+    scores = users @ np.stack(items.to_numpy()).T
+    top = np.argsort(-scores, axis=1)[:, :k]
+    ids = items.index.to_numpy()
+    hits = [len(set(ids[row]) & want) / min(k, len(want)) for row, want in zip(top, targets, strict=True)]
+    return float(np.mean(hits))
+
+
+def _fresh(weeks: list, k: int, vectors: pd.Series) -> tuple[pd.Index, pd.Series] | None:
+    """Users whose first click is in week k + 1 (release k is the first to embed them) and who have a label in
+    week k + 2: their ids and labels."""
+    if k + 1 >= len(weeks):
+        return None
+    seen = set(pd.concat([w.events["user_id"] for w in weeks[:k]]))
+    label = _mostly_rent(weeks[k + 1])
+    new = pd.Index(sorted(set(weeks[k].events["user_id"]) - seen)).intersection(label.index)
+    new = new.intersection(vectors.index)
+    return (new, label[new]) if len(new) >= 20 and label[new].nunique() == 2 else None
 
 
 def main() -> None:
@@ -131,9 +173,14 @@ def main() -> None:
     write_weeks(WeekConfig(users=users, listings=users, weeks=n_weeks, seed=0), folder)
     weeks = [load_data(folder / f"week-{k + 1}") for k in range(n_weeks)]
     rows = [r for enc in args.encoders for r in one_encoder(enc, weeks, folder, epochs, args.train_weeks)]
-    wide = pd.DataFrame(rows).pivot_table(index=["encoder", "retrains"], columns="map", values="ratio")
-    print("\nconsumer ROC-AUC on release k's vectors / on release 0's (same users, same clicks)\n")
-    print(wide[list(MAPS)].round(4).to_string())
+    for value, what in (
+        ("ratio", "consumer ROC-AUC on release k's vectors / on release 0's (same users, same clicks)"),
+        ("recall_ratio", "recall@10 of week-2 clicks, release 0's listing vectors: release k's users / release 0's"),
+        ("fresh_ratio", "consumer ROC-AUC on users new in week k+1 (release k's vectors) / release 0's AUC"),
+    ):
+        wide = pd.DataFrame(rows).pivot_table(index=["encoder", "retrains"], columns="map", values=value)
+        print(f"\n{what}\n")
+        print(wide[list(MAPS)].round(4).to_string())
     name = "compat" if args.train_weeks == 1 else f"compat_train{args.train_weeks}w"
     payload = {"users": users, "weeks": n_weeks, "epochs": epochs, "train_weeks": args.train_weeks, "rows": rows}
     print(f"wrote {write(name, payload)}")
