@@ -211,11 +211,12 @@ def summary(folder: Path = RESULTS) -> str:
     if compat:
         last = max(r["retrains"] for r in compat["rows"])
         for enc in dict.fromkeys(r["encoder"] for r in compat["rows"]):
-            got = {r["map"]: r["ratio"] for r in compat["rows"] if r["encoder"] == enc and r["retrains"] == last}
+            got = {r["map"]: r for r in compat["rows"] if r["encoder"] == enc and r["retrains"] == last}
+            lin, raw = got.get("linear", {}), got.get("raw", {})
             lines.append(
-                f"| consumer ROC-AUC after {last} retrains / before, {enc} (bench/compat.py) | "
-                f"linear map {_f(got.get('linear'), 3)}x, orthogonal {_f(got.get('orthogonal'), 3)}x | "
-                f"raw {_f(got.get('raw'), 3)}x | - | - |"
+                f"| consumer after {last} retrains / before, {enc} (bench/compat.py): ROC-AUC, retrieval recall@10 | "
+                f"linear map {_f(lin.get('ratio'), 3)}x, {_f(lin.get('recall_ratio'), 3)}x | "
+                f"raw {_f(raw.get('ratio'), 3)}x, {_f(raw.get('recall_ratio'), 3)}x | - | - |"
             )
     readers = _load("publish_readers", folder)
     if readers:
