@@ -255,3 +255,14 @@ def private_cluster(tmp_path):
 def exported(stdout: str) -> dict[str, str]:
     """The variables of ``export NAME=value`` lines (what scripts/redis-cluster.sh start prints)."""
     return dict(line.removeprefix("export ").split("=", 1) for line in stdout.strip().splitlines())
+
+
+def lay_out(layout, tables, scores=None):
+    """A run folder (``pipeline.RunLayout``) as the stages leave it: vectors, scores and the run's record."""
+    from embeddings.io import write_parquet
+
+    write_parquet(tables.users, layout.user_embeddings)
+    write_parquet(tables.items, layout.listing_embeddings)
+    write_parquet(tables.scores if scores is None else scores, layout.scores)
+    tables.record.write(layout.record)
+    return layout

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import day, feast_serve, fit_scores
+from conftest import day, feast_serve, fit_scores, lay_out
 
 from embeddings import pipeline as pl
 from embeddings.cli import main
@@ -48,14 +48,6 @@ def run(runs):
 @pytest.fixture()
 def later(runs):
     return runs[DAY7]
-
-
-def _lay_out(layout: pl.RunLayout, tables: pl.RunTables, scores=None) -> None:
-    """A run folder as the stages leave it: vectors, scores and the run's record."""
-    write_parquet(tables.users, layout.user_embeddings)
-    write_parquet(tables.items, layout.listing_embeddings)
-    write_parquet(tables.scores if scores is None else scores, layout.scores)
-    tables.record.write(layout.record)
 
 
 def _offline(repo):
@@ -118,7 +110,7 @@ def test_a_running_feast_serve_serves_the_new_run_after_a_publish(run, later, ti
 def test_two_publishers_at_once_never_mix_runs(run, later, tiny_dir, feature_repo, tmp_path):
     for i, variant in enumerate((run, later)):
         layout = pl.RunLayout(tmp_path / f"run{i}")
-        _lay_out(layout, variant, variant.scores.assign(p_rent=np.float32(0.1 + 0.8 * i)))
+        lay_out(layout, variant, variant.scores.assign(p_rent=np.float32(0.1 + 0.8 * i)))
     script = textwrap.dedent(
         f"""
         import sys
@@ -295,7 +287,7 @@ def test_user_mistakes_in_publish_and_train_are_one_line(run, tiny_week, tiny_di
     ).save(model)
     assert main(["embed", "--model", str(model), "--data", str(tiny_dir), "--out", str(taken / "sub")]) == 3
     layout = pl.RunLayout(tmp_path / "run")
-    _lay_out(layout, run)
+    lay_out(layout, run)
     bad = tiny_week_dir(tmp_path, listings, _break_events(events, listings, "unparsable timestamp"))
     assert main(["publish", "--run", str(layout.root), "--data", str(bad), "--repo", str(feature_repo.path)]) == 4
     err = capsys.readouterr().err
@@ -305,7 +297,7 @@ def test_user_mistakes_in_publish_and_train_are_one_line(run, tiny_week, tiny_di
 
 def test_publish_with_a_relative_repo_path(run, tiny_dir, feature_repo, tmp_path, monkeypatch):
     layout = pl.RunLayout(tmp_path / "run")
-    _lay_out(layout, run)
+    lay_out(layout, run)
     monkeypatch.chdir(feature_repo.path.parent)
     assert main(["publish", "--run", str(layout.root), "--data", str(tiny_dir), "--repo", "feature_repo"]) == 0
     assert len(online_features(feature_repo, [str(run.users["user_id"].iloc[0])])) == 1
@@ -364,7 +356,7 @@ def test_foreign_checkpoints_bad_shapes_and_lookups_without_a_run_are_one_line(
     lookup = ["lookup", "--repo", str(feature_repo.path), "--user", "U000001"]
     assert main(lookup) == 2
     layout = pl.RunLayout(tmp_path / "run")
-    _lay_out(layout, run)
+    lay_out(layout, run)
     assert main(["publish", "--run", str(layout.root), *data, "--repo", str(feature_repo.path)]) == 0
     feature_repo.online_db.unlink()
     assert main(lookup) == 3
