@@ -18,6 +18,7 @@ from embeddings.errors import ChecksFailed, InputError, LstError
 from embeddings.feature_store import REPO, TARGETS, Repo
 from embeddings.io import utc, write_json
 from embeddings.models.sasrec import ITEM_ENCODERS, LAYERS, POSITIONS, SASRecConfig
+from embeddings.space import KINDS
 from embeddings.training.config import LOSSES, LR_SCHEDULES, PRESETS, WINDOWS, TrainConfig
 
 # flags whose names differ from their dataclass field, and fields that are not command-line options
@@ -321,13 +322,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
     elif args.run:
         layout = pl.RunLayout(Path(args.run))
         try:
-            cfg = pl.PublishConfig(args.allow_drift, args.force_older, args.writers)
+            cfg = pl.PublishConfig(
+                args.allow_drift, args.force_older, args.writers, args.new_space, args.transition_releases,
+                args.space_map,
+            )  # fmt: skip
             manifest = pl.publish(Path(args.data), repo, layout, cfg)
         except ChecksFailed as exc:
             _print_report(exc.report)
             raise
         if "drift_override" in manifest:
             print(f"drift failures overridden: {args.allow_drift}")
+        _print_release(manifest.get("release"))
     else:
         raise InputError("publish needs --run (or --listings-only)")
     rows = ", ".join(f"{k} {v:,}" for k, v in manifest["rows"].items())
@@ -336,6 +341,23 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if "rows_per_s" in w:
             print(f"  online {w['view']}: {w['rows']:,} rows in {w['seconds']:.1f} s by {w['writers']} writer(s)")
     return 0
+
+
+def _print_release(release: dict | None) -> None:
+    if not release:
+        return
+    space = f"vectors in space {release['space_version']} (chain {' -> '.join(release['chain'])})"
+    if release.get("next_space"):
+        left = release["transition_left"]
+        space += f"; new space {release['next_space']} beside it for {left} more release(s) (this one included)"
+    print(f"release {release['model_version']}: {space}")
+    compat = release.get("compat") or {}
+    if "consumer_auc_ratio" in compat:
+        recall = compat.get("retrieval_recall_ratio")
+        print(
+            f"  a consumer fitted on release {release['against']}: ROC-AUC x{compat['consumer_auc_ratio']:.3f}"
+            + (f", retrieval recall@10 x{recall:.3f}" if recall is not None else "")
+        )
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
@@ -352,6 +374,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = pl.JobConfig.from_toml(args.config)
+    if args.new_space:
+        cfg.publish.new_space = args.new_space
     result = pl.run_job(cfg)
     print(f"job done: ran {result.ran or 'nothing'}, skipped {result.skipped or 'nothing'}; run folder {cfg.out}")
     return 0
@@ -406,6 +430,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole weekly job from one config file (what a scheduler calls)")
     p.add_argument("--config", required=True, help="TOML job config (see examples/week.toml)")
+    p.add_argument("--new-space", metavar="REASON", help="publish declaring a new space (see publish --new-space)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo-data", help="write a synthetic week (listings, events, labels), or consecutive weeks")
@@ -504,6 +529,23 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--allow-drift", metavar="REASON", help="publish despite drift failures; the reason is recorded")
     p.add_argument("--force-older", metavar="REASON", help="publish a run older than the latest one; recorded")
     p.add_argument("--writers", type=int, help="processes writing the online store (default: 1 for SQLite, 1 per core)")
+    p.add_argument(
+        "--new-space",
+        metavar="REASON",
+        help="declare this model's space the new pinned one (consumers must refit); the reason is recorded",
+    )
+    p.add_argument(
+        "--transition-releases",
+        type=int,
+        default=pl.PublishConfig.transition_releases,
+        help="releases that publish a declared new space beside the old one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--space-map",
+        choices=KINDS,
+        default=pl.PublishConfig.space_map,
+        help="how a retrain's vectors are mapped into the pinned space (default: %(default)s)",
+    )
     _add_repo_options(p)
     p.set_defaults(func=cmd_publish)
 

@@ -34,6 +34,8 @@ from embeddings.feature_store import REPO, Repo
 from embeddings.io import file_digest, utc, write_json, write_parquet, write_text
 from embeddings.models.sasrec import SASRecConfig, SASRecRecommender
 from embeddings.record import RunRecord
+from embeddings.release import WINDOW, Release
+from embeddings.space import KINDS
 from embeddings.stages.classify import LABEL_DAYS, PreferenceModel, fit_preference, score_users
 from embeddings.stages.embed import Embedder, EmbedReport
 from embeddings.stages.probe import ProbeReport
@@ -69,6 +71,7 @@ class RunLayout:
     preference_metrics = property(lambda self: self.preference_dir / "preference_metrics.json")
     probe_dir = property(lambda self: self.root / "probe")
     probe_report = property(lambda self: self.probe_dir / "probe.json")  # the probe table, and which vector wins
+    release_dir = property(lambda self: self.root / "release")  # the pinned space, maps, compatibility figures
     pictures_dir = property(lambda self: self.root / "pictures")
     validation_dir = property(lambda self: self.root / "validation")
     evaluation = property(lambda self: self.root / "evaluation.json")
@@ -173,10 +176,17 @@ class PublishConfig:
     allow_drift: str | None = None  # a reason: publish despite drift failures (never data/vector/score ones)
     force_older: str | None = None  # a reason: publish a run older than the latest published one
     writers: int | None = None  # processes writing the online store; default: 1 for SQLite, one per core for Redis
+    new_space: str | None = None  # a reason: this model's space becomes the pinned one (after the transition)
+    transition_releases: int = WINDOW  # releases that publish a declared new space beside the old one
+    space_map: str = "orthogonal"  # orthogonal | linear: how a release's vectors are mapped to the pinned space
 
     def __post_init__(self) -> None:  # before the checks, which take minutes on a site-size week
         if self.writers is not None and self.writers < 1:
             raise InputError(f"writers must be at least 1, got {self.writers}")
+        if self.transition_releases < 0:
+            raise InputError(f"transition_releases must be 0 or more, got {self.transition_releases}")
+        if self.space_map not in KINDS:
+            raise InputError(f"space_map must be one of {KINDS}, got {self.space_map!r}")
 
 
 @dataclass
@@ -372,7 +382,9 @@ def embed(
     write_parquet(items, layout.listing_embeddings)
     write_json(layout.reference, rec.reference)
     profile_version = str(profiles["model_version"].iloc[0]) if profiles is not None else None
-    record = RunRecord(cutoff, embedder.version, embedder.encoder, tuple(rec.heads), profile_version)
+    checkpoint = None if isinstance(model, SASRecRecommender) else Path(model or layout.model).resolve()
+    heads, path = tuple(rec.heads), str(checkpoint) if checkpoint else None
+    record = RunRecord(cutoff, embedder.version, embedder.encoder, heads, profile_version, model_path=path)
     record.write(layout.record)  # last: a run folder with a record has every table of it
     return EmbedResult(users, profiles, items, record, embedder.report)
 
@@ -528,6 +540,7 @@ class RunTables:
     profiles: pd.DataFrame | None = None  # the profile head's user vectors
     probes: dict | None = None  # the run's probe report (``probe/probe.json``), shown in the checks' report
     record: RunRecord | None = None
+    release: Release | None = None  # set by publish: the pinned space and the maps into it (:func:`release`)
 
     def __post_init__(self) -> None:
         if self.record is None:
@@ -578,6 +591,7 @@ def validate(
         profiles=run.profiles if run else None,
         probes=run.probes if run else None,
         record=run.record if run else None,
+        release=run.release if run else None,
     )
     report.previous_run_id = previous["run_id"] if previous else None
     if report_dir is not None:
@@ -586,17 +600,28 @@ def validate(
 
 
 def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: PublishConfig | None = None) -> dict:
-    """Check the run and, only if every check passes (drift failures may be overridden with a reason),
-    write it to the feature store. Returns the manifest; raises ``ChecksFailed`` with nothing written."""
+    """Align the run with the published release (:func:`release`), check it and, only if every check passes
+    (drift failures may be overridden with a reason; compatibility failures only by declaring a new space), write
+    it to the feature store. Returns the manifest; raises ``ChecksFailed`` with nothing written."""
     cfg = cfg or PublishConfig()
     layout = run if isinstance(run, RunLayout) else None
     tables = RunTables.read(run) if layout else run
     raw = _raw_inputs(data_dir)  # read once: checked as they are, then through the contract
+    try:
+        data = _contract_tables(data_dir, raw)
+    except InputError:
+        data = None  # the data checks below say what is wrong, expectation by expectation
+    if data is not None:
+        tables.release = release(repo, tables, data, cfg)
+        if layout:
+            tables.release.save(layout.release_dir)
     report = validate(data_dir, repo, tables, layout.validation_dir if layout else None, raw)
     extra: dict = {"checks": len(report.checks)}
     if report.failures:
         if not (report.drift_only and cfg.allow_drift):
             hint = " (drift only: allow_drift with a reason overrides)" if report.drift_only else ""
+            if any(c.kind == "compatibility" for c in report.failures):
+                hint = " (consumers' models would break: declare a new space with a reason to publish it anyway)"
             raise ChecksFailed(
                 f"publish refused, {len(report.failures)} failed check(s){hint}; nothing was changed", report
             )
@@ -604,9 +629,49 @@ def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: Publish
             "reason": cfg.allow_drift,
             "failed": [f"{c.expectation} {c.column}: {c.observed}" for c in report.failures],
         }
-    data = _contract_tables(data_dir, raw)
+    data = data or _contract_tables(data_dir, raw)
     extra["events_rows"] = len(data.events)
     return write_to_feature_store(repo, data.listings, tables, extra, cfg.force_older, cfg.writers)
+
+
+def release(repo: Repo, tables: RunTables, data: Dataset, cfg: PublishConfig | None = None) -> Release:
+    """The run's release against the latest published one: the pinned space, the maps into it (fitted on the
+    vectors this run's model and the previous release's model give this run's users and listings) and the
+    compatibility figures of the publish gate (:func:`embeddings.release.align`)."""
+    from embeddings.release import MODEL, Vectors, align, published_release, release_dir
+    from embeddings.stages.classify import preference_labels
+
+    cfg = cfg or PublishConfig()
+    record = tables.record
+    previous = published_release(repo.data, repo.latest_run())
+    new = Vectors(tables.users, tables.profiles, tables.items)
+    old = None
+    model = _checkpoint_of(record)
+    uniform = all(
+        f is None or f["embedding"].map(len).nunique() == 1 for f in (tables.users, tables.profiles, tables.items)
+    )
+    if previous is not None and previous.model_version != record.model_version:
+        old_model = release_dir(repo.data, previous.model_version) / MODEL
+        if model is not None and old_model.exists() and uniform:  # (vectors of mixed sizes fail the vector suites)
+            embedder = Embedder.from_checkpoint(old_model, data.listings)
+            users, profiles = Embedder.split_heads(embedder.embed_users(data.events, record.cutoff))
+            old = Vectors(users, profiles, embedder.embed_items(record.cutoff if data.has_listings else None))
+    after = data.events[data.events["event_timestamp"] >= record.cutoff]
+    labels = None
+    if len(after) and data.has_listings:
+        labels = (preference_labels(data.events, data.listings, record.cutoff), after)
+    kwargs = {"new_space": cfg.new_space, "window": cfg.transition_releases, "kind": cfg.space_map}
+    return align(previous, record.model_version, new, old, labels, **kwargs)
+
+
+def _checkpoint_of(record: RunRecord) -> Path | None:
+    """The run's checkpoint when it is still there and still the model that made the vectors."""
+    from embeddings.stages.embed import model_version
+
+    path = Path(record.model_path) if record.model_path else None
+    if path is None or not path.is_file():
+        return None
+    return path if model_version(path) == record.model_version else None
 
 
 def write_to_feature_store(
@@ -630,6 +695,8 @@ def write_to_feature_store(
         tables.scores,
         user_profiles=tables.profiles,
         record=tables.record,
+        release=tables.release,
+        model=_checkpoint_of(tables.record) if tables.release is not None else None,
         extra_manifest=extra_manifest,
         force_older=force_older,
         writers=writers,

@@ -23,7 +23,8 @@ class RunRecord:
     encoder: str = "unknown"  # the item encoder: id | lst-frozen | hybrid
     heads: tuple[str, ...] = ("intent",)  # the user vectors the model gives
     profile_model_version: str | None = None  # the profile vectors' version (model_version + "-profile")
-    space_version: str = field(default="")  # the space the vectors live in; each model is its own space for now
+    space_version: str = field(default="")  # the model's own (native) space: its model version
+    model_path: str | None = None  # the checkpoint the vectors came from (a publish aligns its release with it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cutoff", utc(self.cutoff))

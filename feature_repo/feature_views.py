@@ -3,8 +3,17 @@ stays served until the next weekly run plus a day of slack, and never for longer
 give null and the online stores give no value (SQLite hides the row, Redis has dropped the key).
 
 Each publish records in ``data/published.json`` what it published per view (vector dimension, model version,
-run, time); the definitions below read it, so the registry shows them (``feast feature-views describe``, the UI):
-the vector fields' ``vector_length`` and the views' and fields' tags."""
+space, run, time); the definitions below read it, so the registry shows them (``feast feature-views describe``,
+the UI): the vector fields' ``vector_length`` and the views' and fields' tags.
+
+Vectors come in three spaces (README, "Compatible releases"):
+
+- the views consumers fit models on (``user_embedding``, ``user_profile_embedding``, ``listing_embedding``) carry
+  vectors in the **pinned space**, named by ``space_version``: a retrain maps its vectors into it, so a model fitted
+  on last week's vectors keeps working;
+- ``*_native``: the current model's own vectors (its ``model_version`` is their space), for consumers who want the
+  newest space and refit at every release;
+- ``*_next_space``: during a transition to a declared new space, the vectors in that space (null otherwise)."""
 
 import json
 import os
@@ -67,13 +76,48 @@ listing_lst_features = FeatureView(
     tags={"team": "recsys", "source": "listings", "cadence": "on change"},
 )
 
+SPACE = "the pinned space the vectors are in: the model version whose space it is (stable across retrains)"
+NEXT = "during a transition: the declared new space; null otherwise"
+
+
+def space_views(name: str, entity, source, columns: dict[str, str], head: str) -> tuple[FeatureView, FeatureView]:
+    """The ``*_native`` and ``*_next_space`` views of a vector table (``columns``: native vector, its version,
+    next-space vector, next space)."""
+    native_vec, version, next_vec, next_version = columns
+    common = {"entities": [entity], "ttl": WEEKLY, "source": source, "online": True, "owner": OWNER}
+    native = FeatureView(
+        name=f"{name}_native",
+        schema=[
+            vector(native_vec, f"{name}_native", "the model's own vector, unmapped: its space changes each release"),
+            Field(name=version, dtype=String, description="the model version: the space of the native vector"),
+        ],
+        description=f"{name} in the current model's own space (refit at every release to use it).",
+        tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", "head": head, "space": "native",
+              **published(f"{name}_native")},
+        **common,
+    )  # fmt: skip
+    upcoming = FeatureView(
+        name=f"{name}_next_space",
+        schema=[
+            vector(next_vec, f"{name}_next_space", "the vector in the declared new space (null outside a transition)"),
+            Field(name=next_version, dtype=String, description=NEXT),
+        ],
+        description=f"{name} in a declared new space during its transition window: refit on it, then switch.",
+        tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", "head": head, "space": "next",
+              **published(f"{name}_next_space")},
+        **common,
+    )  # fmt: skip
+    return native, upcoming
+
+
 listing_embedding = FeatureView(
     name="listing_embedding",
     entities=[listing],
     ttl=WEEKLY,
     schema=[
-        vector("embedding", "listing_embedding", "item vector of the SASRec item encoder (vector_length: dim)"),
+        vector("embedding", "listing_embedding", "item vector in the pinned space (vector_length: dim)"),
         Field(name="model_version", dtype=String, description="content hash of the SASRec checkpoint"),
+        Field(name="space_version", dtype=String, description=SPACE),
     ],
     source=listing_embedding_source,
     online=True,
@@ -81,16 +125,24 @@ listing_embedding = FeatureView(
     owner=OWNER,
     tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", **published("listing_embedding")},
 )
+listing_embedding_native, listing_embedding_next_space = space_views(
+    "listing_embedding",
+    listing,
+    listing_embedding_source,
+    ("native_embedding", "model_version", "next_space_embedding", "next_space_version"),
+    "item",
+)
 
 user_embedding = FeatureView(
     name="user_embedding",
     entities=[user],
     ttl=WEEKLY,
     schema=[
-        vector("embedding", "user_embedding", "SASRec state after the user's clicks before the cut-off (intent)"),
+        vector("embedding", "user_embedding", "SASRec state after the user's clicks before the cut-off, pinned space"),
         Field(name="n_events", dtype=Int64, description="clicks before the cut-off"),
         Field(name="last_event_at", dtype=Int64, description="last click before the cut-off, Unix seconds (UTC)"),
-        Field(name="model_version", dtype=String, description="a new version means a new space: retrain consumers"),
+        Field(name="model_version", dtype=String, description="the model that made the vector"),
+        Field(name="space_version", dtype=String, description=SPACE),
     ],
     source=user_embedding_source,
     online=True,
@@ -101,6 +153,13 @@ user_embedding = FeatureView(
     owner=OWNER,
     tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", "head": "intent", **published("user_embedding")},
 )
+user_embedding_native, user_embedding_next_space = space_views(
+    "user_embedding",
+    user,
+    user_embedding_source,
+    ("native_embedding", "model_version", "next_space_embedding", "next_space_version"),
+    "intent",
+)
 
 user_profile_embedding = FeatureView(
     name="user_profile_embedding",
@@ -109,6 +168,7 @@ user_profile_embedding = FeatureView(
     schema=[
         vector("profile_embedding", "user_profile_embedding", "profile head over the state (who the user is)"),
         Field(name="profile_model_version", dtype=String, description="checkpoint version + '-profile'"),
+        Field(name="profile_space_version", dtype=String, description=SPACE + ", + '-profile'"),
     ],
     source=user_profile_source,
     online=True,
@@ -124,6 +184,13 @@ user_profile_embedding = FeatureView(
         "head": "profile",
         **published("user_profile_embedding"),
     },
+)
+user_profile_embedding_native, user_profile_embedding_next_space = space_views(
+    "user_profile_embedding",
+    user,
+    user_profile_source,
+    ("native_profile_embedding", "profile_model_version", "next_space_profile_embedding", "next_space_profile_version"),
+    "profile",
 )
 
 user_rent_sale_preference = FeatureView(

@@ -170,10 +170,10 @@ def test_drift_can_be_overridden_with_a_recorded_reason(published, capsys):
     record = RunRecord.read(run / "embeddings" / "run.json")
     replace(record, model_version="sasrec-retrained", space_version="").write(run / "embeddings" / "run.json")
     reason = "new pricing rules moved many users between rent and sale"
-    assert (
-        main(["publish", "--run", str(run), "--data", str(data), "--repo", str(repo.path), "--allow-drift", reason])
-        == 0
-    )
+    args = ["publish", "--run", str(run), "--data", str(data), "--repo", str(repo.path), "--allow-drift", reason]
+    assert main(args) == 4  # a model whose space cannot be mapped into the pinned one: no drift reason covers that
+    assert "FAILED [compatibility]" in capsys.readouterr().out
+    assert main([*args, "--new-space", "a model without a map to the old space"]) == 0
     manifest = repo.manifests()[-1]
     assert manifest["drift_override"]["reason"] == reason
     assert any("flipped_share" in f for f in manifest["drift_override"]["failed"])
@@ -194,7 +194,7 @@ def test_a_clean_second_run_passes_every_check(published, clean):
     assert main(["validate", "--run", str(run), "--data", str(data), "--repo", str(repo.path)]) == 0
     report = json.loads((run / "validation" / "checks.json").read_text())
     assert all(c["success"] for c in report["checks"])
-    assert report["figures"]["same_model_version"] is True and report["figures"]["psi_p_rent"] == 0.0
+    assert report["figures"]["same_space"] is True and report["figures"]["psi_p_rent"] == 0.0
 
 
 def test_new_model_version_reports_alignment_instead_of_failing(clean, tiny_week):
@@ -205,10 +205,10 @@ def test_new_model_version_reports_alignment_instead_of_failing(clean, tiny_week
     retrained = _rotate(users).assign(model_version="sasrec-retrained")
     report = check_run(events, listings, retrained, None, scores, {"users": users, "scores": scores})
     assert not report.failures
-    assert report.figures["same_model_version"] is False
+    assert report.figures["same_space"] is False
     assert report.figures["procrustes_residual"] < 0.05  # a pure rotation aligns back
     assert report.figures["knn_overlap@10"] > 0.95
-    assert "retrain" in report.figures["version_change"]
+    assert "refit" in report.figures["space_change"]
 
 
 def test_profile_vectors_are_checked_and_their_drift_stops_a_publish(clean, tiny_week):

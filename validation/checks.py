@@ -36,6 +36,7 @@ from embeddings.data import contract
 from embeddings.io import write_json, write_text
 from embeddings.metrics import vector_stats
 from embeddings.record import RunRecord
+from embeddings.release import Release
 from validation import suites
 from validation import thresholds as t
 
@@ -47,7 +48,7 @@ class Check:
     column: str | None
     success: bool
     observed: str
-    kind: str  # "data", "vectors", "scores", "drift", "warning"
+    kind: str  # "data", "vectors", "scores", "run", "drift", "compatibility", "warning"
 
 
 @dataclass
@@ -249,7 +250,8 @@ def drift_table(
     versions: tuple[str | None, str | None] = (None, None),
 ) -> tuple[pd.DataFrame, dict]:
     """One row of drift figures against the last published run: of the scores (when both are given) and of
-    the user vectors. ``versions``: the previous run's and this run's model versions (their records)."""
+    the user vectors. ``versions``: the spaces of the previous run's and this run's vectors (as published: the
+    pinned space, so that a retrain mapped into it is compared like a run of the same model)."""
     rng = np.random.default_rng(seed)
     row: dict = {}
     if prev_scores is not None and scores is not None:
@@ -274,9 +276,9 @@ def drift_table(
     shared = shared[usable]
     old_all, new_all = _finite_rows(_matrix(prev_users)), _finite_rows(_matrix(users))
     figures = {
-        "same_model_version": same,
+        "same_space": same,
         "shared_users": len(shared),
-        "previous_model_version": str(previous_version),
+        "previous_space": str(previous_version),
     }
     if same:
         a = old_all[rng.choice(len(old_all), min(t.DRIFT_SAMPLE, len(old_all)), replace=False)]
@@ -309,7 +311,7 @@ def drift_table(
 
         no, nn = neighbours(o), neighbours(n)
         figures["knn_overlap@10"] = float(np.mean([len(set(p) & set(q)) / k for p, q in zip(no, nn, strict=True)]))
-        figures["version_change"] = "new embedding space: consumers must retrain models that use the embedding"
+        figures["space_change"] = "new embedding space: consumers must refit models that use the embedding"
     return pd.DataFrame([row]), figures
 
 
@@ -367,12 +369,40 @@ def _history_alignment(events, users, items, x, finite, cutoff, seed) -> float:
     return float(np.mean((u * own).sum(1) > (u * other).sum(1)))
 
 
-def _previous_version(previous: dict, key: str, table: str) -> str | None:
-    """The previous run's model version from its manifest; a hand-built ``previous`` (tests) from its table."""
-    if previous.get(key):
-        return str(previous[key])
+def _pinned(release: Release, frame: pd.DataFrame | None, head: str) -> pd.DataFrame | None:
+    """The vectors as published (pinned space); vectors of mixed sizes as they are (the vector suites fail them)."""
+    if frame is None or frame["embedding"].map(len).nunique() != 1:
+        return frame
+    return release.columns(frame, head)
+
+
+def _space(frame: pd.DataFrame | None, own: str | None) -> str | None:
+    """The space a table's vectors are in: its ``space_version`` column (published tables), else the model's own."""
+    if frame is not None and "space_version" in frame and len(frame) and frame["space_version"].iloc[0]:
+        return str(frame["space_version"].iloc[0])
+    return own
+
+
+def _previous_space(previous: dict, table: str) -> str | None:
+    """The space of the previous run's published vectors (runs published before releases: the model's own)."""
     frame = previous.get(table)
-    return str(frame["model_version"].iloc[0]) if frame is not None and len(frame) else None
+    key = "model_version" if table == "users" else "profile_model_version"
+    own = previous.get(key) or (str(frame["model_version"].iloc[0]) if frame is not None and len(frame) else None)
+    return _space(frame, own)
+
+
+def compatibility_table(release: Release) -> pd.DataFrame:
+    """One row: whether the release kept its consumers' space, and how a consumer fitted on the previous release
+    does on this one's vectors (:func:`embeddings.release.compatibility`)."""
+    figures = release.compat
+    row: dict = {
+        "space_kept": bool(figures.get("space_kept")),
+        "consumer_measured": "consumer_auc_ratio" in figures,
+    }
+    for key in ("consumer_auc_ratio", "retrieval_recall_ratio"):
+        if key in figures:
+            row[key] = float(figures[key])
+    return pd.DataFrame([row])
 
 
 def _no_version(items: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -393,11 +423,14 @@ def check_run(
     profiles: pd.DataFrame | None = None,
     probes: dict | None = None,
     record: RunRecord | None = None,
+    release: Release | None = None,
 ) -> Report:
     """Every check of a run. ``previous``: {"events_rows", "users", "profiles", "scores"} of the last published
     run; ``reference``: the model's user-vector statistics at training time (``vector_stats``, with the profile
     head's under ``"profile"``); ``profiles``: the profile head's vectors (checked like the intent ones, drift
-    included); ``probes``: the run's probe report, shown among the figures."""
+    included); ``probes``: the run's probe report, shown among the figures; ``release``: the run's release (its
+    pinned space and maps, :mod:`embeddings.release`): drift is measured on the vectors as published (pinned
+    space against the previous run's pinned space), and its compatibility figures are checked."""
     v = Validator()
     ids = sorted(set(listings["item_id"].astype(str))) if "item_id" in listings else []
     v.run("listings", listings_table(listings), suites.listings_suite(), "data")
@@ -449,21 +482,30 @@ def check_run(
         )
         v.report.figures.update({f"profile_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
         v.run("profile_run", table, suites.run_suite(list(table.columns), "profile_run"), "run")
+    if release is not None and release.against not in (None, release.model_version):
+        table = compatibility_table(release)
+        v.report.figures.update({f"compat_{k}": x for k, x in release.compat.items()})
+        kind = "warning" if release.new_space_reason else "compatibility"  # a declared new space: reported only
+        v.run("compatibility", table, suites.compatibility_suite(list(table.columns)), kind)
+    pinned = {"users": users, "profiles": profiles}
+    if release is not None and previous:
+        pinned = {"users": _pinned(release, users, "intent"), "profiles": _pinned(release, profiles, "profile")}
     if previous and users is not None and scores is not None and previous.get("users") is not None:
-        versions = (_previous_version(previous, "model_version", "users"), record.model_version)
-        table, figures = drift_table(previous["users"], users, previous["scores"], scores, versions=versions)
+        versions = (_previous_space(previous, "users"), _space(pinned["users"], record.model_version))
+        table, figures = drift_table(previous["users"], pinned["users"], previous["scores"], scores, versions=versions)
         v.report.figures.update({k: (round(x, 4) if isinstance(x, float) else x) for k, x in figures.items()})
         v.report.figures.update({k: round(float(x), 4) for k, x in table.iloc[0].items()})
-        v.run("drift", table, suites.drift_suite(bool(figures["same_model_version"]), list(table.columns)), "drift")
+        v.run("drift", table, suites.drift_suite(bool(figures["same_space"]), list(table.columns)), "drift")
         v.run("drift_warnings", table, suites.drift_warning_suite(), "warning")
     if previous and profiles is not None and previous.get("profiles") is not None:
-        versions = (_previous_version(previous, "profile_model_version", "profiles"), record.profile_model_version)
-        table, figures = drift_table(previous["profiles"], profiles, None, None, versions=versions)
+        own = record.profile_model_version
+        versions = (_previous_space(previous, "profiles"), _space(pinned["profiles"], own))
+        table, figures = drift_table(previous["profiles"], pinned["profiles"], None, None, versions=versions)
         v.report.figures.update(
             {f"profile_{k}": (round(x, 4) if isinstance(x, float) else x) for k, x in figures.items()}
         )
         v.report.figures.update({f"profile_{k}": round(float(x), 4) for k, x in table.iloc[0].items()})
-        same = bool(figures["same_model_version"])
+        same = bool(figures["same_space"])
         v.run("profile_drift", table, suites.drift_suite(same, list(table.columns), "profile_drift"), "drift")
     for row in (probes or {}).get("rows", []):
         for name in (probes or {}).get("ours", []) + (probes or {}).get("baselines", []):

@@ -105,7 +105,7 @@ def scores_suite() -> gx.ExpectationSuite:
     )
 
 
-def drift_suite(same_model_version: bool, columns: list[str] | None = None, name: str = "drift") -> gx.ExpectationSuite:
+def drift_suite(same_space: bool, columns: list[str] | None = None, name: str = "drift") -> gx.ExpectationSuite:
     """The one-row drift table against the last published run; failures here can be overridden.
     ``columns``: those the table has (a profile table has no score columns)."""
     e = [
@@ -113,7 +113,7 @@ def drift_suite(same_model_version: bool, columns: list[str] | None = None, name
         gxe.ExpectColumnValuesToBeBetween(column="rent_share_delta", max_value=t.MAX_RENT_SHARE_DELTA),
         gxe.ExpectColumnValuesToBeBetween(column="flipped_share", max_value=t.MAX_FLIPPED_SHARE),
     ]
-    if same_model_version:
+    if same_space:
         e += [
             gxe.ExpectColumnValuesToBeBetween(column="domain_classifier_auc", max_value=t.MAX_DOMAIN_AUC),
             gxe.ExpectColumnValuesToBeBetween(
@@ -125,6 +125,18 @@ def drift_suite(same_model_version: bool, columns: list[str] | None = None, name
     if columns is not None:
         e = [x for x in e if x.column in columns]
     return gx.ExpectationSuite(name=name, expectations=e)
+
+
+def compatibility_suite(columns: list[str]) -> gx.ExpectationSuite:
+    """A new model's release against its consumers (``validation.checks.compatibility_table``): overridable only
+    by declaring a new space."""
+    e = [
+        gxe.ExpectColumnValuesToBeInSet(column="space_kept", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="consumer_measured", value_set=[True]),
+        gxe.ExpectColumnValuesToBeBetween(column="consumer_auc_ratio", min_value=t.MIN_CONSUMER_AUC_RATIO),
+        gxe.ExpectColumnValuesToBeBetween(column="retrieval_recall_ratio", min_value=t.MIN_RETRIEVAL_RECALL_RATIO),
+    ]
+    return gx.ExpectationSuite(name="compatibility", expectations=[x for x in e if x.column in columns])
 
 
 def drift_warning_suite() -> gx.ExpectationSuite:

@@ -45,3 +45,7 @@ KS_P_VALUE = 0.01  # a component drifted when its two-sample KS test rejects at 
 DRIFT_SAMPLE = 2000  # vectors sampled per run for pairwise and distribution checks
 KNN_SAMPLE = 500  # users whose 10 nearest neighbours are compared across model versions
 MIN_SHARED_USERS_FOR_ALIGNMENT = 20  # fewer shared users: no Procrustes / neighbour figures
+
+# compatibility of a new model's release with consumers fitted on the previous release (same users, same clicks)
+MIN_CONSUMER_AUC_RATIO = 0.95  # a consumer's ROC-AUC on the new release's pinned vectors / on the previous release's
+MIN_RETRIEVAL_RECALL_RATIO = 0.9  # recall@10 among the previous release's listing vectors: new users / previous users

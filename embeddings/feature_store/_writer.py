@@ -44,9 +44,10 @@ import pyarrow.parquet as pq
 from embeddings.errors import InputError, NothingToPublish, PublishError
 from embeddings.feature_store._materialize import default_writers, materialize, materialize_entities
 from embeddings.feature_store._redis_rows import fence_token
-from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_TARGETS, VIEWS, Repo
+from embeddings.feature_store.repo import LISTING_FEATURES, PROFILE_COLUMNS, REDIS_TARGETS, VIEWS, Repo, views_of
 from embeddings.io import kill_point, utc, write_atomic, write_json
 from embeddings.record import RunRecord
+from embeddings.release import Release, published_release, release_dir
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 CONTENT_KEY = b"lst_embeddings.content_sha256"
@@ -173,6 +174,8 @@ def content_hash(tables: dict[str, pd.DataFrame | None]) -> str:
             digest.update(col.encode())
             if values.dtype == object and len(values) and isinstance(values.iloc[0], (list, np.ndarray)):
                 digest.update(np.stack(values.to_numpy()).astype(np.float32).tobytes())
+            elif values.dtype == object and values.isna().all():  # a vector column of nulls (no next space)
+                digest.update(b"null" * len(values))
             else:
                 digest.update(pd.util.hash_pandas_object(values, index=False).to_numpy().tobytes())
     return digest.hexdigest()
@@ -198,11 +201,14 @@ def _offline_table(name: str, df: pd.DataFrame, published_at: pd.Timestamp) -> p
     if name == "listings":
         df = df[["item_id", *LISTING_FEATURES, "event_timestamp"]]
     if name in ("listing_embeddings", "user_embeddings", "user_profiles"):
-        df["embedding"] = df["embedding"].map(lambda v: [float(x) for x in v])
+        for col in VECTORS:
+            if col in df:
+                df[col] = df[col].map(lambda v: None if v is None else [float(x) for x in v])
     if name == "user_embeddings":  # Unix seconds: Feast's online types carry no time zone
         df["last_event_at"] = df["last_event_at"].astype("datetime64[us, UTC]").astype("int64") // 1_000_000
     if name == "user_profiles":  # names of their own, so a service with both views has no clashing features
-        df = df[["user_id", "embedding", "model_version", "event_timestamp"]].rename(columns=PROFILE_COLUMNS)
+        df = df[["user_id", *(c for c in PROFILE_COLUMNS if c in df), "event_timestamp"]]
+        df = df.rename(columns=PROFILE_COLUMNS)
     df["published_at"] = published_at
     for col in df.columns:  # microseconds: Spark's offline store cannot read nanosecond Parquet timestamps
         if isinstance(df[col].dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(df[col]):
@@ -210,10 +216,17 @@ def _offline_table(name: str, df: pd.DataFrame, published_at: pd.Timestamp) -> p
     return df
 
 
+VECTORS = ("embedding", "native_embedding", "next_space_embedding")  # vector columns of a run folder's tables
+
+
 def _write_offline(df: pd.DataFrame, path: Path, content: str) -> None:
     import pyarrow as pa
 
     table = pa.Table.from_pandas(df, preserve_index=False)
+    for i, column in enumerate(table.schema):  # a column of nulls (no next space) keeps its type in every file
+        if pa.types.is_null(column.type):
+            kind = pa.list_(pa.float64()) if column.name.endswith("embedding") else pa.string()
+            table = table.set_column(i, column.name, table.column(i).cast(kind))
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), CONTENT_KEY: content.encode()})
     write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
@@ -236,11 +249,14 @@ def write_run(
     user_profiles: pd.DataFrame | None = None,
     writers: int | None = None,
     record: RunRecord | None = None,
+    release: Release | None = None,
+    model: Path | None = None,
 ) -> dict:
     """Write one run (or, with only ``listings``, new lst feature versions); returns the manifest.
 
     ``record``: the run's cut-off and model versions (``embed``'s record; tables built by hand get one from their
-    first row).
+    first row). ``release``: the pinned space and the maps into it (default: the model's own space); its folder
+    (with ``model``, the checkpoint) goes to ``data/releases/<model_version>``.
 
     ``force_older`` (a reason, recorded) publishes a run older than the latest published one.
     ``fail_before_swap`` stops just before the online commit, for tests of the failure path.
@@ -254,15 +270,24 @@ def write_run(
         "user_preference": preference,
     }
     with publish_lock(repo) as lease:
-        return _write_run(repo, tables, record, extra_manifest, force_older, fail_before_swap, writers, lease)
+        return _write_run(
+            repo, tables, record, extra_manifest, force_older, fail_before_swap, writers, lease, release, model
+        )
 
 
-def _write_run(repo, tables, record, extra, force_older, fail_before_swap, writers, lease: Lease) -> dict:
+def _write_run(
+    repo, tables, record, extra, force_older, fail_before_swap, writers, lease: Lease, release, model
+) -> dict:
     began = time.perf_counter()
     published_at = pd.Timestamp.now(tz="UTC").floor("s")
     if tables["user_embeddings"] is not None:
         record = record or RunRecord.of_vectors(tables["user_embeddings"], tables["user_profiles"])
         cutoff, model_version = record.cutoff, record.model_version
+        release = release or Release.own(model_version)
+        _refuse_other_release(repo, release)
+        for name, head in HEADS.items():
+            if tables[name] is not None:
+                tables[name] = release.columns(tables[name], head)
         run_id = run_id_for(cutoff, model_version)
         content = content_hash({k: v for k, v in tables.items() if k != "listings"})  # listings: deduplicated
         _refuse_stale_or_changed(repo, run_id, cutoff, content, force_older)
@@ -294,6 +319,8 @@ def _write_run(repo, tables, record, extra, force_older, fail_before_swap, write
                 _write_offline(run[name], staged, content)
     if not run:
         raise NothingToPublish("nothing to publish: every listing version is already in the feature store")
+    if release is not None:  # content-addressed by model version: nothing reads it before the manifest names it
+        release.save(_inside(repo.data, release_dir(repo.data, release.model_version)), model)
     kill_point("publish:staged")
 
     manifest = {
@@ -301,7 +328,8 @@ def _write_run(repo, tables, record, extra, force_older, fail_before_swap, write
         "cutoff": cutoff.isoformat(),
         "model_version": model_version,
         "profile_model_version": record.profile_model_version if record else None,
-        "space_version": record.space_version if record else None,
+        "space_version": release.space_version if release else None,
+        "release": release.summary() if release else None,
         "encoder": record.encoder if record else None,
         "classifier_version": _first(tables["user_preference"], "classifier_version"),
         "content_sha256": content,
@@ -317,7 +345,7 @@ def _write_run(repo, tables, record, extra, force_older, fail_before_swap, write
     manifest_file = _inside(repo.data, repo.data / "manifests" / f"{run_id}.json")
     write_json(_staged(manifest_file), manifest)  # a manifests folder that cannot take it stops us here
     published = _inside(repo.data, repo.data / "published.json")
-    write_json(_staged(published), _published_record(repo, run, run_id, published_at))
+    write_json(_staged(published), _published_record(repo, run, run_id, published_at, release))
 
     lease.check("the online write")
     store, writes = _materialize(repo, run, files, run_id, fail_before_swap, writers, lease)
@@ -330,6 +358,9 @@ def _write_run(repo, tables, record, extra, force_older, fail_before_swap, write
 
 def _first(df: pd.DataFrame | None, column: str) -> str | None:
     return str(df[column].iloc[0]) if df is not None and len(df) else None
+
+
+HEADS = {"user_embeddings": "intent", "listing_embeddings": "intent", "user_profiles": "profile"}  # their maps
 
 
 def _staged(path: Path) -> Path:
@@ -408,9 +439,12 @@ VERSION_COLUMNS = {
 }
 
 
-def _published_record(repo: Repo, run: dict[str, pd.DataFrame], run_id: str, published_at: pd.Timestamp) -> dict:
+def _published_record(
+    repo: Repo, run: dict[str, pd.DataFrame], run_id: str, published_at: pd.Timestamp, release: Release | None = None
+) -> dict:
     """``data/published.json`` after this publish: per view, what it put there (vector_dim, model_version, run_id,
-    published_at); ``feature_views.py`` reads it, so the registry describes the vectors it serves."""
+    published_at; the pinned views their space and its chain, the next-space views theirs); ``feature_views.py``
+    reads it, so the registry describes the vectors it serves."""
     path = repo.data / "published.json"
     try:
         record = json.loads(path.read_text()) if path.exists() else {}
@@ -420,10 +454,47 @@ def _published_record(repo: Repo, run: dict[str, pd.DataFrame], run_id: str, pub
         if name not in VERSION_COLUMNS or not len(df):
             continue
         entry = {"model_version": str(df[VERSION_COLUMNS[name]].iloc[0]), "run_id": run_id}
+        stamp = {"published_at": published_at.isoformat()}
         if name in VECTOR_COLUMNS:
             entry["vector_dim"] = len(df[VECTOR_COLUMNS[name]].iloc[0])
-        record[VIEWS[name]] = {**entry, "published_at": published_at.isoformat()}
+        if name not in SPACE_COLUMNS or release is None:
+            record[VIEWS[name]] = {**entry, **stamp}
+            continue
+        space, next_space = (str(df[c].iloc[0]) if df[c].iloc[0] is not None else "" for c in SPACE_COLUMNS[name])
+        native, upcoming = views_of(name)[1:]
+        prefix = "native_profile" if name == "user_profiles" else "native"
+        later = df["next_space_profile_embedding" if name == "user_profiles" else "next_space_embedding"].iloc[0]
+        record[VIEWS[name]] = {**entry, "space_version": space, "space_chain": ",".join(release.chain), **stamp}
+        own = {"vector_dim": len(df[f"{prefix}_embedding"].iloc[0]), "space_version": entry["model_version"]}
+        record[native] = {**entry, **own, **stamp}
+        record[upcoming] = {
+            **entry,
+            "vector_dim": 0 if later is None else len(later),
+            "space_version": next_space,
+            "space_chain": ",".join(release.next_chain),
+            "transition_releases_left": str(release.transition_left),
+            **stamp,
+        }
     return record
+
+
+SPACE_COLUMNS = {  # a vector table's space columns as published: pinned, next
+    "listing_embeddings": ("space_version", "next_space_version"),
+    "user_embeddings": ("space_version", "next_space_version"),
+    "user_profiles": ("profile_space_version", "next_space_profile_version"),
+}
+
+
+def _refuse_other_release(repo: Repo, release: Release) -> None:
+    """Under the lock: the release was aligned with the latest published one (another publish may have come
+    between the alignment and the lock)."""
+    latest = published_release(repo.data, repo.latest_run())
+    if latest is None or release.against is None or latest.model_version in (release.model_version, release.against):
+        return  # (against None: tables written without alignment, in their own space)
+    raise PublishError(
+        f"release {release.model_version} was aligned with release {release.against}, but {latest.model_version} "
+        "was published since; publish again (it aligns with the latest). Nothing was changed"
+    )
 
 
 def _refuse_stale_or_changed(repo: Repo, run_id: str, cutoff: pd.Timestamp, content: str, force_older: str | None):
@@ -465,12 +536,18 @@ def _materialize(
     """
     repo.data.mkdir(parents=True, exist_ok=True)
     start, end = _interval(run)
-    views = [VIEWS[name] for name, df in run.items() if len(df)]
+    views = [view for name, df in run.items() if len(df) for view in views_of(name)]
     definitions = repo.definitions(published=_staged(repo.data / "published.json"))
     registry = _staged(repo.registry)  # Feast rewrites its registry file in place: readers meanwhile see the old one
     if repo.registry.exists():
         shutil.copyfile(repo.registry, registry)
-    sources = {VIEWS[name]: _source_at(d, files[name]) for name in run for d in definitions if _is_source_of(d, name)}
+    sources = {
+        view: _source_at(d, files[name])
+        for name in run
+        for d in definitions
+        if _is_source_of(d, name)
+        for view in views_of(name)
+    }
     if repo.target != "local":
         store = repo.store(registry_path=registry)
         store.apply(definitions)

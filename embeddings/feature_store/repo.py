@@ -33,7 +33,27 @@ VIEWS = {
     "user_preference": "user_rent_sale_preference",
 }
 # the profile table's columns in the offline store and in Feast (the run folder's file says embedding, model_version)
-PROFILE_COLUMNS = {"embedding": "profile_embedding", "model_version": "profile_model_version"}
+PROFILE_COLUMNS = {
+    "embedding": "profile_embedding",
+    "model_version": "profile_model_version",
+    "space_version": "profile_space_version",
+    "native_embedding": "native_profile_embedding",
+    "next_space_embedding": "next_space_profile_embedding",
+    "next_space_version": "next_space_profile_version",
+}
+# the views of a vector table beside its pinned one: the model's own space, and a declared next space
+SPACE_VIEWS = {
+    "listing_embeddings": ("listing_embedding_native", "listing_embedding_next_space"),
+    "user_embeddings": ("user_embedding_native", "user_embedding_next_space"),
+    "user_profiles": ("user_profile_embedding_native", "user_profile_embedding_next_space"),
+}
+
+
+def views_of(table: str) -> tuple[str, ...]:
+    """Every feature view that reads an offline table."""
+    return (VIEWS[table], *SPACE_VIEWS.get(table, ()))
+
+
 LISTING_FEATURES = [c.name for c in LISTING_COLUMNS if c.name not in ("item_id", "created_at", "event_timestamp")]
 
 
@@ -151,7 +171,7 @@ class Repo:
         tables = {key: read_parquet(path) if path.exists() else None for key, path in files.items()}
         if tables["profiles"] is not None:
             tables["profiles"] = tables["profiles"].rename(columns={v: k for k, v in PROFILE_COLUMNS.items()})
-        versions = {k: last.get(k) for k in ("model_version", "profile_model_version")}
+        versions = {k: last.get(k) for k in ("model_version", "profile_model_version", "space_version")}
         return {"run_id": last["run_id"], "events_rows": last.get("events_rows"), **versions, **tables}
 
 
@@ -275,7 +295,7 @@ def historical_features(repo: Repo, entity_df: pd.DataFrame, service: str = "use
     """Point-in-time rows of the service's features for ``entity_df``. Views that nothing was ever published to
     (e.g. profile vectors before the first run of a model with a profile head) are left out, not an error."""
     store = repo.store()
-    published = {VIEWS[t] for t in TABLES if any((repo.data / "offline" / t).glob("*.parquet"))}
+    published = {v for t in TABLES if any((repo.data / "offline" / t).glob("*.parquet")) for v in views_of(t)}
     refs = [
         f"{p.name_to_use()}:{f.name}"
         for p in store.get_feature_service(service).feature_view_projections
