@@ -212,10 +212,11 @@ def summary(folder: Path = RESULTS) -> str:
         last = max(r["retrains"] for r in compat["rows"])
         for enc in dict.fromkeys(r["encoder"] for r in compat["rows"]):
             got = {r["map"]: r for r in compat["rows"] if r["encoder"] == enc and r["retrains"] == last}
-            lin, raw = got.get("linear", {}), got.get("raw", {})
+            orth, lin, raw = got.get("orthogonal", {}), got.get("linear", {}), got.get("raw", {})
             lines.append(
                 f"| consumer after {last} retrains / before, {enc} (bench/compat.py): ROC-AUC, retrieval recall@10 | "
-                f"linear map {_f(lin.get('ratio'), 3)}x, {_f(lin.get('recall_ratio'), 3)}x | "
+                f"orthogonal map (the publish's) {_f(orth.get('ratio'), 3)}x, {_f(orth.get('recall_ratio'), 3)}x; "
+                f"linear {_f(lin.get('ratio'), 3)}x, {_f(lin.get('recall_ratio'), 3)}x | "
                 f"raw {_f(raw.get('ratio'), 3)}x, {_f(raw.get('recall_ratio'), 3)}x | - | - |"
             )
     readers = _load("publish_readers", folder)

@@ -180,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _from_args(SASRecConfig, args),
         _train_config(args),
         features_from=args.features_from,
-        feature_store=_repo(args) if args.features_from == "feast" else None,
+        feature_store=_repo(args) if args.features_from == "feast" or args.compat_weight > 0 else None,
         init_from=Path(args.init_from) if args.init_from else None,
     )
     if not distributed.is_main():

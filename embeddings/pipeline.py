@@ -333,6 +333,8 @@ def train(
         feature_store=feature_store if features_from == "feast" else None,
         init_from=init_from,
     )
+    if rec.train_config.compat_weight > 0:  # the training-time compatibility loss against the latest release
+        rec.compat_target = _compat_target(feature_store, the_split)
     began = time.perf_counter()
     rec.fit(the_split)
     if not distributed.is_main():  # torchrun: rank 0 evaluates and writes the model
@@ -346,6 +348,26 @@ def train(
     rec.save(layout.model, metrics={"test": metrics, "best": rec.best, "history": rec.history})
     write_json(layout.train_metrics, {"test": metrics, "best": rec.best})
     return TrainResult(rec, layout.model, metrics)
+
+
+def latest_release_model(repo: Repo | None) -> Path | None:
+    """The checkpoint of the latest published release (None before the first, or without a feature store)."""
+    from embeddings.release import MODEL, published_release, release_dir
+
+    previous = published_release(repo.data, repo.latest_run()) if repo is not None else None
+    path = release_dir(repo.data, previous.model_version) / MODEL if previous else None
+    return path if path is not None and path.exists() else None
+
+
+def _compat_target(repo: Repo | None, split: Split):
+    """The latest release's item vectors by this split's tokens: the target of ``TrainConfig.compat_weight``."""
+    from embeddings.models.sasrec import compat_target
+
+    path = latest_release_model(repo)
+    if path is None:
+        print("compat_weight: no published release to be compatible with yet; training without it", file=sys.stderr)
+        return None
+    return compat_target(SASRecRecommender.load(path), split.item_ids)
 
 
 def embed(
@@ -797,6 +819,8 @@ def run_job(cfg: JobConfig, log=print) -> JobResult:
         "features_from": cfg.features_from,
     }
     init = [cfg.init_from] if cfg.init_from else []
+    if cfg.train.compat_weight > 0:  # trained against the latest release: a new release retrains
+        init += [p for p in [latest_release_model(repo)] if p is not None]
 
     def do_train():
         result = train(

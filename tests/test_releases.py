@@ -2,6 +2,7 @@
 next, a space change needs a declared reason, both spaces are served during a transition, and point-in-time rows
 across retrains come in the pinned space."""
 
+import json
 import shutil
 
 import numpy as np
@@ -76,7 +77,10 @@ def test_a_consumer_model_survives_a_retrain(tiny_dir, models, feature_repo, tmp
     def auc(frame: pd.DataFrame, column: str = "embedding") -> float:
         return roc_auc_score(labels[test], consumer.predict_proba(np.stack(frame.loc[test, column]))[:, 1])
 
-    second = pl.publish(tiny_dir, feature_repo, _run(tiny_dir, models, 1, tmp_path))
+    retrained = _run(tiny_dir, models, 1, tmp_path)
+    second = pl.publish(tiny_dir, feature_repo, retrained)  # no drift reason needed: drift is pinned vs pinned
+    report = json.loads((retrained.validation_dir / "checks.json").read_text())
+    assert report["figures"]["same_space"] is True and "domain_classifier_auc" in report["figures"]
     after = _online(feature_repo, test)
     native = _online(feature_repo, test, "user_native")
     raw = auc(native, "native_embedding")
@@ -158,3 +162,20 @@ def test_both_spaces_are_served_during_a_transition_and_point_in_time_rows_stay_
         published = pd.read_parquet(feature_repo.run_file("user_embeddings", manifest["run_id"]))
         vector = published.set_index("user_id").loc[users[0], "embedding"]
         np.testing.assert_allclose(row.embedding, vector, rtol=1e-6)
+
+
+def test_training_against_the_latest_release_takes_its_item_vectors_from_the_repo(
+    tiny_dir, models, feature_repo, tmp_path
+):
+    """``[train] compat_weight``: the job trains the next model with the compatibility loss against the latest
+    published release's item vectors (its checkpoint in the repo); before any release it trains without."""
+    data, train = load_data(tiny_dir), TrainConfig(epochs=2, batch_size=32, bf16=False, compat_weight=1.0)
+    first = pl.train(
+        data, pl.RunLayout(tmp_path / "a"), pl.DataConfig(tiny_dir), CONFIG, train, feature_store=feature_repo
+    )
+    assert first.model.aligner is None
+    pl.publish(tiny_dir, feature_repo, _run(tiny_dir, models, 0, tmp_path))
+    second = pl.train(
+        data, pl.RunLayout(tmp_path / "b"), pl.DataConfig(tiny_dir), CONFIG, train, feature_store=feature_repo
+    )
+    assert second.model.aligner is not None and second.model.aligner.out_features == CONFIG.dim

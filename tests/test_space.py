@@ -40,3 +40,45 @@ def test_maps_chain_and_change_dimension(tmp_path):
     np.testing.assert_array_equal(again(v3), chained(v3))
     with pytest.raises(InputError, match="takes vectors of 24 floats"):
         again(v1)
+
+
+def test_the_training_time_compatibility_loss_learns_a_map_onto_the_previous_release(tiny_week):
+    """``TrainConfig.compat_weight`` with a ``compat_target``: the fit learns an aligner from the new model's item
+    vectors onto the previous release's, which lands closer to them than the untrained aligner did."""
+    import torch
+
+    from embeddings.data.split import temporal_split
+    from embeddings.models.sasrec import SASRecConfig, compat_target
+    from embeddings.models.zoo import make_model
+    from embeddings.training.config import TrainConfig
+
+    listings, events, _ = tiny_week
+    split = temporal_split(events, listings)
+    cfg = SASRecConfig(item_encoder="id", max_len=20, dim=16)
+
+    def fit(seed: int, weight: float = 0.0, target=None):
+        model = make_model(
+            "sasrec",
+            split,
+            None,
+            sasrec=cfg,
+            train=TrainConfig(epochs=3, batch_size=32, seed=seed, compat_weight=weight),
+        )
+        model.compat_target = target
+        return model
+
+    previous = fit(0).fit(split)
+    assert previous.aligner is None
+    target, known = compat_target(previous, split.item_ids)
+    assert known.sum() == previous.scorable.sum() and not known[0]
+    model = fit(1, 1.0, (target, known))
+    torch.manual_seed(1)
+    untrained = torch.nn.Linear(16, 16)
+    model.fit(split)
+    mine = model.item_table()[known]
+
+    def gap(aligner) -> float:
+        with torch.no_grad():
+            return float(((aligner(mine) - target[known]) ** 2).sum(-1).mean() / (target[known] ** 2).sum(-1).mean())
+
+    assert model.aligner is not None and gap(model.aligner) < 0.5 * gap(untrained)

@@ -419,6 +419,15 @@ def content_version(state: dict) -> str:
     return f"sasrec-{digest.hexdigest()[:12]}"
 
 
+def compat_target(previous: SASRecRecommender, item_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous release's item vectors by this catalogue's tokens (row 0 padding) and the rows it has a
+    trained vector for: the target of the training-time compatibility loss (``TrainConfig.compat_weight``)."""
+    table = previous.item_table()
+    index = {str(i): k + 1 for k, i in enumerate(previous.item_ids) if previous.scorable[k]}
+    rows = torch.tensor([0] + [index.get(str(i), 0) for i in item_ids])
+    return table[rows], rows > 0
+
+
 class SASRecRecommender:
     """SASRec behind the shared recommender shape (``fit`` / ``score``), with its checkpoint format.
 
@@ -448,6 +457,9 @@ class SASRecRecommender:
         self.best: dict = {}
         self.metrics: dict = {}
         self.init_state: dict | None = None  # {"model": state_dict, "item_ids": [...]} to start fitting from
+        self.compat_target: tuple[torch.Tensor, torch.Tensor] | None = None  # see compat_target(); with
+        # TrainConfig.compat_weight, fit learns ``aligner``: this model's item vectors -> the previous release's
+        self.aligner: nn.Linear | None = None
         self.reference: dict = {}  # vector_stats of the validation users' vectors when training ended
         self.name = f"sasrec[{self.config.item_encoder}]"
 

@@ -39,7 +39,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
 REFERENCE_USERS = 2000  # validation users whose vectors give the checkpoint's reference statistics
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "weight_decay", "loss", "n_negatives", "seed", "bf16", "windows", "profile_weight",
-    "valid_users", "lr_schedule", "batch_positions",
+    "valid_users", "lr_schedule", "batch_positions", "compat_weight",
 )  # fmt: skip
 
 
@@ -74,6 +74,9 @@ class TrainConfig:
     profile_weight: float = 1.0  # weight of the profile head's loss (models with profile_horizon > 0)
     device: str = "cpu"  # cpu | cuda | cuda:N: where training runs (the fitted model comes back on the CPU)
     valid_users: int = 50_000  # early stopping ranks at most this many validation users (a fixed random sample)
+    compat_weight: float = 0.0  # weight of the compatibility loss against the previous release's item vectors
+    # (BC-Aligner style; the recommender's ``compat_target``): a learned linear map of this model's item vectors
+    # onto the previous model's, trained with the model (bench/compat.py measures it; the product maps after training)
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -86,6 +89,8 @@ class TrainConfig:
             raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.compile and not self.device.startswith("cuda") and not any(map(shutil.which, ("c++", "g++", "cc"))):
             raise InputError("compile needs a C++ compiler on PATH (torch.compile builds its CPU kernels with it)")
+        if self.compat_weight < 0:
+            raise InputError(f"compat_weight must be 0 or more, got {self.compat_weight}")
         if self.epochs < 1 or self.valid_users < 1:
             raise InputError("epochs and valid_users must be at least 1")
         if self.batch_size < 0 or (self.batch_size == 0 and self.batch_positions < 1):

@@ -187,6 +187,7 @@ class _Step(torch.nn.Module):
     def __init__(self, loop: _Loop):
         super().__init__()
         self.model = compiled_for_training(loop.model) if loop.tc.compile else loop.model
+        self.aligner = loop.aligner  # trained with the model (compatibility loss), or None
         self.loss_of = loop.loss
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, n_pos: int, rng: torch.Generator):
@@ -214,6 +215,13 @@ class _Loop:
             targets = split.train.trim(head=1).flat()
             self.popularity = torch.from_numpy(np.bincount(targets, minlength=split.n_items)).to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.aligner, self.compat = None, None
+        target = getattr(rec, "compat_target", None)  # (previous release's item vectors by token, known rows)
+        if target is not None and self.tc.compat_weight > 0:
+            old, known = (t.to(self.device) for t in target)
+            self.compat = old.float(), known
+            self.aligner = torch.nn.Linear(self.model.cfg.dim, old.shape[1]).to(self.device)
+            trainable += list(self.aligner.parameters())
         self.optimizer = torch.optim.AdamW(
             trainable, lr=self.tc.lr, weight_decay=self.tc.weight_decay, betas=(0.9, 0.98), fused=True
         )
@@ -286,6 +294,10 @@ class _Loop:
             future = future_targets(targets, horizon, rng)
             # the head on every position, padding too: a fixed shape a batch width (see WIDTH_STEP)
             loss = loss + self.tc.profile_weight * ce(self.model.profile_of(states)[real], future[real])
+        if self.compat is not None:  # the learned map of this model's item vectors onto the previous release's
+            old, known = self.compat
+            gap = ((self.aligner(vectors[known].float()) - old[known]) ** 2).sum(-1).mean()
+            loss = loss + self.tc.compat_weight * gap / (old[known] ** 2).sum(-1).mean()
         return loss
 
     def epoch(self, epoch: int) -> dict:
@@ -407,6 +419,8 @@ class _Loop:
         self.model.load_state_dict(self.best_weights)
         self.model.to("cpu").eval()
         self.rec.best = self.best
+        if self.aligner is not None:  # its weights as trained to the end (the best epoch's are not kept apart)
+            self.rec.aligner = self.aligner.to("cpu").eval()
         states = self.rec.user_states(self.valid.histories[:REFERENCE_USERS])
         self.rec.reference = vector_stats(states["intent"].numpy())
         if "profile" in states:
