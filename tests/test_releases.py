@@ -17,7 +17,7 @@ from embeddings.cli import main
 from embeddings.data import load_data
 from embeddings.data.split import temporal_split
 from embeddings.errors import ChecksFailed
-from embeddings.feature_store import historical_features, online_features
+from embeddings.feature_store import Repo, historical_features, online_features
 from embeddings.models.sasrec import SASRecConfig
 from embeddings.models.zoo import make_model
 from embeddings.release import Release, release_dir
@@ -124,8 +124,22 @@ def test_a_space_change_without_a_declared_reason_is_refused(tiny_dir, models, f
     assert set(online["space_version"]) == {manifest["model_version"]}
 
 
+@pytest.fixture(params=["local", "redis"])
+def target_repo(request, feature_repo, monkeypatch):
+    """The scratch repo on SQLite, and on a real Redis."""
+    if request.param == "local":
+        return feature_repo
+    port, password = request.getfixturevalue("redis_server")
+    for key, value in {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("REDIS_SSL", "false")
+    repo = Repo(feature_repo.path, "redis")
+    repo.redis().flushall()
+    return repo
+
+
 def test_both_spaces_are_served_during_a_transition_and_point_in_time_rows_stay_pinned(
-    tiny_dir, models, feature_repo, tmp_path
+    tiny_dir, models, target_repo, tmp_path
 ):
     """Release 0 (day 4), release 1 declares a new space (day 5): for two releases the pinned views keep release
     0's space and the next-space views carry release 1's; release 3 (after the window) switches the pinned views
@@ -133,21 +147,21 @@ def test_both_spaces_are_served_during_a_transition_and_point_in_time_rows_stay_
     that was pinned when the run was published."""
     cutoffs = [day(4), day(5), day(6), day(6) + pd.Timedelta(hours=12)]
     days = pl.PublishConfig(allow_drift="test: days of one week")
-    manifests = [pl.publish(tiny_dir, feature_repo, _run(tiny_dir, models, 0, tmp_path, cutoffs[0]), days)]
+    manifests = [pl.publish(tiny_dir, target_repo, _run(tiny_dir, models, 0, tmp_path, cutoffs[0]), days)]
     declared = pl.PublishConfig(allow_drift=days.allow_drift, new_space="the profile head changed the vectors")
-    manifests.append(pl.publish(tiny_dir, feature_repo, _run(tiny_dir, models, 1, tmp_path, cutoffs[1]), declared))
+    manifests.append(pl.publish(tiny_dir, target_repo, _run(tiny_dir, models, 1, tmp_path, cutoffs[1]), declared))
     s0, s1 = manifests[0]["model_version"], manifests[1]["model_version"]
-    first = pd.read_parquet(feature_repo.run_file("user_embeddings", manifests[0]["run_id"]))
+    first = pd.read_parquet(target_repo.run_file("user_embeddings", manifests[0]["run_id"]))
     users = [str(u) for u in first["user_id"][:20]]  # embedded by every run (clicks before day 4)
     for k in (2, 3):
-        pinned, upcoming = _online(feature_repo, users), _online(feature_repo, users, "user_next_space")
+        pinned, upcoming = _online(target_repo, users), _online(target_repo, users, "user_next_space")
         assert set(pinned["space_version"]) == {s0}, k
         assert set(upcoming["next_space_version"]) == {s1}, k
         assert all(v is not None and len(v) == CONFIG.dim for v in upcoming["next_space_embedding"])
-        manifests.append(pl.publish(tiny_dir, feature_repo, _run(tiny_dir, models, k, tmp_path, cutoffs[k]), days))
+        manifests.append(pl.publish(tiny_dir, target_repo, _run(tiny_dir, models, k, tmp_path, cutoffs[k]), days))
     assert [m["release"]["transition_left"] for m in manifests] == [0, 2, 1, 0]
     assert manifests[3]["space_version"] == s1 and manifests[3]["release"]["chain"][-1] == s1
-    pinned, upcoming = _online(feature_repo, users), _online(feature_repo, users, "user_next_space")
+    pinned, upcoming = _online(target_repo, users), _online(target_repo, users, "user_next_space")
     assert set(pinned["space_version"]) == {s1}
     assert upcoming["next_space_embedding"].isna().all() and upcoming["next_space_version"].isna().all()
     assert manifests[2]["release"]["compat"]["consumer_auc_ratio"] >= 0.95  # release 2 kept release 0's consumers
@@ -155,11 +169,11 @@ def test_both_spaces_are_served_during_a_transition_and_point_in_time_rows_stay_
     entity = pd.DataFrame(
         {"user_id": [users[0]] * 4, "event_timestamp": [c + pd.Timedelta(minutes=30) for c in cutoffs]}
     )
-    rows = historical_features(feature_repo, entity).sort_values("event_timestamp")
+    rows = historical_features(target_repo, entity).sort_values("event_timestamp")
     assert list(rows["space_version"]) == [s0, s0, s0, s1]
     assert list(rows["model_version"]) == [m["model_version"] for m in manifests]
     for row, manifest in zip(rows.itertuples(), manifests, strict=True):  # each row: its run's published vector
-        published = pd.read_parquet(feature_repo.run_file("user_embeddings", manifest["run_id"]))
+        published = pd.read_parquet(target_repo.run_file("user_embeddings", manifest["run_id"]))
         vector = published.set_index("user_id").loc[users[0], "embedding"]
         np.testing.assert_allclose(row.embedding, vector, rtol=1e-6)
 
