@@ -34,6 +34,7 @@ SCRIPTS = [
     "feature_store",
     "publish_readers",
     "compat",
+    "stream",
     "peers/rectools_sasrec",
     "probes",
     "losses",
@@ -219,6 +220,16 @@ def summary(folder: Path = RESULTS) -> str:
                 f"linear {_f(lin.get('ratio'), 3)}x, {_f(lin.get('recall_ratio'), 3)}x | "
                 f"raw {_f(raw.get('ratio'), 3)}x, {_f(raw.get('recall_ratio'), 3)}x | - | - |"
             )
+    stream = _load("stream", folder)
+    if stream:
+        one, two = stream["throughput"]
+        lat = stream["latency"]
+        lines.append(
+            f"| stream worker (bench/stream.py), Redis: events/s; click-to-visible at {_f(lat['rate'], 0)} events/s | "
+            f"1 worker {_f(one['events_per_s'], 0)}, 2 workers {_f(two['events_per_s'], 0)}; "
+            f"p50 {_f(lat['p50_ms'], 1)} ms, p99 {_f(lat['p99_ms'], 1)} ms | "
+            "targets: 2,000 events/s, p99 100 ms | - | - |"
+        )
     readers = _load("publish_readers", folder)
     if readers:
         view, hset = readers["rows"]

@@ -372,6 +372,31 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    from embeddings.stream import ClickStore, RedisStreamSource, StreamWorker, status
+
+    repo = _repo(args)
+    if repo.target == "local":
+        raise InputError("stream writes to a Redis online store: --target redis or redis-cluster")
+    client = repo.redis()
+    if args.seed_from:
+        data = load_data(args.seed_from)
+        cutoff = utc(repo.latest_run()["cutoff"]) if repo.latest_run() else None
+        before = data.events if cutoff is None else data.events[data.events["event_timestamp"] < cutoff]
+        n = ClickStore(client, repo.config().project).seed(before)
+        print(f"seeded the clicks of {before['user_id'].nunique():,} users ({n:,} clicks before {cutoff})")
+        return 0
+    source = RedisStreamSource(client, args.stream, args.group, args.consumer, args.claim_idle_ms)
+    worker = StreamWorker(repo, source, args.batch_size, flush_s=args.flush_s)
+    report = worker.run(args.max_events, args.idle_stop_s)
+    print(
+        f"{report.events:,} events ({report.dead:,} to the dead letters), {report.users:,} user updates in "
+        f"{report.batches:,} micro-batches, {report.seconds:.1f} s; release {report.release}; "
+        f"stream {status(client, args.stream, args.group)}"
+    )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = pl.JobConfig.from_toml(args.config)
     if args.new_space:
@@ -548,6 +573,19 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     )
     _add_repo_options(p)
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("stream", help="keep users' vectors fresh from click events on a Redis Stream")
+    p.add_argument("--stream", default="lst_embeddings:clicks", help="the stream key (dead letters: KEY:dead)")
+    p.add_argument("--group", default="lst-embeddings", help="consumer group: workers of one group share the load")
+    p.add_argument("--consumer", help="this worker's name in the group (default: host-pid; reuse it after a restart)")
+    p.add_argument("--batch-size", type=int, default=500, help="events a micro-batch")
+    p.add_argument("--claim-idle-ms", type=int, default=30_000, help="take over others' events pending this long")
+    p.add_argument("--flush-s", type=float, default=1.0, help="offline files and acknowledgements this often")
+    p.add_argument("--max-events", type=int, help="stop after this many events (default: run until stopped)")
+    p.add_argument("--idle-stop-s", type=float, help="stop when the stream has been empty this long")
+    p.add_argument("--seed-from", metavar="DATA", help="only seed the clicks store from a data folder's events")
+    _add_repo_options(p)
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("validate", help="Great Expectations checks of the data and, with --run, of a run")
     p.add_argument("--run", help="run folder with embeddings/ and preference/ (report goes to its validation/)")

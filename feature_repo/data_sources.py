@@ -11,7 +11,7 @@ it; in Python ``contextlib.chdir("feature_repo")``). Spark resolves paths on its
 import os
 from pathlib import Path
 
-from feast import FileSource
+from feast import FileSource, PushSource
 from feast.data_format import ParquetFormat
 
 DATA = Path(__file__).resolve().parent / "data" / "offline"
@@ -63,3 +63,8 @@ user_preference_source = _parquet_runs(
     "user_preference",
     "Rent/sale preference scores from the CatBoost classifier on user embeddings.",
 )
+
+# the stream worker (lst-embeddings stream) pushes fresh user vectors through these: online per micro-batch, offline
+# as files of their own beside the runs' (never a rewrite)
+user_embedding_push = PushSource(name="user_embedding_push", batch_source=user_embedding_source)
+user_profile_push = PushSource(name="user_profile_push", batch_source=user_profile_source)

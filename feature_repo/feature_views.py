@@ -23,9 +23,9 @@ from pathlib import Path
 from data_sources import (
     listing_embedding_source,
     listing_lst_source,
-    user_embedding_source,
+    user_embedding_push,
     user_preference_source,
-    user_profile_source,
+    user_profile_push,
 )
 from entities import listing, user
 from feast import FeatureView, Field
@@ -144,7 +144,7 @@ user_embedding = FeatureView(
         Field(name="model_version", dtype=String, description="the model that made the vector"),
         Field(name="space_version", dtype=String, description=SPACE),
     ],
-    source=user_embedding_source,
+    source=user_embedding_push,
     online=True,
     description=(
         "Intent: the user's state as of the run's cut-off, trained to score the next click. "
@@ -156,7 +156,7 @@ user_embedding = FeatureView(
 user_embedding_native, user_embedding_next_space = space_views(
     "user_embedding",
     user,
-    user_embedding_source,
+    user_embedding_push,
     ("native_embedding", "model_version", "next_space_embedding", "next_space_version"),
     "intent",
 )
@@ -170,7 +170,7 @@ user_profile_embedding = FeatureView(
         Field(name="profile_model_version", dtype=String, description="checkpoint version + '-profile'"),
         Field(name="profile_space_version", dtype=String, description=SPACE + ", + '-profile'"),
     ],
-    source=user_profile_source,
+    source=user_profile_push,
     online=True,
     description=(
         "Profile: the same clicks through a head trained to score any of the user's next clicks over a horizon "
@@ -188,7 +188,7 @@ user_profile_embedding = FeatureView(
 user_profile_embedding_native, user_profile_embedding_next_space = space_views(
     "user_profile_embedding",
     user,
-    user_profile_source,
+    user_profile_push,
     ("native_profile_embedding", "profile_model_version", "next_space_profile_embedding", "next_space_profile_version"),
     "profile",
 )

@@ -51,6 +51,7 @@ class Embedder:
         self.listings = listings
         self.index = pd.Index(model.item_ids)
         self.report = EmbedReport()
+        self._table: torch.Tensor | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, listings: pd.DataFrame | None = None) -> Embedder:
@@ -71,7 +72,9 @@ class Embedder:
 
     def _item_table(self, events: pd.DataFrame, as_of: pd.Timestamp | None) -> tuple[pd.Index, torch.Tensor]:
         """All item ids the events can be mapped to, and their vectors (row 0 = padding)."""
-        table = self.model.item_table()
+        if self._table is None:  # the model is frozen here: its catalogue's vectors once
+            self._table = self.model.item_table()
+        table = self._table
         unknown = pd.Index(events["item_id"].unique()).difference(self.index)
         can_encode = self._can_encode
         if len(unknown) and can_encode:

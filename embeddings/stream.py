@@ -1,0 +1,422 @@
+"""Fresh vectors between weekly runs: ``lst-embeddings stream``.
+
+A worker reads click events from a Redis Stream through a consumer group (several workers share one stream),
+checks every event against the data contract (a bad one goes to a dead-letter stream with its reason and changes
+nothing), keeps each user's clicks in Redis (first touch of each listing, click count, last click: what the batch
+``embed`` reads from the events table, so a restarted or added worker continues where another stopped), and for
+every user a micro-batch touched recomputes the intent and profile vectors with the published release's model,
+mapped into the pinned space exactly as the weekly publish maps them. The vectors go online through Feast's push
+sources (``user_embedding_push``, ``user_profile_push``) and offline as appended Parquet files (one per
+micro-batch, never a rewrite), stamped with the user's last click; the events are acknowledged only after that.
+
+Delivery is at least once: a worker killed before its acknowledgement leaves the events pending, and a restarted
+worker (or another, after ``claim_idle_ms``) processes them again. Re-processing is idempotent: the click store
+counts an event id once, and the same clicks give the same vector.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from embeddings.data.contract import (
+    EVENT_COLUMNS,
+    EVENT_RULES,
+    MAX_FUTURE_SKEW_HOURS,
+    _problem,
+    latest_versions,
+    valid_rows,
+)
+from embeddings.errors import InputError
+from embeddings.feature_store.repo import Repo
+from embeddings.io import kill_point
+from embeddings.release import MODEL, Release, published_release, release_dir
+
+STREAM = "lst_embeddings:clicks"
+GROUP = "lst-embeddings"
+PUSH_SOURCES = {"user_embeddings": "user_embedding_push", "user_profiles": "user_profile_push"}
+
+
+# ------------------------------------------------------------------------------------------------ sources
+class EventSource(Protocol):
+    """Where click events come from: a Redis Stream here; a Kafka topic would implement the same three calls."""
+
+    def read(self, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]: ...
+
+    def ack(self, ids: list[str]) -> None: ...
+
+    def dead_letter(self, entry: str, fields: dict[str, str], reason: str) -> None: ...
+
+
+class RedisStreamSource:
+    """A consumer of a Redis Stream's consumer group: its own unacknowledged events first (after a restart), then
+    events other consumers left pending for ``claim_idle_ms`` (a dead worker's), then new ones."""
+
+    def __init__(
+        self,
+        client,
+        stream: str = STREAM,
+        group: str = GROUP,
+        consumer: str | None = None,
+        claim_idle_ms: int = 30_000,
+    ):
+        from redis.exceptions import ResponseError
+
+        self.client, self.stream, self.group = client, stream, group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.dead = f"{stream}:dead"
+        self.claim_idle_ms = claim_idle_ms
+        self._own_pending = True
+        try:
+            client.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        if self._own_pending:
+            got = self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
+            entries = _entries(got)
+            if entries:
+                return entries
+            self._own_pending = False
+        claimed = self.client.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=count
+        )
+        entries = [(_text(i), _fields(f)) for i, f in claimed[1] if f]
+        if entries:
+            return entries
+        got = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        return _entries(got)
+
+    def ack(self, ids: list[str]) -> None:
+        if ids:
+            self.client.xack(self.stream, self.group, *ids)
+
+    def dead_letter(self, entry: str, fields: dict[str, str], reason: str) -> None:
+        self.client.xadd(self.dead, {**fields, "reason": reason, "entry": entry})
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _fields(raw: dict) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _entries(got) -> list[tuple[str, dict[str, str]]]:
+    return [(_text(i), _fields(f)) for _, entries in (got or []) for i, f in entries if f]
+
+
+# ------------------------------------------------------------------------------------------------- checks
+def check_events(events: pd.DataFrame, known_items: set[str], created: pd.Series | None = None) -> pd.Series:
+    """Per event: None when it meets the data contract, else the reason (column, problem). ``created``: each
+    listing's ``created_at`` (a click before it breaks the contract)."""
+    reasons: dict = {}
+    for col in EVENT_COLUMNS:
+        s = events[col.name] if col.name in events else pd.Series(None, index=events.index, dtype=object)
+        bad = ~valid_rows(s, col)
+        for i in bad[bad].index:
+            reasons.setdefault(i, f"column '{col.name}': {_problem(s[[i]], col)}")
+    for i in events.index[~events["item_id"].isin(known_items)]:
+        reasons.setdefault(i, "column 'item_id': a listing unknown to the published release and the listings table")
+    ok = [i for i in events.index if i not in reasons]
+    if ok:
+        when = pd.to_datetime(events.loc[ok, "event_timestamp"], utc=True, format="ISO8601")
+        flags = {"not_in_the_future": when <= pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=MAX_FUTURE_SKEW_HOURS)}
+        if created is not None:
+            flags["click_after_listing_created"] = ~(when < events.loc[ok, "item_id"].map(created))
+        for rule in EVENT_RULES:
+            if rule.name in flags:
+                for i in flags[rule.name][~flags[rule.name]].index:
+                    reasons.setdefault(i, f"column '{rule.column}': {rule.problem}")
+    return pd.Series([reasons.get(i) for i in events.index], index=events.index, dtype=object)
+
+
+# ---------------------------------------------------------------------------------------------- the clicks
+# one event into a user's clicks, once: (ids set, first touches zset, stats hash); ARGV: event id, item, time (s)
+_ADD = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], 'LT', ARGV[3], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'n_events', 1)
+local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '-1e18')
+if tonumber(ARGV[3]) > last then redis.call('HSET', KEYS[3], 'last', ARGV[3]) end
+return 1
+"""
+
+
+@dataclass
+class ClickStore:
+    """Each user's clicks in Redis: the first touch of each listing (a sorted set by time), the number of clicks and
+    the last one, and the ids of the events counted (so a re-delivered event counts once)."""
+
+    client: object
+    project: str
+    _add: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._add = self.client.register_script(_ADD)
+
+    def _keys(self, user: str) -> list[str]:
+        tag = f"lst_embeddings:clicks:{self.project}:{{{user}}}"  # one hash slot per user on a cluster
+        return [f"{tag}:ids", f"{tag}:items", f"{tag}:stats"]
+
+    def add(self, events: list[tuple[str, str, str, float]]) -> int:
+        """(event id, user, listing, Unix seconds) each; one round trip. Returns how many were new."""
+        pipe = self.client.pipeline(transaction=False)
+        for event_id, user, item, seconds in events:
+            self._add(keys=self._keys(user), args=[event_id, item, repr(float(seconds))], client=pipe)
+        return sum(pipe.execute()) if events else 0
+
+    def seed(self, events: pd.DataFrame) -> int:
+        """The clicks of a batch run (the events table before its cut-off), so that streamed clicks continue them."""
+        ts = events["event_timestamp"].astype("datetime64[us, UTC]").astype("int64") / 1e6
+        frame = events.assign(seconds=ts.to_numpy()).reset_index(drop=True)
+        pipe = self.client.pipeline(transaction=False)
+        for i, row in enumerate(frame.itertuples(index=False)):
+            key = f"batch:{row.user_id}:{row.item_id}:{row.seconds!r}:{row.event_type}"  # a click seeded twice: once
+            args = [key, row.item_id, repr(float(row.seconds))]
+            self._add(keys=self._keys(row.user_id), args=args, client=pipe)
+            if i % 10_000 == 9_999:
+                pipe.execute()
+        pipe.execute()
+        return len(frame)
+
+    def mark_streamed(self, users: list[str], seconds: list[float]) -> None:
+        """Remember which users streamed clicks, and their last: a new release re-embeds those after its cut-off."""
+        key = f"lst_embeddings:streamed:{self.project}"
+        self.client.zadd(key, dict(zip(users, seconds, strict=True)), gt=True)
+
+    def streamed_since(self, seconds: float) -> list[str]:
+        key = f"lst_embeddings:streamed:{self.project}"
+        return sorted(_text(u) for u in self.client.zrangebyscore(key, f"({seconds}", "+inf"))
+
+    def histories(self, users: list[str]) -> tuple[pd.DataFrame, dict[str, tuple[int, float]]]:
+        """The users' first touches as an events table (the batch ``embed``'s input: one row per first touch), and
+        per user the number of clicks and the last click."""
+        pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            _, items, stats = self._keys(user)
+            pipe.zrange(items, 0, -1, withscores=True)
+            pipe.hgetall(stats)
+        got = pipe.execute()
+        rows, stats = [], {}
+        for user, touches, hash_ in zip(users, got[::2], got[1::2], strict=True):
+            rows += [(user, _text(item), when) for item, when in touches]
+            h = _fields(hash_)
+            if h:
+                stats[user] = (int(h["n_events"]), float(h["last"]))
+        frame = pd.DataFrame(rows, columns=["user_id", "item_id", "seconds"])
+        frame["event_timestamp"] = pd.to_datetime((frame["seconds"] * 1e6).round().astype("int64"), unit="us", utc=True)
+        frame["event_type"] = "view"
+        return frame.drop(columns="seconds"), stats
+
+
+# ------------------------------------------------------------------------------------------------ the worker
+@dataclass
+class StreamReport:
+    events: int = 0
+    dead: int = 0
+    users: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    release: str | None = None
+    switched: int = 0  # new releases the worker moved to
+
+
+class StreamWorker:
+    """Consumes click events and keeps the touched users' online (and offline) vectors fresh; see the module."""
+
+    def __init__(
+        self, repo: Repo, source: EventSource, batch_size: int = 500, block_ms: int = 200, flush_s: float = 1.0
+    ):
+        self.repo, self.source = repo, source
+        self.batch_size, self.block_ms, self.flush_s = batch_size, block_ms, flush_s
+        self._offline: dict[str, list[pd.DataFrame]] = {name: [] for name in PUSH_SOURCES}
+        self._unacked: list[str] = []
+        self._flushed = time.monotonic()
+        self.store = repo.store()
+        self.clicks = ClickStore(repo.redis(), self.store.project)
+        self.release: Release | None = None
+        self.report = StreamReport()
+
+    def _load_release(self) -> None:
+        """The latest published release's model, maps and listings (again when a publish brought a new one)."""
+        from embeddings.stages.embed import Embedder
+
+        latest = self.repo.latest_run()
+        release = published_release(self.repo.data, latest)
+        if release is None:
+            raise InputError(f"{self.repo.path}: nothing published yet; the stream needs a published release")
+        if self.release is not None and release.model_version == self.release.model_version:
+            return
+        model = release_dir(self.repo.data, release.model_version) / MODEL
+        if not model.exists():
+            raise InputError(f"{model}: the published release's model is missing; publish a run of it again")
+        switched = self.release is not None
+        if switched:
+            self.flush()  # the old release's rows and acknowledgements first
+        self.views = {  # resolved once per release: Feast's push reads the registry again on every call
+            source: self.store._fvs_for_push_source_or_raise(source, True) for source in PUSH_SOURCES.values()
+        }
+        self.listings = _published_listings(self.repo)
+        self.created = None if self.listings is None else self.listings.set_index("item_id")["created_at"]
+        self.embedder = Embedder.from_checkpoint(model, self.listings)
+        self.known = set(map(str, self.embedder.index))
+        if self.embedder._can_encode:
+            self.known |= set(self.listings["item_id"].astype(str))
+        self.release = release
+        self.report.release = release.model_version
+        if switched:  # users streamed since the new run's cut-off: their vectors again, from the new release
+            cutoff = pd.Timestamp(latest["cutoff"]).timestamp()
+            users = self.clicks.streamed_since(cutoff)
+            for start in range(0, len(users), self.batch_size):
+                self._write(users[start : start + self.batch_size])
+            self.report.switched += 1
+
+    def run(self, max_events: int | None = None, idle_stop_s: float | None = None) -> StreamReport:
+        """Process events until ``max_events`` were read, or (``idle_stop_s``) the stream was empty that long."""
+        idle_since = time.monotonic()
+        while max_events is None or self.report.events < max_events:
+            entries = self.source.read(self.batch_size, self.block_ms)
+            if not entries:
+                self.flush()
+                self._load_release()  # a publish while the stream is quiet: switch now, not at the next click
+                if idle_stop_s is not None and time.monotonic() - idle_since >= idle_stop_s:
+                    break
+                continue
+            self.process(entries)
+            idle_since = time.monotonic()
+        self.flush()
+        return self.report
+
+    def process(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """One micro-batch: check, store the clicks, recompute the touched users and write them online; the
+        offline rows and the acknowledgements wait for :meth:`flush` (every ``flush_s``, and when the worker
+        stops), so a worker killed in between has its events delivered again."""
+        began = time.perf_counter()
+        self._load_release()
+        ids = [i for i, _ in entries]
+        events = pd.DataFrame([f for _, f in entries], index=ids, columns=[c.name for c in EVENT_COLUMNS])
+        reasons = check_events(events, self.known, self.created)
+        for entry, reason in reasons.dropna().items():
+            self.source.dead_letter(entry, {k: str(v) for k, v in events.loc[entry].items() if pd.notna(v)}, reason)
+        good = events[reasons.isna()]
+        seconds = pd.to_datetime(good["event_timestamp"], utc=True, format="ISO8601").astype("int64") / 1e9
+        self.clicks.add(list(zip(good.index, good["user_id"], good["item_id"], seconds, strict=True)))
+        users = sorted(set(good["user_id"]))
+        if users:
+            self._write(users)
+        self._unacked += ids
+        self.report.events += len(entries)
+        self.report.dead += int(reasons.notna().sum())
+        self.report.users += len(users)
+        self.report.batches += 1
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+        self.report.seconds += time.perf_counter() - began
+
+    def flush(self) -> None:
+        """The buffered offline rows as one Parquet file per table (never a rewrite), then the acknowledgements."""
+        from embeddings.feature_store._writer import _write_offline, content_hash
+
+        stamp = pd.Timestamp.now(tz="UTC")
+        for name, parts in self._offline.items():
+            if parts:
+                rows = pd.concat(parts, ignore_index=True)
+                path = self.repo.data / "offline" / name / f"stream-{stamp:%Y%m%dT%H%M%S%f}-{os.getpid()}.parquet"
+                _write_offline(rows, path, content_hash({name: rows}))
+        self._offline = {name: [] for name in PUSH_SOURCES}
+        kill_point("stream:before-ack")  # crash tests: the vectors are online, the events not yet acknowledged
+        self.source.ack(self._unacked)
+        self._unacked, self._flushed = [], time.monotonic()
+
+    def _write(self, users: list[str]) -> None:
+        from embeddings.feature_store._writer import _offline_table
+        from embeddings.io import utc
+        from embeddings.stages.embed import Embedder
+
+        frame, stats = self.clicks.histories(users)
+        vectors = self.embedder.embed_users(frame, pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1), progress=False)
+        n = vectors["user_id"].map(lambda u: stats[u][0])
+        last = vectors["user_id"].map(lambda u: utc(pd.Timestamp(stats[u][1], unit="s")))
+        vectors = vectors.assign(n_events=n.to_numpy(np.int64), last_event_at=last, event_timestamp=last)
+        intent, profiles = Embedder.split_heads(vectors)
+        published_at = pd.Timestamp.now(tz="UTC")
+        tables = {"user_embeddings": self.release.columns(intent, "intent")}
+        if profiles is not None:
+            tables["user_profiles"] = self.release.columns(profiles, "profile")
+        for name, table in tables.items():
+            rows = _offline_table(name, table, published_at)
+            self._push(PUSH_SOURCES[name], rows)
+            self._offline[name].append(rows)
+        self._expire(intent)
+        self.clicks.mark_streamed(list(intent["user_id"]), [stats[u][1] for u in intent["user_id"]])
+
+    def _push(self, source: str, rows: pd.DataFrame) -> None:
+        """What ``FeatureStore.push(source, rows, to=ONLINE)`` does (the provider's ingestion into each view of the
+        push source, a view whose features are all null skipped), with the views resolved once per release."""
+        provider = self.store._get_provider()
+        for fv in self.views[source]:
+            if rows[[f.name for f in fv.features]].isna().all().all():
+                continue  # no next space: the publish's nulls stay
+            provider.ingest_df(fv, rows)
+
+    def _expire(self, users: pd.DataFrame) -> None:
+        """A user key that only streamed values made (a new user) expires with them: last click + the views' ttl.
+        A key that a weekly publish made keeps the publish's expiry, the earliest of its views' (its score)."""
+        from feast.infra.online_stores.helpers import _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        ttl = int(self.store.get_feature_view("user_embedding").ttl.total_seconds())
+        version = self.store.config.entity_key_serialization_version
+        pipe = self.clicks.client.pipeline(transaction=False)
+        for user, last in zip(users["user_id"], users["last_event_at"], strict=True):
+            key = _redis_key(
+                self.store.project, EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user)]), version
+            )
+            pipe.eval(_EXPIRE_NEW, 1, key, int(pd.Timestamp(last).timestamp()) + ttl)
+        pipe.execute()
+
+
+_EXPIRE_NEW = "if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[1]) end"
+
+
+def _published_listings(repo: Repo) -> pd.DataFrame | None:
+    """Every listing's latest lst features in the repo's offline files (to encode listings new to the model)."""
+    files = sorted((repo.data / "offline" / "listings").glob("*.parquet"))
+    if not files:
+        return None
+    listings = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    listings["created_at"] = listings.groupby("item_id")["event_timestamp"].transform("min")
+    return latest_versions(listings)
+
+
+def write_clicks(client, events: pd.DataFrame, stream: str = STREAM) -> list[str]:
+    """Append click events (the data contract's columns) to the stream: what the site's click log does."""
+    pipe = client.pipeline(transaction=False)
+    for row in events.itertuples(index=False):
+        fields = {c.name: _stamp(getattr(row, c.name)) for c in EVENT_COLUMNS if hasattr(row, c.name)}
+        pipe.xadd(stream, fields)
+    return [_text(i) for i in pipe.execute()]
+
+
+def _stamp(value) -> str:
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return str(value)
+
+
+def status(client, stream: str = STREAM, group: str = GROUP) -> dict:
+    """The stream's length, its group's pending events and the dead letters: what an operator checks."""
+    groups = {_text(g["name"]): g for g in client.xinfo_groups(stream)} if client.exists(stream) else {}
+    pending = int(groups[group]["pending"]) if group in groups else 0
+    return {"length": client.xlen(stream), "pending": pending, "dead": client.xlen(f"{stream}:dead")}

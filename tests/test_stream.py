@@ -1,0 +1,241 @@
+"""Fresh vectors between weekly runs: click events on a real Redis Stream, real Feast pushes, the published
+release's model and maps."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import day
+
+from embeddings import pipeline as pl
+from embeddings.feature_store import Repo, historical_features, online_features
+from embeddings.stages.embed import Embedder
+from embeddings.stream import STREAM, ClickStore, RedisStreamSource, StreamWorker, status, write_clicks
+
+
+@pytest.fixture(scope="module")
+def model(tiny_week, tmp_path_factory):
+    """A hybrid model with a profile head, trained briefly on the tiny week."""
+    from embeddings.data.split import temporal_split
+    from embeddings.models.sasrec import SASRecConfig
+    from embeddings.models.zoo import make_model
+    from embeddings.training.config import TrainConfig
+
+    listings, events, _ = tiny_week
+    split = temporal_split(events, listings, day(6))
+    cfg = SASRecConfig(item_encoder="hybrid", max_len=20, dim=16, profile_horizon=4)
+    rec = make_model("sasrec", split, listings, sasrec=cfg, train=TrainConfig(epochs=3, batch_size=32, bf16=False))
+    return rec.fit(split).save(tmp_path_factory.mktemp("stream-model") / "model.pt")
+
+
+@pytest.fixture()
+def published(tiny_dir, tiny_week, model, feature_repo, redis_server, monkeypatch, tmp_path):
+    """A run (the tiny week's model, cut-off day 6) published to Redis, and the clicks store seeded with the clicks
+    before its cut-off."""
+    import shutil
+
+    port, password = redis_server
+    for key, value in {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("REDIS_SSL", "false")
+    repo = Repo(feature_repo.path, "redis")
+    repo.redis().flushall()
+    layout = pl.RunLayout(tmp_path / "run")
+    layout.model_dir.mkdir(parents=True)
+    shutil.copyfile(model, layout.model)
+    pl.embed(pl.load_data(tiny_dir), layout, cfg=pl.EmbedConfig(cutoff=str(day(6))))
+    pl.classify(pl.load_data(tiny_dir), layout)
+    manifest = pl.publish(tiny_dir, repo, layout)
+    _, events, _ = tiny_week
+    before = events[events["event_timestamp"] < day(6)]
+    ClickStore(repo.redis(), repo.config().project).seed(before)
+    return repo, manifest, events
+
+
+def _clicks(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "event_timestamp", "event_type"])
+
+
+def test_a_click_moves_the_online_vectors_to_the_batch_paths_and_bad_events_go_to_the_dead_letters(
+    published, tiny_week, model
+):
+    repo, manifest, events = published
+    listings = tiny_week[0]
+    client = repo.redis()
+    old_user = str(events[events["event_timestamp"] < day(6)]["user_id"].iloc[0])
+    items = list(listings["item_id"].drop_duplicates()[:3])
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    clicks = _clicks(
+        [
+            (old_user, items[0], now - pd.Timedelta(minutes=5), "view"),
+            (old_user, items[1], now - pd.Timedelta(minutes=4), "favorite"),
+            ("U-new", items[2], now - pd.Timedelta(minutes=3), "view"),  # a user the batch never saw
+            (old_user, "no-such-listing", now, "view"),
+            (old_user, items[0], "yesterday-ish", "view"),
+            (old_user, items[0], now + pd.Timedelta(hours=5), "view"),
+            (old_user, items[0], now, "swipe"),
+        ]
+    )
+    before = online_features(repo, [old_user]).iloc[0]
+    write_clicks(client, clicks)
+    worker = StreamWorker(repo, RedisStreamSource(client, consumer="w1"))
+    report = worker.run(idle_stop_s=0.5)
+    assert (report.events, report.dead) == (7, 4)
+
+    dead = client.xrange("lst_embeddings:clicks:dead")
+    reasons = sorted(fields[b"reason"].decode() for _, fields in dead)
+    assert any("item_id" in r and "unknown" in r for r in reasons)
+    assert any("event_timestamp" in r and "clock skew" in r for r in reasons)
+    assert any("event_type" in r for r in reasons) and len(reasons) == 4
+    assert status(client) == {"length": 7, "pending": 0, "dead": 4}
+
+    # the batch path on the same clicks: the published model embeds every click so far, as the weekly embed does
+    embedder = Embedder.from_checkpoint(model, listings)
+    so_far = pd.concat([events[events["event_timestamp"] < day(6)], clicks.iloc[:3]], ignore_index=True)
+    so_far["event_timestamp"] = pd.to_datetime(so_far["event_timestamp"], utc=True)
+    batch = embedder.embed_users(so_far, now + pd.Timedelta(minutes=1), progress=False).set_index("user_id")
+    online = online_features(repo, [old_user, "U-new"]).set_index("user_id")
+    for user in (old_user, "U-new"):
+        np.testing.assert_allclose(online.loc[user, "embedding"], batch.loc[user, "embedding"], atol=1e-5)
+        np.testing.assert_allclose(
+            online.loc[user, "profile_embedding"], batch.loc[user, "profile_embedding"], atol=1e-5
+        )
+        assert online.loc[user, "n_events"] == batch.loc[user, "n_events"]
+        assert online.loc[user, "model_version"] == manifest["model_version"]
+        assert online.loc[user, "space_version"] == manifest["space_version"]
+    assert not np.allclose(online.loc[old_user, "embedding"], before["embedding"])
+
+    # point in time: the streamed value from its last click on, the batch value before it
+    entity = pd.DataFrame(
+        {"user_id": [old_user, old_user], "event_timestamp": [now - pd.Timedelta(minutes=30), now]}
+    ).astype({"event_timestamp": "datetime64[us, UTC]"})
+    rows = historical_features(repo, entity).sort_values("event_timestamp")
+    np.testing.assert_allclose(rows["embedding"].iloc[0], before["embedding"], atol=1e-6)
+    np.testing.assert_allclose(rows["embedding"].iloc[1], batch.loc[old_user, "embedding"], atol=1e-5)
+
+    # at least once: the same entries delivered again (a worker that died before acknowledging) change nothing
+    entries = [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in client.xrange(STREAM)]
+    worker.process(entries)
+    twice = online_features(repo, [old_user, "U-new"]).set_index("user_id")
+    for user in (old_user, "U-new"):
+        np.testing.assert_allclose(twice.loc[user, "embedding"], online.loc[user, "embedding"], atol=1e-7)
+        assert twice.loc[user, "n_events"] == online.loc[user, "n_events"]
+
+
+def _cli_worker(repo: Repo, consumer: str, env: dict | None = None, wait: bool = True, batch: int = 4):
+    argv = [sys.executable, "-m", "embeddings.cli", "stream", "--repo", str(repo.path), "--target", "redis"]
+    argv += ["--consumer", consumer, "--batch-size", str(batch), "--idle-stop-s", "1.5", "--claim-idle-ms", "60000"]
+    proc = subprocess.Popen(
+        argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out + err
+
+
+def _valid_clicks(events: pd.DataFrame, listings: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """``n`` clicks of known users on known listings in the last hour, in time order."""
+    rng = np.random.default_rng(seed)
+    users = rng.choice(events["user_id"].unique(), n)
+    items = rng.choice(listings["item_id"].unique(), n)
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    stamps = sorted(now - pd.Timedelta(seconds=int(s)) for s in rng.integers(60, 3600, n))
+    return _clicks(list(zip(users, items, stamps, ["view"] * n, strict=True)))
+
+
+def _expected(model, listings, events, clicks, users) -> pd.DataFrame:
+    embedder = Embedder.from_checkpoint(model, listings)
+    so_far = pd.concat([events[events["event_timestamp"] < day(6)], clicks], ignore_index=True)
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=5)
+    return embedder.embed_users(so_far, later, progress=False).set_index("user_id").loc[users]
+
+
+def test_a_worker_killed_before_acknowledging_loses_nothing_and_counts_nothing_twice(published, tiny_week, model):
+    """SIGKILL after the vectors of a micro-batch are online but before its events are acknowledged; the restarted
+    worker (same consumer name) takes its pending events first: every click counted once, every vector the batch
+    path's."""
+    repo, _, events = published
+    client = repo.redis()
+    clicks = _valid_clicks(events, tiny_week[0], 24, seed=1)
+    write_clicks(client, clicks)
+    code, _ = _cli_worker(repo, "w1", {"LST_EMBEDDINGS_KILL_AT": "stream:before-ack"})
+    assert code == -signal.SIGKILL
+    assert 0 < status(client)["pending"] <= 24  # micro-batches online, their events not acknowledged
+    code, output = _cli_worker(repo, "w1")
+    assert code == 0, output
+    assert status(client) == {"length": 24, "pending": 0, "dead": 0}
+    users = sorted(set(clicks["user_id"]))
+    want = _expected(model, tiny_week[0], events, clicks, users)
+    got = online_features(repo, users).set_index("user_id").loc[users]
+    np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5)
+    assert (got["n_events"].to_numpy() == want["n_events"].to_numpy()).all()
+
+
+def test_two_workers_share_a_stream(published, tiny_week, model):
+    repo, _, events = published
+    client = repo.redis()
+    clicks = _valid_clicks(events, tiny_week[0], 60, seed=2)
+    write_clicks(client, clicks)
+    workers = [_cli_worker(repo, name, wait=False, batch=2) for name in ("w1", "w2")]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    counts = [int(out.split(" events")[0].replace(",", "")) for out, _ in outputs]
+    assert sum(counts) == 60 and min(counts) > 0, counts
+    assert status(client) == {"length": 60, "pending": 0, "dead": 0}
+    users = sorted(set(clicks["user_id"]))
+    want = _expected(model, tiny_week[0], events, clicks, users)
+    got = online_features(repo, users).set_index("user_id").loc[users]
+    np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5)
+
+
+def test_a_new_release_switches_the_worker_and_no_user_keeps_vectors_of_two(
+    published, tiny_dir, tiny_week, model, tmp_path
+):
+    """Clicks streamed under release A; release B is published (a declared new space, switched at once); the
+    worker moves to B by itself and embeds again every user it streamed since B's cut-off: their intent and profile
+    vectors come from B (the batch path with B's model), and so do all later clicks'."""
+
+    from embeddings.data.split import temporal_split
+    from embeddings.models.sasrec import SASRecConfig
+    from embeddings.models.zoo import make_model
+    from embeddings.training.config import TrainConfig
+
+    repo, first, events = published
+    listings = tiny_week[0]
+    client = repo.redis()
+    early = _valid_clicks(events, listings, 8, seed=3)
+    write_clicks(client, early)
+    worker = StreamWorker(repo, RedisStreamSource(client, consumer="w1"), batch_size=4)
+    worker.run(idle_stop_s=0.5)
+    streamed = sorted(set(early["user_id"]))
+    assert set(online_features(repo, streamed)["model_version"]) == {first["model_version"]}
+
+    split = temporal_split(events, listings, day(6))
+    cfg = SASRecConfig(item_encoder="hybrid", max_len=20, dim=16, profile_horizon=4)
+    train = TrainConfig(epochs=3, batch_size=32, bf16=False, seed=7)
+    layout = pl.RunLayout(tmp_path / "release-b")
+    layout.model_dir.mkdir(parents=True)
+    make_model("sasrec", split, listings, sasrec=cfg, train=train).fit(split).save(layout.model)
+    pl.embed(pl.load_data(tiny_dir), layout, cfg=pl.EmbedConfig(cutoff=str(day(6))))
+    pl.classify(pl.load_data(tiny_dir), layout)
+    b = pl.publish(
+        tiny_dir, repo, layout, pl.PublishConfig("test: another model", new_space="test: switch", transition_releases=0)
+    )
+    assert b["space_version"] == b["model_version"] != first["model_version"]
+
+    later = _valid_clicks(events, listings, 4, seed=4)
+    write_clicks(client, later)
+    report = worker.run(idle_stop_s=0.5)
+    assert report.switched == 1 and report.release == b["model_version"]
+    users = sorted(set(streamed) | set(later["user_id"]))
+    got = online_features(repo, users).set_index("user_id").loc[users]
+    assert set(got["model_version"]) == {b["model_version"]} and set(got["space_version"]) == {b["model_version"]}
+    assert set(got["profile_model_version"]) == {b["model_version"] + "-profile"}
+    want = _expected(layout.model, listings, events, pd.concat([early, later]), users)
+    np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5)
+    np.testing.assert_allclose(np.stack(got["profile_embedding"]), np.stack(want["profile_embedding"]), atol=1e-5)
