@@ -79,6 +79,19 @@ def feature_repo(tmp_path):
     return Repo(tmp_path / "feature_repo")
 
 
+def on_redis(repo, server: tuple[int, str], monkeypatch):
+    """``repo`` on its ``redis`` target against ``server`` (port, password), emptied first."""
+    from embeddings.feature_store import Repo
+
+    port, password = server
+    for key, value in {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("REDIS_SSL", "false")
+    redis_repo = Repo(repo.path, "redis")
+    redis_repo.redis().flushall()
+    return redis_repo
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

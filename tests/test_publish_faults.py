@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SCRIPT, day, fit_scores, lay_out
+from conftest import SCRIPT, day, fit_scores, lay_out, on_redis
 
 from embeddings import pipeline as pl
 from embeddings.data import load_data
@@ -140,22 +140,12 @@ def test_an_online_commit_left_by_a_killed_publish_is_finished_by_the_next_publi
     assert _which(joined.set_index("user_id")["embedding"], a["embedding"], b["embedding"]) == {"B"}
 
 
-def _redis_repo(feature_repo, server, monkeypatch) -> Repo:
-    port, password = server
-    for key, value in {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("REDIS_SSL", "false")
-    repo = Repo(feature_repo.path, "redis")
-    repo.redis().flushall()
-    return repo
-
-
 def test_a_killed_redis_publisher_frees_its_lease_within_seconds(
     runs, tiny_dir, feature_repo, redis_server, monkeypatch, tmp_path
 ):
     run_a, run_b, users = runs
     a, b = _by_user(run_a), _by_user(run_b)
-    repo = _redis_repo(feature_repo, redis_server, monkeypatch)
+    repo = on_redis(feature_repo, redis_server, monkeypatch)
     pl.write_to_feature_store(repo, load_data(tiny_dir).listings, run_a)
     layout = lay_out(pl.RunLayout(tmp_path / "run-b"), run_b)
     code, output = _cli_publish(layout, tiny_dir, repo, {"LST_EMBEDDINGS_KILL_AT": "publish:before-online-write"})
@@ -180,7 +170,7 @@ def test_a_paused_publisher_cannot_write_after_its_lease_was_taken_over(
 
     run_a, run_b, users = runs
     b = _by_user(run_b)
-    first = _redis_repo(feature_repo, redis_server, monkeypatch)
+    first = on_redis(feature_repo, redis_server, monkeypatch)
     shutil.copytree(first.path, tmp_path / "other-machine", ignore=shutil.ignore_patterns("data", "__pycache__"))
     second = Repo(tmp_path / "other-machine", "redis")
     listings = load_data(tiny_dir).listings
@@ -223,7 +213,7 @@ def test_a_write_with_an_older_fencing_token_leaves_the_hash_alone(
     from embeddings.feature_store._redis_rows import EntityWriter
 
     run_a, run_b, users = runs
-    repo = _redis_repo(feature_repo, redis_server, monkeypatch)
+    repo = on_redis(feature_repo, redis_server, monkeypatch)
     pl.write_to_feature_store(repo, load_data(tiny_dir).listings, run_a)
     before = online_features(repo, users[:10])
     store = repo.store()
@@ -268,7 +258,7 @@ def test_readers_during_a_redis_publish_never_see_a_row_mixing_runs(
     run_a, run_b, users = runs
     a, b = _by_user(run_a), _by_user(run_b)
     if target == "redis":
-        repo = _redis_repo(feature_repo, redis_server, monkeypatch)
+        repo = on_redis(feature_repo, redis_server, monkeypatch)
     else:
         monkeypatch.setenv("REDIS_CLUSTER_NODES", redis_cluster[0])
         monkeypatch.setenv("REDIS_CLUSTER_PASSWORD", redis_cluster[1])
@@ -531,7 +521,7 @@ def test_redis_dying_during_a_publish_and_a_lookup_is_one_line(
 
     port, password, server = private_redis
     run_a, run_b, users = runs
-    repo = _redis_repo(feature_repo, (port, password), monkeypatch)
+    repo = on_redis(feature_repo, (port, password), monkeypatch)
     pl.write_to_feature_store(repo, load_data(tiny_dir).listings, run_a)
     write, calls = _redis_rows.EntityWriter.write, []
 

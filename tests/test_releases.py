@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import day
+from conftest import day, on_redis
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -17,7 +17,7 @@ from embeddings.cli import main
 from embeddings.data import load_data
 from embeddings.data.split import temporal_split
 from embeddings.errors import ChecksFailed
-from embeddings.feature_store import Repo, historical_features, online_features
+from embeddings.feature_store import historical_features, online_features
 from embeddings.models.sasrec import SASRecConfig
 from embeddings.models.zoo import make_model
 from embeddings.release import Release, release_dir
@@ -129,13 +129,7 @@ def target_repo(request, feature_repo, monkeypatch):
     """The scratch repo on SQLite, and on a real Redis."""
     if request.param == "local":
         return feature_repo
-    port, password = request.getfixturevalue("redis_server")
-    for key, value in {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("REDIS_SSL", "false")
-    repo = Repo(feature_repo.path, "redis")
-    repo.redis().flushall()
-    return repo
+    return on_redis(feature_repo, request.getfixturevalue("redis_server"), monkeypatch)
 
 
 def test_both_spaces_are_served_during_a_transition_and_point_in_time_rows_stay_pinned(

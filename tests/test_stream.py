@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import day
+from conftest import day, on_redis
 
 from embeddings import pipeline as pl
 from embeddings.feature_store import Repo, historical_features, online_features
@@ -38,12 +38,7 @@ def published(tiny_dir, tiny_week, model, feature_repo, redis_server, monkeypatc
     before its cut-off."""
     import shutil
 
-    port, password = redis_server
-    for key, value in {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_PASSWORD": password}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("REDIS_SSL", "false")
-    repo = Repo(feature_repo.path, "redis")
-    repo.redis().flushall()
+    repo = on_redis(feature_repo, redis_server, monkeypatch)
     layout = pl.RunLayout(tmp_path / "run")
     layout.model_dir.mkdir(parents=True)
     shutil.copyfile(model, layout.model)
