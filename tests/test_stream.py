@@ -121,9 +121,12 @@ def test_a_click_moves_the_online_vectors_to_the_batch_paths_and_bad_events_go_t
         assert twice.loc[user, "n_events"] == online.loc[user, "n_events"]
 
 
-def _cli_worker(repo: Repo, consumer: str, env: dict | None = None, wait: bool = True, batch: int = 4):
+def _cli_worker(
+    repo: Repo, consumer: str, env: dict | None = None, wait: bool = True, batch: int = 4, extra: tuple = ()
+):
     argv = [sys.executable, "-m", "embeddings.cli", "stream", "--repo", str(repo.path), "--target", "redis"]
     argv += ["--consumer", consumer, "--batch-size", str(batch), "--idle-stop-s", "1.5", "--claim-idle-ms", "60000"]
+    argv += list(extra)
     proc = subprocess.Popen(
         argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -172,15 +175,17 @@ def test_a_worker_killed_before_acknowledging_loses_nothing_and_counts_nothing_t
 
 
 def test_two_workers_share_a_stream(published, tiny_week, model):
+    """Two workers of one consumer group: every event processed once, by one of them, none left pending."""
     repo, _, events = published
     client = repo.redis()
     clicks = _valid_clicks(events, tiny_week[0], 60, seed=2)
     write_clicks(client, clicks)
-    workers = [_cli_worker(repo, name, wait=False, batch=2) for name in ("w1", "w2")]
+    # each stops after 30 events, so neither can take the whole stream, whichever starts first
+    workers = [_cli_worker(repo, name, wait=False, batch=2, extra=("--max-events", "30")) for name in ("w1", "w2")]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     counts = [int(out.split(" events")[0].replace(",", "")) for out, _ in outputs]
-    assert sum(counts) == 60 and min(counts) > 0, counts
+    assert counts == [30, 30], counts
     assert status(client) == {"length": 60, "pending": 0, "dead": 0}
     users = sorted(set(clicks["user_id"]))
     want = _expected(model, tiny_week[0], events, clicks, users)
