@@ -563,6 +563,7 @@ class RunTables:
     probes: dict | None = None  # the run's probe report (``probe/probe.json``), shown in the checks' report
     record: RunRecord | None = None
     release: Release | None = None  # set by publish: the pinned space and the maps into it (:func:`release`)
+    model: Path | None = None  # set by publish: the run's checkpoint, checked against the record (or None)
 
     def __post_init__(self) -> None:
         if self.record is None:
@@ -634,6 +635,7 @@ def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: Publish
     except InputError:
         data = None  # the data checks below say what is wrong, expectation by expectation
     if data is not None:
+        tables.model = checkpoint_of(tables.record)  # read and hashed once: the alignment and the writer take it
         tables.release = release(repo, tables, data, cfg)
         if layout:
             tables.release.save(layout.release_dir)
@@ -659,7 +661,8 @@ def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: Publish
 def release(repo: Repo, tables: RunTables, data: Dataset, cfg: PublishConfig | None = None) -> Release:
     """The run's release against the latest published one: the pinned space, the maps into it (fitted on the
     vectors this run's model and the previous release's model give this run's users and listings) and the
-    compatibility figures of the publish gate (:func:`embeddings.release.align`)."""
+    compatibility figures of the publish gate (:func:`embeddings.release.align`). Without ``tables.model`` (the
+    run's checkpoint, :func:`checkpoint_of`) no map can be fitted."""
     from embeddings.release import MODEL, Vectors, align, published_release, release_dir
     from embeddings.stages.classify import preference_labels
 
@@ -668,7 +671,7 @@ def release(repo: Repo, tables: RunTables, data: Dataset, cfg: PublishConfig | N
     previous = published_release(repo.data, repo.latest_run())
     new = Vectors(tables.users, tables.profiles, tables.items)
     old = None
-    model = _checkpoint_of(record)
+    model = tables.model
     uniform = all(
         f is None or f["embedding"].map(len).nunique() == 1 for f in (tables.users, tables.profiles, tables.items)
     )
@@ -686,7 +689,7 @@ def release(repo: Repo, tables: RunTables, data: Dataset, cfg: PublishConfig | N
     return align(previous, record.model_version, new, old, labels, **kwargs)
 
 
-def _checkpoint_of(record: RunRecord) -> Path | None:
+def checkpoint_of(record: RunRecord) -> Path | None:
     """The run's checkpoint when it is still there and still the model that made the vectors."""
     from embeddings.stages.embed import model_version
 
@@ -718,7 +721,7 @@ def write_to_feature_store(
         user_profiles=tables.profiles,
         record=tables.record,
         release=tables.release,
-        model=_checkpoint_of(tables.record) if tables.release is not None else None,
+        model=tables.model if tables.release is not None else None,
         extra_manifest=extra_manifest,
         force_older=force_older,
         writers=writers,
