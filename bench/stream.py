@@ -60,7 +60,9 @@ def _setup(folder: Path, users: int, env: dict):
     result = pl.run_job(job, log=lambda line: None)
     data = pl.load_data(folder / "week")
     cutoff = pd.Timestamp(result.manifest["cutoff"])
-    ClickStore(repo.redis(), repo.config().project).seed(data.events[data.events["event_timestamp"] < cutoff])
+    ClickStore(repo.redis(), repo.config().project).seed(
+        data.events[data.events["event_timestamp"] < cutoff], data.listings
+    )
     return repo, data
 
 

@@ -383,7 +383,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         data = load_data(args.seed_from)
         cutoff = utc(repo.latest_run()["cutoff"]) if repo.latest_run() else None
         before = data.events if cutoff is None else data.events[data.events["event_timestamp"] < cutoff]
-        n = ClickStore(client, repo.config().project).seed(before)
+        n = ClickStore(client, repo.config().project).seed(before, data.listings)
         print(f"seeded the clicks of {before['user_id'].nunique():,} users ({n:,} clicks before {cutoff})")
         return 0
     source = RedisStreamSource(client, args.stream, args.group, args.consumer, args.claim_idle_ms)

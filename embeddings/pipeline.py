@@ -21,7 +21,7 @@ import sys
 import time
 import tomllib
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -564,6 +564,7 @@ class RunTables:
     record: RunRecord | None = None
     release: Release | None = None  # set by publish: the pinned space and the maps into it (:func:`release`)
     model: Path | None = None  # set by publish: the run's checkpoint, checked against the record (or None)
+    classifier: Path | None = None  # the run's rent/sale classifier (the stream worker scores with it)
 
     def __post_init__(self) -> None:
         if self.record is None:
@@ -576,7 +577,9 @@ class RunTables:
         profiles = read_parquet(layout.user_profiles) if layout.user_profiles.exists() else None
         probes = json.loads(layout.probe_report.read_text()) if layout.probe_report.exists() else None
         record = RunRecord.read(layout.record)
-        return cls(users, items, read_parquet(layout.scores), reference, profiles, probes, record)
+        classifier = layout.classifier if layout.classifier.exists() else None
+        scores = read_parquet(layout.scores)
+        return cls(users, items, scores, reference, profiles, probes, record, classifier=classifier)
 
 
 def _raw_inputs(data_dir: Path) -> dict[str, pd.DataFrame]:
@@ -636,7 +639,7 @@ def publish(data_dir: Path, repo: Repo, run: RunTables | RunLayout, cfg: Publish
         data = None  # the data checks below say what is wrong, expectation by expectation
     if data is not None:
         tables.model = checkpoint_of(tables.record)  # read and hashed once: the alignment and the writer take it
-        tables.release = release(repo, tables, data, cfg)
+        tables.release = replace(release(repo, tables, data, cfg), scorer=scorer_of(tables))
         if layout:
             tables.release.save(layout.release_dir)
     report = validate(data_dir, repo, tables, layout.validation_dir if layout else None, raw)
@@ -689,6 +692,17 @@ def release(repo: Repo, tables: RunTables, data: Dataset, cfg: PublishConfig | N
     return align(previous, record.model_version, new, old, labels, **kwargs)
 
 
+def scorer_of(tables: RunTables) -> dict:
+    """The classifier that made the run's scores and the vector it reads (the probes' preferred head), for the
+    release folder; empty when the classifier file is not the one that scored the run."""
+    if tables.classifier is None or not len(tables.scores):
+        return {}
+    version = str(tables.scores["classifier_version"].iloc[0])
+    if PreferenceModel.load(tables.classifier).version != version:
+        return {}
+    return {"classifier_version": version, "head": (tables.probes or {}).get("preferred", "intent")}
+
+
 def checkpoint_of(record: RunRecord) -> Path | None:
     """The run's checkpoint when it is still there and still the model that made the vectors."""
     from embeddings.stages.embed import model_version
@@ -722,6 +736,7 @@ def write_to_feature_store(
         record=tables.record,
         release=tables.release,
         model=tables.model if tables.release is not None else None,
+        classifier=tables.classifier if tables.release is not None else None,
         extra_manifest=extra_manifest,
         force_older=force_older,
         writers=writers,

@@ -33,6 +33,7 @@ from embeddings.space import KINDS, SpaceMap, fit_space_map
 WINDOW = 2  # releases during which a declared new space is published beside the old one
 HEADS = ("intent", "profile")  # intent maps the user and listing vectors; profile the profile head's
 MODEL = "model.pt"
+CLASSIFIER = "classifier.cbm"
 RELEASE = "release.json"
 MIN_LABELLED = 20  # fewer labelled users: no consumer figure
 MIN_SEEKERS = 20  # fewer users with a listing to find after the cut-off: no retrieval figure
@@ -53,6 +54,7 @@ class Release:
     map_kind: str = "orthogonal"
     fit: dict = field(default_factory=dict)  # what the maps were fitted on
     compat: dict = field(default_factory=dict)  # the compatibility figures the gate reads
+    scorer: dict = field(default_factory=dict)  # the rent/sale classifier: classifier_version, head (its input)
 
     @classmethod
     def own(cls, model_version: str, **kwargs) -> Release:
@@ -104,12 +106,16 @@ class Release:
             "map_kind": self.map_kind,
             "fit": self.fit,
             "compat": self.compat,
+            "scorer": self.scorer,
         }
 
-    def save(self, folder: Path, model: Path | None = None) -> Path:
-        """The release folder: ``release.json``, the maps (``map-<head>.npz``, ``next-map-<head>.npz``) and the
-        model checkpoint (so the next release can be aligned to this one, and new users embedded in its space)."""
+    def save(self, folder: Path, model: Path | None = None, classifier: Path | None = None) -> Path:
+        """The release folder: ``release.json``, the maps (``map-<head>.npz``, ``next-map-<head>.npz``), the
+        model checkpoint (so the next release can be aligned to this one, and new users embedded in its space) and
+        the rent/sale classifier (``classifier.cbm``: the stream worker scores with it)."""
         folder = Path(folder)
+        if classifier is not None and self.scorer:
+            write_atomic(folder / CLASSIFIER, lambda tmp: shutil.copyfile(classifier, tmp))
         for name, maps in (("map", self.maps), ("next-map", self.next_maps)):
             for head, m in maps.items():
                 m.save(folder / f"{name}-{head}.npz")
@@ -143,6 +149,7 @@ class Release:
             raw.get("map_kind", "orthogonal"),
             raw.get("fit") or {},
             raw.get("compat") or {},
+            raw.get("scorer") or {},
         )
 
 

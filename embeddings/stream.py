@@ -36,11 +36,17 @@ from embeddings.data.contract import (
 from embeddings.errors import InputError
 from embeddings.feature_store.repo import Repo
 from embeddings.io import kill_point
-from embeddings.release import MODEL, Release, published_release, release_dir
+from embeddings.release import CLASSIFIER, MODEL, Release, published_release, release_dir
+from embeddings.stages.classify import PreferenceModel
 
 STREAM = "lst_embeddings:clicks"
 GROUP = "lst-embeddings"
-PUSH_SOURCES = {"user_embeddings": "user_embedding_push", "user_profiles": "user_profile_push"}
+PUSH_SOURCES = {
+    "user_embeddings": "user_embedding_push",
+    "user_profiles": "user_profile_push",
+    "user_preference": "user_preference_push",
+}
+STREAMED = "_lst_streamed"  # on an entity's Feast hash: the event time (Unix us) of the stream's latest write to it
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -141,49 +147,75 @@ def check_events(events: pd.DataFrame, known_items: set[str], created: pd.Series
 
 
 # ---------------------------------------------------------------------------------------------- the clicks
-# one event into a user's clicks, once: (ids set, first touches zset, stats hash); ARGV: event id, item, time (s)
+# one event into a user's clicks, once: KEYS (ids set, first touches zset, stats hash); ARGV: event id, listing,
+# time (Unix s, the first touches' order), 1 if the listing is a rental, time (Unix us)
 _ADD = """
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], 'LT', ARGV[3], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'n_events', 1)
-local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '-1e18')
-if tonumber(ARGV[3]) > last then redis.call('HSET', KEYS[3], 'last', ARGV[3]) end
+redis.call('HINCRBY', KEYS[3], 'rent', ARGV[4])
+local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '-1')
+if tonumber(ARGV[5]) > last then redis.call('HSET', KEYS[3], 'last', ARGV[5]) end
 return 1
 """
+# a user's clicks, and the event time (Unix us) of the write they are read for: the last click's, but later than the
+# previous write's and than the release's cut-off (ARGV[1]), so Feast's Redis store, which skips a write that is not
+# newer than the stored one, takes every write (a late click, a second click in the same instant, a new release)
+_READ = """
+local touches = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local s = redis.call('HMGET', KEYS[3], 'n_events', 'last', 'rent', 'stamp')
+if not s[1] then return {touches} end
+local stamp = math.max(tonumber(s[2]), tonumber(s[4] or '0') + 1, tonumber(ARGV[1]) + 1)
+redis.call('HSET', KEYS[3], 'stamp', string.format('%d', stamp))
+return {touches, s[1], s[2], s[3] or '0', string.format('%d', stamp)}
+"""
+
+
+@dataclass(frozen=True)
+class History:
+    """What the click store holds of a user besides the first touches."""
+
+    n_events: int
+    last_us: int  # the last click, Unix us
+    rent_clicks: int  # clicks on rentals (the classifier's history share)
+    stamp_us: int  # the event time of the write this read is for
 
 
 @dataclass
 class ClickStore:
-    """Each user's clicks in Redis: the first touch of each listing (a sorted set by time), the number of clicks and
-    the last one, and the ids of the events counted (so a re-delivered event counts once)."""
+    """Each user's clicks in Redis: the first touch of each listing (a sorted set by time), the number of clicks, the
+    clicks on rentals and the last one, and the ids of the events counted (so a re-delivered event counts once)."""
 
     client: object
     project: str
     _add: object = field(default=None, repr=False)
+    _read: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._add = self.client.register_script(_ADD)
+        self._read = self.client.register_script(_READ)
 
     def _keys(self, user: str) -> list[str]:
         tag = f"lst_embeddings:clicks:{self.project}:{{{user}}}"  # one hash slot per user on a cluster
         return [f"{tag}:ids", f"{tag}:items", f"{tag}:stats"]
 
-    def add(self, events: list[tuple[str, str, str, float]]) -> int:
-        """(event id, user, listing, Unix seconds) each; one round trip. Returns how many were new."""
+    def add(self, events: list[tuple[str, str, str, int, bool]]) -> int:
+        """(event id, user, listing, Unix us, rental) each; one round trip. Returns how many were new."""
         pipe = self.client.pipeline(transaction=False)
-        for event_id, user, item, seconds in events:
-            self._add(keys=self._keys(user), args=[event_id, item, repr(float(seconds))], client=pipe)
+        for event_id, user, item, us, rent in events:
+            self._add(keys=self._keys(user), args=_add_args(event_id, item, us, rent), client=pipe)
         return sum(pipe.execute()) if events else 0
 
-    def seed(self, events: pd.DataFrame) -> int:
-        """The clicks of a batch run (the events table before its cut-off), so that streamed clicks continue them."""
-        ts = events["event_timestamp"].astype("datetime64[us, UTC]").astype("int64") / 1e6
-        frame = events.assign(seconds=ts.to_numpy()).reset_index(drop=True)
+    def seed(self, events: pd.DataFrame, listings: pd.DataFrame | None = None) -> int:
+        """The clicks of a batch run (the events table before its cut-off), so that streamed clicks continue them;
+        ``listings``: their deal types (the classifier's history share)."""
+        us = events["event_timestamp"].astype("datetime64[us, UTC]").astype("int64")
+        rent = _rentals(listings)
+        frame = events.assign(us=us.to_numpy(), rent=events["item_id"].isin(rent).to_numpy()).reset_index(drop=True)
         pipe = self.client.pipeline(transaction=False)
         for i, row in enumerate(frame.itertuples(index=False)):
-            key = f"batch:{row.user_id}:{row.item_id}:{row.seconds!r}:{row.event_type}"  # a click seeded twice: once
-            args = [key, row.item_id, repr(float(row.seconds))]
-            self._add(keys=self._keys(row.user_id), args=args, client=pipe)
+            key = f"batch:{row.user_id}:{row.item_id}:{row.us}:{row.event_type}"  # a click seeded twice: once
+            self._add(keys=self._keys(row.user_id), args=_add_args(key, row.item_id, row.us, row.rent), client=pipe)
             if i % 10_000 == 9_999:
                 pipe.execute()
         pipe.execute()
@@ -198,25 +230,33 @@ class ClickStore:
         key = f"lst_embeddings:streamed:{self.project}"
         return sorted(_text(u) for u in self.client.zrangebyscore(key, f"({seconds}", "+inf"))
 
-    def histories(self, users: list[str]) -> tuple[pd.DataFrame, dict[str, tuple[int, float]]]:
+    def histories(self, users: list[str], after_us: int = 0) -> tuple[pd.DataFrame, dict[str, History]]:
         """The users' first touches as an events table (the batch ``embed``'s input: one row per first touch), and
-        per user the number of clicks and the last click."""
+        per user what else the store holds, with the event time of the write (later than ``after_us``)."""
         pipe = self.client.pipeline(transaction=False)
         for user in users:
-            _, items, stats = self._keys(user)
-            pipe.zrange(items, 0, -1, withscores=True)
-            pipe.hgetall(stats)
-        got = pipe.execute()
+            self._read(keys=self._keys(user), args=[after_us], client=pipe)
         rows, stats = [], {}
-        for user, touches, hash_ in zip(users, got[::2], got[1::2], strict=True):
-            rows += [(user, _text(item), when) for item, when in touches]
-            h = _fields(hash_)
-            if h:
-                stats[user] = (int(h["n_events"]), float(h["last"]))
+        for user, got in zip(users, pipe.execute(), strict=True):
+            touches = got[0]
+            rows += [(user, _text(item), float(when)) for item, when in zip(touches[::2], touches[1::2], strict=True)]
+            if len(got) > 1:
+                stats[user] = History(*(int(_text(v)) for v in got[1:]))
         frame = pd.DataFrame(rows, columns=["user_id", "item_id", "seconds"])
         frame["event_timestamp"] = pd.to_datetime((frame["seconds"] * 1e6).round().astype("int64"), unit="us", utc=True)
         frame["event_type"] = "view"
         return frame.drop(columns="seconds"), stats
+
+
+def _add_args(event_id: str, item: str, us: int, rent: bool) -> list:
+    return [event_id, item, repr(us / 1e6), int(bool(rent)), int(us)]
+
+
+def _rentals(listings: pd.DataFrame | None) -> set[str]:
+    if listings is None:
+        return set()
+    latest = latest_versions(listings)
+    return set(latest.loc[latest["deal_type"] == "rent", "item_id"].astype(str))
 
 
 # ------------------------------------------------------------------------------------------------ the worker
@@ -269,6 +309,11 @@ class StreamWorker:
         self.listings = _published_listings(self.repo)
         self.created = None if self.listings is None else self.listings.set_index("item_id")["created_at"]
         self.embedder = Embedder.from_checkpoint(model, self.listings)
+        self.scorer = None
+        if release.scorer and (release_dir(self.repo.data, release.model_version) / CLASSIFIER).exists():
+            self.scorer = PreferenceModel.load(release_dir(self.repo.data, release.model_version) / CLASSIFIER)
+        self.rentals = _rentals(self.listings)
+        self.cutoff_us = int(pd.Timestamp(latest["cutoff"]).value // 1000)
         self.known = set(map(str, self.embedder.index))
         if self.embedder._can_encode:
             self.known |= set(self.listings["item_id"].astype(str))
@@ -309,8 +354,9 @@ class StreamWorker:
         for entry, reason in reasons.dropna().items():
             self.source.dead_letter(entry, {k: str(v) for k, v in events.loc[entry].items() if pd.notna(v)}, reason)
         good = events[reasons.isna()]
-        seconds = pd.to_datetime(good["event_timestamp"], utc=True, format="ISO8601").astype("int64") / 1e9
-        self.clicks.add(list(zip(good.index, good["user_id"], good["item_id"], seconds, strict=True)))
+        us = pd.to_datetime(good["event_timestamp"], utc=True, format="ISO8601").astype("datetime64[us, UTC]")
+        rent = good["item_id"].isin(self.rentals)
+        self.clicks.add(list(zip(good.index, good["user_id"], good["item_id"], us.astype("int64"), rent, strict=True)))
         users = sorted(set(good["user_id"]))
         if users:
             self._write(users)
@@ -339,26 +385,50 @@ class StreamWorker:
         self._unacked, self._flushed = [], time.monotonic()
 
     def _write(self, users: list[str]) -> None:
+        """The users' vectors (and score) from their clicks in the store, online, then buffered for offline."""
         from embeddings.feature_store._writer import _offline_table
-        from embeddings.io import utc
         from embeddings.stages.embed import Embedder
 
-        frame, stats = self.clicks.histories(users)
+        frame, stats = self.clicks.histories(users, self.cutoff_us)
         vectors = self.embedder.embed_users(frame, pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1), progress=False)
-        n = vectors["user_id"].map(lambda u: stats[u][0])
-        last = vectors["user_id"].map(lambda u: utc(pd.Timestamp(stats[u][1], unit="s")))
-        vectors = vectors.assign(n_events=n.to_numpy(np.int64), last_event_at=last, event_timestamp=last)
+        held = [stats[u] for u in vectors["user_id"]]
+        stamps = pd.to_datetime([h.stamp_us for h in held], unit="us", utc=True)
+        vectors = vectors.assign(
+            n_events=np.array([h.n_events for h in held], np.int64),
+            last_event_at=pd.to_datetime([h.last_us for h in held], unit="us", utc=True),
+            event_timestamp=stamps,
+        )
         intent, profiles = Embedder.split_heads(vectors)
-        published_at = pd.Timestamp.now(tz="UTC")
         tables = {"user_embeddings": self.release.columns(intent, "intent")}
         if profiles is not None:
             tables["user_profiles"] = self.release.columns(profiles, "profile")
+        if self.scorer is not None:
+            head = profiles if self.release.scorer["head"] == "profile" else intent
+            tables["user_preference"] = self._score(head, held)
+        self._mark(intent["user_id"], [h.stamp_us for h in held])
+        published_at = pd.Timestamp.now(tz="UTC")
         for name, table in tables.items():
             rows = _offline_table(name, table, published_at)
             self._push(PUSH_SOURCES[name], rows)
             self._offline[name].append(rows)
-        self._expire(intent)
-        self.clicks.mark_streamed(list(intent["user_id"]), [stats[u][1] for u in intent["user_id"]])
+        self.clicks.mark_streamed(list(intent["user_id"]), [h.last_us / 1e6 for h in held])
+
+    def _score(self, users: pd.DataFrame, held: list[History]) -> pd.DataFrame:
+        """The release's classifier on the native vectors and the users' clicks (share of rentals, count): the
+        features ``score_users`` gives the batch."""
+        n = np.array([h.n_events for h in held], np.float64)
+        share = np.array([h.rent_clicks for h in held], np.float64) / np.maximum(n, 1)
+        x = np.hstack([np.stack(users["embedding"].to_numpy()), np.column_stack([share, np.log1p(n)])])
+        p = self.scorer.predict(x.astype(np.float32))
+        return pd.DataFrame(
+            {
+                "user_id": users["user_id"].to_numpy(object),
+                "p_rent": p.astype(np.float32),
+                "predicted_deal_type": np.where(p >= 0.5, "rent", "sale"),
+                "classifier_version": self.scorer.version,
+                "event_timestamp": users["event_timestamp"].to_numpy(),
+            }
+        )
 
     def _push(self, source: str, rows: pd.DataFrame) -> None:
         """What ``FeatureStore.push(source, rows, to=ONLINE)`` does (the provider's ingestion into each view of the
@@ -369,9 +439,11 @@ class StreamWorker:
                 continue  # no next space: the publish's nulls stay
             provider.ingest_df(fv, rows)
 
-    def _expire(self, users: pd.DataFrame) -> None:
-        """A user key that only streamed values made (a new user) expires with them: last click + the views' ttl.
-        A key that a weekly publish made keeps the publish's expiry, the earliest of its views' (its score)."""
+    def _mark(self, users, stamps_us: list[int]) -> None:
+        """Before the push: each user's Feast key records the event time of the stream's write (a weekly publish
+        of older rows then leaves the user alone: the batch never moves a user back in time), and a key that only
+        streamed values made (a new user) expires with them: last write + the views' ttl. A key that a weekly
+        publish made keeps the publish's expiry."""
         from feast.infra.online_stores.helpers import _redis_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
@@ -379,15 +451,19 @@ class StreamWorker:
         ttl = int(self.store.get_feature_view("user_embedding").ttl.total_seconds())
         version = self.store.config.entity_key_serialization_version
         pipe = self.clicks.client.pipeline(transaction=False)
-        for user, last in zip(users["user_id"], users["last_event_at"], strict=True):
+        for user, us in zip(users, stamps_us, strict=True):
             key = _redis_key(
                 self.store.project, EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user)]), version
             )
-            pipe.eval(_EXPIRE_NEW, 1, key, int(pd.Timestamp(last).timestamp()) + ttl)
+            pipe.eval(_MARK, 1, key, int(us), int(us) // 1_000_000 + ttl)
         pipe.execute()
 
 
-_EXPIRE_NEW = "if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[1]) end"
+_MARK = f"""
+local old = tonumber(redis.call('HGET', KEYS[1], '{STREAMED}') or '0')
+if tonumber(ARGV[1]) > old then redis.call('HSET', KEYS[1], '{STREAMED}', ARGV[1]) end
+if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
+"""
 
 
 def _published_listings(repo: Repo) -> pd.DataFrame | None:

@@ -64,7 +64,9 @@ user_preference_source = _parquet_runs(
     "Rent/sale preference scores from the CatBoost classifier on user embeddings.",
 )
 
-# the stream worker (lst-embeddings stream) pushes fresh user vectors through these: online per micro-batch, offline
-# as files of their own beside the runs' (never a rewrite)
+# the stream worker (lst-embeddings stream) pushes fresh user vectors and scores, and new listings' vectors, through
+# these: online per micro-batch, offline as files of their own beside the runs' (never a rewrite)
 user_embedding_push = PushSource(name="user_embedding_push", batch_source=user_embedding_source)
 user_profile_push = PushSource(name="user_profile_push", batch_source=user_profile_source)
+user_preference_push = PushSource(name="user_preference_push", batch_source=user_preference_source)
+listing_embedding_push = PushSource(name="listing_embedding_push", batch_source=listing_embedding_source)

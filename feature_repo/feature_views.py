@@ -21,10 +21,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from data_sources import (
-    listing_embedding_source,
+    listing_embedding_push,
     listing_lst_source,
     user_embedding_push,
-    user_preference_source,
+    user_preference_push,
     user_profile_push,
 )
 from entities import listing, user
@@ -119,16 +119,19 @@ listing_embedding = FeatureView(
         Field(name="model_version", dtype=String, description="content hash of the SASRec checkpoint"),
         Field(name="space_version", dtype=String, description=SPACE),
     ],
-    source=listing_embedding_source,
+    source=listing_embedding_push,
     online=True,
-    description="Listing embedding; listings nobody clicked get one from their lst features (lst-frozen, hybrid).",
+    description=(
+        "Listing embedding; listings nobody clicked get one from their lst features (lst-frozen, hybrid), and so do "
+        "new listings between weekly runs (lst-embeddings stream)."
+    ),
     owner=OWNER,
     tags={"team": "recsys", "model": "sasrec", "cadence": "weekly", **published("listing_embedding")},
 )
 listing_embedding_native, listing_embedding_next_space = space_views(
     "listing_embedding",
     listing,
-    listing_embedding_source,
+    listing_embedding_push,
     ("native_embedding", "model_version", "next_space_embedding", "next_space_version"),
     "item",
 )
@@ -138,16 +141,17 @@ user_embedding = FeatureView(
     entities=[user],
     ttl=WEEKLY,
     schema=[
-        vector("embedding", "user_embedding", "SASRec state after the user's clicks before the cut-off, pinned space"),
-        Field(name="n_events", dtype=Int64, description="clicks before the cut-off"),
-        Field(name="last_event_at", dtype=Int64, description="last click before the cut-off, Unix seconds (UTC)"),
+        vector("embedding", "user_embedding", "SASRec state after the user's clicks so far, pinned space"),
+        Field(name="n_events", dtype=Int64, description="the user's clicks so far (run cut-off, or streamed)"),
+        Field(name="last_event_at", dtype=Int64, description="the user's last click so far, Unix seconds (UTC)"),
         Field(name="model_version", dtype=String, description="the model that made the vector"),
         Field(name="space_version", dtype=String, description=SPACE),
     ],
     source=user_embedding_push,
     online=True,
     description=(
-        "Intent: the user's state as of the run's cut-off, trained to score the next click. "
+        "Intent: the user's state as of the run's cut-off, or of the last click the stream saw since (event "
+        "timestamp: that click), trained to score the next click. "
         "Take it for what the user wants now (next-listing retrieval, session ranking)."
     ),
     owner=OWNER,
@@ -202,9 +206,12 @@ user_rent_sale_preference = FeatureView(
         Field(name="predicted_deal_type", dtype=String, description="rent if p_rent >= 0.5, else sale"),
         Field(name="classifier_version", dtype=String),
     ],
-    source=user_preference_source,
+    source=user_preference_push,
     online=True,
-    description="Rent/sale preference from CatBoost on the user embedding.",
+    description=(
+        "Rent/sale preference from CatBoost on the user embedding: the weekly run's, or the stream's after a click "
+        "(the same release's classifier as the user's vectors)."
+    ),
     owner=OWNER,
     tags={"team": "recsys", "model": "catboost", "cadence": "weekly", **published("user_rent_sale_preference")},
 )

@@ -13,6 +13,8 @@ from conftest import day, on_redis
 
 from embeddings import pipeline as pl
 from embeddings.feature_store import Repo, historical_features, online_features
+from embeddings.release import CLASSIFIER, release_dir
+from embeddings.stages.classify import PreferenceModel, score_users
 from embeddings.stages.embed import Embedder
 from embeddings.stream import STREAM, ClickStore, RedisStreamSource, StreamWorker, status, write_clicks
 
@@ -47,7 +49,7 @@ def published(tiny_dir, tiny_week, model, feature_repo, redis_server, monkeypatc
     manifest = pl.publish(tiny_dir, repo, layout)
     _, events, _ = tiny_week
     before = events[events["event_timestamp"] < day(6)]
-    ClickStore(repo.redis(), repo.config().project).seed(before)
+    ClickStore(repo.redis(), repo.config().project).seed(before, tiny_week[0])
     return repo, manifest, events
 
 
@@ -103,6 +105,12 @@ def test_a_click_moves_the_online_vectors_to_the_batch_paths_and_bad_events_go_t
         assert online.loc[user, "model_version"] == manifest["model_version"]
         assert online.loc[user, "space_version"] == manifest["space_version"]
     assert not np.allclose(online.loc[old_user, "embedding"], before["embedding"])
+    # the score: the release's classifier on the same vector and click history, as the batch scores
+    classifier = PreferenceModel.load(release_dir(repo.data, manifest["model_version"]) / CLASSIFIER)
+    assert classifier.version == manifest["classifier_version"] == online.loc[old_user, "classifier_version"]
+    scores = score_users(classifier, batch.loc[[old_user, "U-new"]].reset_index(), so_far, listings)
+    np.testing.assert_allclose(online.loc[[old_user, "U-new"], "p_rent"], scores["p_rent"], atol=1e-5)
+    assert list(online.loc[[old_user, "U-new"], "predicted_deal_type"]) == list(scores["predicted_deal_type"])
 
     # point in time: the streamed value from its last click on, the batch value before it
     entity = pd.DataFrame(
@@ -213,7 +221,9 @@ def test_a_new_release_switches_the_worker_and_no_user_keeps_vectors_of_two(
     worker = StreamWorker(repo, RedisStreamSource(client, consumer="w1"), batch_size=4)
     worker.run(idle_stop_s=0.5)
     streamed = sorted(set(early["user_id"]))
-    assert set(online_features(repo, streamed)["model_version"]) == {first["model_version"]}
+    under_a = online_features(repo, streamed).set_index("user_id").loc[streamed]
+    assert set(under_a["model_version"]) == {first["model_version"]}
+    assert set(under_a["classifier_version"]) == {first["classifier_version"]}
 
     split = temporal_split(events, listings, day(6))
     cfg = SASRecConfig(item_encoder="hybrid", max_len=20, dim=16, profile_horizon=4)
@@ -227,6 +237,14 @@ def test_a_new_release_switches_the_worker_and_no_user_keeps_vectors_of_two(
         tiny_dir, repo, layout, pl.PublishConfig("test: another model", new_space="test: switch", transition_releases=0)
     )
     assert b["space_version"] == b["model_version"] != first["model_version"]
+    # B's rows (as of its cut-off) are older than the streamed ones: those users keep A's newer values, all of
+    # them (vectors and score), until the worker moves them to B; the others get B's at once
+    kept = online_features(repo, streamed).set_index("user_id").loc[streamed]
+    np.testing.assert_allclose(np.stack(kept["embedding"]), np.stack(under_a["embedding"]), atol=0)
+    assert (kept["p_rent"] == under_a["p_rent"]).all() and (kept["n_events"] == under_a["n_events"]).all()
+    assert set(kept["classifier_version"]) == {first["classifier_version"]}
+    others = sorted(set(events[events["event_timestamp"] < day(6)]["user_id"]) - set(streamed))[:5]
+    assert set(online_features(repo, others)["model_version"]) == {b["model_version"]}
 
     later = _valid_clicks(events, listings, 4, seed=4)
     write_clicks(client, later)
@@ -236,6 +254,7 @@ def test_a_new_release_switches_the_worker_and_no_user_keeps_vectors_of_two(
     got = online_features(repo, users).set_index("user_id").loc[users]
     assert set(got["model_version"]) == {b["model_version"]} and set(got["space_version"]) == {b["model_version"]}
     assert set(got["profile_model_version"]) == {b["model_version"] + "-profile"}
+    assert set(got["classifier_version"]) == {b["classifier_version"]}
     want = _expected(layout.model, listings, events, pd.concat([early, later]), users)
     np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5)
     np.testing.assert_allclose(np.stack(got["profile_embedding"]), np.stack(want["profile_embedding"]), atol=1e-5)

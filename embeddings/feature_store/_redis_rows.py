@@ -5,7 +5,8 @@ fields: ``mmh3("<view>:<feature>")`` and ``_ts:<view>``). Feast's materializatio
 a run is published a reader could get a user's intent vector from the new run and the score from the old one.
 :func:`write_entities` writes the fields of every view of a run for one entity in a single ``HSET``, Feast's own
 layout, so each user (and listing) switches runs in one step. The same script gives the key its expiry and carries
-the publisher's fencing token:
+the publisher's fencing token, and leaves alone an entity the stream worker gave newer values
+(``embeddings.stream``):
 
 - each hash keeps the token of the publish that last wrote it (field ``_lst_fence``); a write with a smaller
   token is refused, so a publisher that was paused while another took its lease over cannot overwrite the newer
@@ -33,11 +34,15 @@ FENCE_FIELD = b"_lst_fence"
 RETRY_S = 30.0  # how long a batch is retried through a failover before the publish fails
 WAIT_MS = 2_000  # how long a batch waits for a replica to hold it (a master without a live replica: not waited for)
 
-# KEYS[1] the entity's hash; ARGV: token, expire-at (Unix s, 0 = none), '1' = only shorten the expiry, fields...
+# KEYS[1] the entity's hash; ARGV: token, expire-at (Unix s, 0 = none), '1' = only shorten the expiry, the rows'
+# event time (Unix us), fields... An entity the stream worker wrote later than the rows' event time keeps its values
+# (field _lst_streamed, Unix us: see embeddings.stream): the batch never moves a user back in time.
 WRITE = """
 local fence = redis.call('HGET', KEYS[1], '_lst_fence')
 if fence and tonumber(fence) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], '_lst_fence', ARGV[1], unpack(ARGV, 4))
+local streamed = redis.call('HGET', KEYS[1], '_lst_streamed')
+if streamed and tonumber(streamed) > tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], '_lst_fence', ARGV[1], unpack(ARGV, 5))
 if ARGV[2] ~= '0' and ARGV[3] == '1' then redis.call('EXPIREAT', KEYS[1], ARGV[2], 'LT')
 elseif ARGV[2] ~= '0' then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
 return 1
@@ -196,7 +201,8 @@ class EntityWriter:
                 until = min(entry["until"]) if entry["until"] else 0
                 shorten = "0" if set(entry["views"]) >= self.ttl_views else "1"
                 flat = [x for pair in entry["fields"].items() for x in pair]
-                args = ("EVALSHA", self.sha, 1, key, self.token, until, shorten, *flat)
+                stamp = max(entry["views"].values()) // 1000  # the rows' event time, Unix us
+                args = ("EVALSHA", self.sha, 1, key, self.token, until, shorten, stamp, *flat)
                 if self.cluster:  # the node from the key's slot, computed here (no round trip per command)
                     node = self.client.get_node_from_key(key)
                     nodes[node.name] = node

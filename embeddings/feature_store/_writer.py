@@ -251,12 +251,14 @@ def write_run(
     record: RunRecord | None = None,
     release: Release | None = None,
     model: Path | None = None,
+    classifier: Path | None = None,
 ) -> dict:
     """Write one run (or, with only ``listings``, new lst feature versions); returns the manifest.
 
     ``record``: the run's cut-off and model versions (``embed``'s record; tables built by hand get one from their
     first row). ``release``: the pinned space and the maps into it (default: the model's own space); its folder
-    (with ``model``, the checkpoint) goes to ``data/releases/<model_version>``.
+    (with ``model``, the checkpoint, and ``classifier``, the rent/sale classifier) goes to
+    ``data/releases/<model_version>``.
 
     ``force_older`` (a reason, recorded) publishes a run older than the latest published one.
     ``fail_before_swap`` stops just before the online commit, for tests of the failure path.
@@ -270,13 +272,14 @@ def write_run(
         "user_preference": preference,
     }
     with publish_lock(repo) as lease:
+        files = (model, classifier)
         return _write_run(
-            repo, tables, record, extra_manifest, force_older, fail_before_swap, writers, lease, release, model
+            repo, tables, record, extra_manifest, force_older, fail_before_swap, writers, lease, release, files
         )
 
 
 def _write_run(
-    repo, tables, record, extra, force_older, fail_before_swap, writers, lease: Lease, release, model
+    repo, tables, record, extra, force_older, fail_before_swap, writers, lease: Lease, release, files_of_release
 ) -> dict:
     began = time.perf_counter()
     published_at = pd.Timestamp.now(tz="UTC").floor("s")
@@ -320,7 +323,7 @@ def _write_run(
     if not run:
         raise NothingToPublish("nothing to publish: every listing version is already in the feature store")
     if release is not None:  # content-addressed by model version: nothing reads it before the manifest names it
-        release.save(_inside(repo.data, release_dir(repo.data, release.model_version)), model)
+        release.save(_inside(repo.data, release_dir(repo.data, release.model_version)), *files_of_release)
     kill_point("publish:staged")
 
     manifest = {
