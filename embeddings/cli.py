@@ -373,7 +373,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from embeddings.stream import ClickStore, RedisStreamSource, StreamWorker, status
+    from embeddings.stream import ClickStore, ListingFeed, RedisStreamSource, StreamWorker, status
 
     repo = _repo(args)
     if repo.target == "local":
@@ -387,12 +387,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
         print(f"seeded the clicks of {before['user_id'].nunique():,} users ({n:,} clicks before {cutoff})")
         return 0
     source = RedisStreamSource(client, args.stream, args.group, args.consumer, args.claim_idle_ms)
-    worker = StreamWorker(repo, source, args.batch_size, flush_s=args.flush_s)
+    feed = ListingFeed(client, args.listings_stream, args.group, source.consumer, claim_idle_ms=args.claim_idle_ms)
+    worker = StreamWorker(repo, source, args.batch_size, flush_s=args.flush_s, listings=feed)
     report = worker.run(args.max_events, args.idle_stop_s)
     print(
         f"{report.events:,} events ({report.dead:,} to the dead letters), {report.users:,} user updates in "
-        f"{report.batches:,} micro-batches, {report.seconds:.1f} s; release {report.release}; "
-        f"stream {status(client, args.stream, args.group)}"
+        f"{report.batches:,} micro-batches, {report.listings:,} new listing versions, {report.seconds:.1f} s; "
+        f"release {report.release}; stream {status(client, args.stream, args.group)}"
     )
     return 0
 
@@ -576,6 +577,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("stream", help="keep users' vectors fresh from click events on a Redis Stream")
     p.add_argument("--stream", default="lst_embeddings:clicks", help="the stream key (dead letters: KEY:dead)")
+    p.add_argument(
+        "--listings-stream", default="lst_embeddings:listings", help="new listings with their lst features (KEY:dead)"
+    )
     p.add_argument("--group", default="lst-embeddings", help="consumer group: workers of one group share the load")
     p.add_argument("--consumer", help="this worker's name in the group (default: host-pid; reuse it after a restart)")
     p.add_argument("--batch-size", type=int, default=500, help="events a micro-batch")

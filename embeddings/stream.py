@@ -28,10 +28,13 @@ import pandas as pd
 from embeddings.data.contract import (
     EVENT_COLUMNS,
     EVENT_RULES,
-    MAX_FUTURE_SKEW_HOURS,
+    LISTING_COLUMNS,
+    LISTING_RULES,
     _problem,
     latest_versions,
+    rule_flags,
     valid_rows,
+    validate_frame,
 )
 from embeddings.errors import InputError
 from embeddings.feature_store.repo import Repo
@@ -40,11 +43,14 @@ from embeddings.release import CLASSIFIER, MODEL, Release, published_release, re
 from embeddings.stages.classify import PreferenceModel
 
 STREAM = "lst_embeddings:clicks"
+LISTINGS = "lst_embeddings:listings"  # new listings and new versions, with their lst features
 GROUP = "lst-embeddings"
 PUSH_SOURCES = {
     "user_embeddings": "user_embedding_push",
     "user_profiles": "user_profile_push",
     "user_preference": "user_preference_push",
+    "listings": "listing_lst_push",
+    "listing_embeddings": "listing_embedding_push",
 }
 STREAMED = "_lst_streamed"  # on an entity's Feast hash: the event time (Unix us) of the stream's latest write to it
 
@@ -98,7 +104,8 @@ class RedisStreamSource:
         entries = [(_text(i), _fields(f)) for i, f in claimed[1] if f]
         if entries:
             return entries
-        got = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        block = block_ms if block_ms > 0 else None  # 0: do not wait (Redis would wait for ever)
+        got = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block)
         return _entries(got)
 
     def ack(self, ids: list[str]) -> None:
@@ -122,28 +129,37 @@ def _entries(got) -> list[tuple[str, dict[str, str]]]:
 
 
 # ------------------------------------------------------------------------------------------------- checks
-def check_events(events: pd.DataFrame, known_items: set[str], created: pd.Series | None = None) -> pd.Series:
-    """Per event: None when it meets the data contract, else the reason (column, problem). ``created``: each
-    listing's ``created_at`` (a click before it breaks the contract)."""
+def check_rows(rows: pd.DataFrame, columns, rules, listings: pd.DataFrame | None = None) -> pd.Series:
+    """Per row: None when it meets the data contract's ``columns`` and row ``rules``, else the reason (column,
+    problem), the first found."""
     reasons: dict = {}
-    for col in EVENT_COLUMNS:
-        s = events[col.name] if col.name in events else pd.Series(None, index=events.index, dtype=object)
+    for col in columns:
+        s = rows[col.name] if col.name in rows else pd.Series(None, index=rows.index, dtype=object)
         bad = ~valid_rows(s, col)
         for i in bad[bad].index:
             reasons.setdefault(i, f"column '{col.name}': {_problem(s[[i]], col)}")
-    for i in events.index[~events["item_id"].isin(known_items)]:
-        reasons.setdefault(i, "column 'item_id': a listing unknown to the published release and the listings table")
-    ok = [i for i in events.index if i not in reasons]
+    ok = [i for i in rows.index if i not in reasons]
     if ok:
-        when = pd.to_datetime(events.loc[ok, "event_timestamp"], utc=True, format="ISO8601")
-        flags = {"not_in_the_future": when <= pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=MAX_FUTURE_SKEW_HOURS)}
-        if created is not None:
-            flags["click_after_listing_created"] = ~(when < events.loc[ok, "item_id"].map(created))
-        for rule in EVENT_RULES:
+        flags = rule_flags(validate_frame(rows.loc[ok], columns, "stream").set_axis(ok), rules, listings)
+        for rule in rules:
             if rule.name in flags:
                 for i in flags[rule.name][~flags[rule.name]].index:
                     reasons.setdefault(i, f"column '{rule.column}': {rule.problem}")
-    return pd.Series([reasons.get(i) for i in events.index], index=events.index, dtype=object)
+    return pd.Series([reasons.get(i) for i in rows.index], index=rows.index, dtype=object)
+
+
+def check_events(events: pd.DataFrame, known_items: set[str], listings: pd.DataFrame | None = None) -> pd.Series:
+    """Per event: None when it meets the data contract, else the reason. ``listings``: the catalogue with each
+    listing's ``created_at`` (a click before it breaks the contract)."""
+    unknown = ~events["item_id"].isin(known_items)
+    reason = "column 'item_id': a listing unknown to the published release and the listings table"
+    reasons = check_rows(events, EVENT_COLUMNS, EVENT_RULES, listings)
+    return reasons.where(reasons.notna() | ~unknown, reason)
+
+
+def check_listings(rows: pd.DataFrame) -> pd.Series:
+    """Per listing version: None when it meets the data contract, else the reason."""
+    return check_rows(rows, LISTING_COLUMNS, LISTING_RULES)
 
 
 # ---------------------------------------------------------------------------------------------- the clicks
@@ -269,18 +285,26 @@ class StreamReport:
     seconds: float = 0.0
     release: str | None = None
     switched: int = 0  # new releases the worker moved to
+    listings: int = 0  # new listing versions given vectors
 
 
 class StreamWorker:
     """Consumes click events and keeps the touched users' online (and offline) vectors fresh; see the module."""
 
     def __init__(
-        self, repo: Repo, source: EventSource, batch_size: int = 500, block_ms: int = 200, flush_s: float = 1.0
+        self,
+        repo: Repo,
+        source: EventSource,
+        batch_size: int = 500,
+        block_ms: int = 200,
+        flush_s: float = 1.0,
+        listings: ListingFeed | None = None,
     ):
-        self.repo, self.source = repo, source
+        self.repo, self.source, self.feed = repo, source, listings
         self.batch_size, self.block_ms, self.flush_s = batch_size, block_ms, flush_s
         self._offline: dict[str, list[pd.DataFrame]] = {name: [] for name in PUSH_SOURCES}
         self._unacked: list[str] = []
+        self._unacked_listings: list[str] = []
         self._flushed = time.monotonic()
         self.store = repo.store()
         self.clicks = ClickStore(repo.redis(), self.store.project)
@@ -307,16 +331,15 @@ class StreamWorker:
             source: self.store._fvs_for_push_source_or_raise(source, True) for source in PUSH_SOURCES.values()
         }
         self.listings = _published_listings(self.repo)
-        self.created = None if self.listings is None else self.listings.set_index("item_id")["created_at"]
+        if self.feed is not None:
+            self.feed.rewind()  # the catalogue again from the whole listings stream, for the new embedder
         self.embedder = Embedder.from_checkpoint(model, self.listings)
         self.scorer = None
         if release.scorer and (release_dir(self.repo.data, release.model_version) / CLASSIFIER).exists():
             self.scorer = PreferenceModel.load(release_dir(self.repo.data, release.model_version) / CLASSIFIER)
-        self.rentals = _rentals(self.listings)
         self.cutoff_us = int(pd.Timestamp(latest["cutoff"]).value // 1000)
-        self.known = set(map(str, self.embedder.index))
-        if self.embedder._can_encode:
-            self.known |= set(self.listings["item_id"].astype(str))
+        self._catalogue()
+        self._catch_up()
         self.release = release
         self.report.release = release.model_version
         if switched:  # users streamed since the new run's cut-off: their vectors again, from the new release
@@ -330,6 +353,10 @@ class StreamWorker:
         """Process events until ``max_events`` were read, or (``idle_stop_s``) the stream was empty that long."""
         idle_since = time.monotonic()
         while max_events is None or self.report.events < max_events:
+            if self.feed is not None:  # new listings first: clicks on them may follow
+                news = self.feed.source.read(self.batch_size, 0)
+                if news:
+                    self.process_listings(news)
             entries = self.source.read(self.batch_size, self.block_ms)
             if not entries:
                 self.flush()
@@ -350,7 +377,9 @@ class StreamWorker:
         self._load_release()
         ids = [i for i, _ in entries]
         events = pd.DataFrame([f for _, f in entries], index=ids, columns=[c.name for c in EVENT_COLUMNS])
-        reasons = check_events(events, self.known, self.created)
+        if not events["item_id"].isin(self.known).all():
+            self._catch_up()  # a listing published a moment ago, which another worker is writing
+        reasons = check_events(events, self.known, self.listings)
         for entry, reason in reasons.dropna().items():
             self.source.dead_letter(entry, {k: str(v) for k, v in events.loc[entry].items() if pd.notna(v)}, reason)
         good = events[reasons.isna()]
@@ -369,6 +398,76 @@ class StreamWorker:
             self.flush()
         self.report.seconds += time.perf_counter() - began
 
+    def _catalogue(self) -> None:
+        """What clicks are checked against: the listings the model knows, and those it can encode."""
+        self.rentals = _rentals(self.listings)
+        self.known = set(map(str, self.embedder.index))
+        if self.embedder._can_encode:
+            self.known |= set(self.listings["item_id"].astype(str))
+
+    def _catch_up(self) -> None:
+        """The listings the listings stream brought since the last look, into the catalogue (every worker reads
+        them all; the one its consumer group hands an entry to writes the vectors)."""
+        if self.feed is None:
+            return
+        rows = self.feed.since()
+        if rows is None or not len(rows):
+            return
+        rows = rows[check_listings(rows).isna()]
+        if len(rows):
+            rows = validate_frame(rows, LISTING_COLUMNS, "listings stream")
+            both = rows if self.listings is None else pd.concat([self.listings, rows], ignore_index=True)
+            both["created_at"] = both.groupby("item_id")["created_at"].transform("min")
+            self.listings = latest_versions(both)
+            self.embedder.listings = self.listings
+            self._catalogue()
+
+    def process_listings(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """New listings (or versions) with their lst features: checked (a bad one to the dead letters), into the
+        catalogue, and their vectors from the release's item encoder (lst-frozen, hybrid) pushed online through
+        ``listing_embedding_push`` with the features through ``listing_lst_push``; offline and acknowledgement at
+        the next :meth:`flush`."""
+        self._load_release()
+        self._catch_up()
+        ids = [i for i, _ in entries]
+        rows = pd.DataFrame([f for _, f in entries], index=ids, columns=[c.name for c in LISTING_COLUMNS])
+        reasons = check_listings(rows)
+        if not self.embedder._can_encode:
+            encoder = self.embedder.encoder
+            cannot = f"column 'item_id': the release's item encoder ({encoder}) has no vector for a new listing"
+            reasons = reasons.fillna(cannot)
+        for entry, reason in reasons.dropna().items():
+            self.feed.source.dead_letter(entry, {k: str(v) for k, v in rows.loc[entry].items() if pd.notna(v)}, reason)
+        good = rows[reasons.isna()]
+        if len(good):
+            self._write_listings(validate_frame(good, LISTING_COLUMNS, "listings stream"))
+        self._unacked_listings += ids
+        self.report.listings += len(good)
+        self.report.dead += int(reasons.notna().sum())
+
+    def _write_listings(self, versions: pd.DataFrame) -> None:
+        from embeddings.feature_store._writer import _offline_table
+
+        latest = latest_versions(versions)
+        ids = list(latest["item_id"].astype(str))
+        floor = pd.Timestamp(self.cutoff_us + 1, unit="us", tz="UTC")  # after the release's rows: Feast takes it
+        stamps = latest["event_timestamp"].astype("datetime64[us, UTC]").clip(lower=floor)
+        table = pd.DataFrame(
+            {
+                "item_id": np.asarray(ids, dtype=object),
+                "embedding": list(self.embedder._encode_new(ids, None).numpy().astype(np.float32)),
+                "source": "lst-features",
+                "model_version": self.release.model_version,
+                "event_timestamp": stamps.to_numpy(),
+            }
+        )
+        self._mark("item_id", ids, [int(t.value // 1000) for t in stamps], "listing_embedding")
+        published_at = pd.Timestamp.now(tz="UTC")
+        for name, frame in (("listings", versions), ("listing_embeddings", self.release.columns(table, "intent"))):
+            rows = _offline_table(name, frame, published_at)
+            self._push(PUSH_SOURCES[name], rows)
+            self._offline[name].append(rows)
+
     def flush(self) -> None:
         """The buffered offline rows as one Parquet file per table (never a rewrite), then the acknowledgements."""
         from embeddings.feature_store._writer import _write_offline, content_hash
@@ -381,6 +480,9 @@ class StreamWorker:
                 _write_offline(rows, path, content_hash({name: rows}))
         self._offline = {name: [] for name in PUSH_SOURCES}
         kill_point("stream:before-ack")  # crash tests: the vectors are online, the events not yet acknowledged
+        if self.feed is not None:
+            self.feed.source.ack(self._unacked_listings)
+            self._unacked_listings = []
         self.source.ack(self._unacked)
         self._unacked, self._flushed = [], time.monotonic()
 
@@ -405,7 +507,7 @@ class StreamWorker:
         if self.scorer is not None:
             head = profiles if self.release.scorer["head"] == "profile" else intent
             tables["user_preference"] = self._score(head, held)
-        self._mark(intent["user_id"], [h.stamp_us for h in held])
+        self._mark("user_id", intent["user_id"], [h.stamp_us for h in held], "user_embedding")
         published_at = pd.Timestamp.now(tz="UTC")
         for name, table in tables.items():
             rows = _offline_table(name, table, published_at)
@@ -439,23 +541,21 @@ class StreamWorker:
                 continue  # no next space: the publish's nulls stay
             provider.ingest_df(fv, rows)
 
-    def _mark(self, users, stamps_us: list[int]) -> None:
-        """Before the push: each user's Feast key records the event time of the stream's write (a weekly publish
-        of older rows then leaves the user alone: the batch never moves a user back in time), and a key that only
-        streamed values made (a new user) expires with them: last write + the views' ttl. A key that a weekly
-        publish made keeps the publish's expiry."""
+    def _mark(self, key: str, ids, stamps_us: list[int], view: str) -> None:
+        """Before the push: each entity's Feast key records the event time of the stream's write (a weekly publish
+        of older rows then leaves it alone: the batch never moves a user back in time), and a key that only
+        streamed values made (a new user or listing) expires with them: the write's time + ``view``'s ttl. A key
+        that a weekly publish made keeps the publish's expiry."""
         from feast.infra.online_stores.helpers import _redis_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
-        ttl = int(self.store.get_feature_view("user_embedding").ttl.total_seconds())
+        ttl = int(self.store.get_feature_view(view).ttl.total_seconds())
         version = self.store.config.entity_key_serialization_version
         pipe = self.clicks.client.pipeline(transaction=False)
-        for user, us in zip(users, stamps_us, strict=True):
-            key = _redis_key(
-                self.store.project, EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user)]), version
-            )
-            pipe.eval(_MARK, 1, key, int(us), int(us) // 1_000_000 + ttl)
+        for entity, us in zip(ids, stamps_us, strict=True):
+            entity_key = EntityKey(join_keys=[key], entity_values=[Value(string_val=entity)])
+            pipe.eval(_MARK, 1, _redis_key(self.store.project, entity_key, version), int(us), int(us) // 10**6 + ttl)
         pipe.execute()
 
 
@@ -476,12 +576,47 @@ def _published_listings(repo: Repo) -> pd.DataFrame | None:
     return latest_versions(listings)
 
 
+class ListingFeed:
+    """The listings stream, twice: read whole by every worker (:meth:`since`: the catalogue clicks are checked
+    against and sequences are encoded with), and through the consumer group (``source``: the worker an entry is
+    handed to writes its vectors, at least once)."""
+
+    def __init__(self, client, stream: str = LISTINGS, group: str = GROUP, consumer: str | None = None, **kwargs):
+        self.client, self.stream = client, stream
+        self.source = RedisStreamSource(client, stream, group, consumer, **kwargs)
+        self.last = "0"
+
+    def rewind(self) -> None:
+        self.last = "0"
+
+    def since(self) -> pd.DataFrame | None:
+        rows = []
+        while True:
+            got = _entries(self.client.xread({self.stream: self.last}, count=10_000))
+            if not got:
+                break
+            rows += got
+            self.last = got[-1][0]
+        if not rows:
+            return None
+        return pd.DataFrame([f for _, f in rows], columns=[c.name for c in LISTING_COLUMNS])
+
+
+def write_listings(client, listings: pd.DataFrame, stream: str = LISTINGS) -> list[str]:
+    """Append listing versions (the data contract's columns) to the listings stream: what the site's listings
+    service does when a listing is published or changed."""
+    return _append(client, listings, LISTING_COLUMNS, stream)
+
+
 def write_clicks(client, events: pd.DataFrame, stream: str = STREAM) -> list[str]:
     """Append click events (the data contract's columns) to the stream: what the site's click log does."""
+    return _append(client, events, EVENT_COLUMNS, stream)
+
+
+def _append(client, rows: pd.DataFrame, columns, stream: str) -> list[str]:
     pipe = client.pipeline(transaction=False)
-    for row in events.itertuples(index=False):
-        fields = {c.name: _stamp(getattr(row, c.name)) for c in EVENT_COLUMNS if hasattr(row, c.name)}
-        pipe.xadd(stream, fields)
+    for row in rows.itertuples(index=False):
+        pipe.xadd(stream, {c.name: _stamp(getattr(row, c.name)) for c in columns if hasattr(row, c.name)})
     return [_text(i) for i in pipe.execute()]
 
 

@@ -69,4 +69,5 @@ user_preference_source = _parquet_runs(
 user_embedding_push = PushSource(name="user_embedding_push", batch_source=user_embedding_source)
 user_profile_push = PushSource(name="user_profile_push", batch_source=user_profile_source)
 user_preference_push = PushSource(name="user_preference_push", batch_source=user_preference_source)
+listing_lst_push = PushSource(name="listing_lst_push", batch_source=listing_lst_source)
 listing_embedding_push = PushSource(name="listing_embedding_push", batch_source=listing_embedding_source)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from data_sources import (
     listing_embedding_push,
-    listing_lst_source,
+    listing_lst_push,
     user_embedding_push,
     user_preference_push,
     user_profile_push,
@@ -69,7 +69,7 @@ listing_lst_features = FeatureView(
         Field(name="lat", dtype=Float64),
         Field(name="lon", dtype=Float64),
     ],
-    source=listing_lst_source,
+    source=listing_lst_push,
     online=True,
     description="A listing's lst features, versioned (a price drop is a new version). Input of frozen item vectors.",
     owner=OWNER,

@@ -258,3 +258,100 @@ def test_a_new_release_switches_the_worker_and_no_user_keeps_vectors_of_two(
     want = _expected(layout.model, listings, events, pd.concat([early, later]), users)
     np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5)
     np.testing.assert_allclose(np.stack(got["profile_embedding"]), np.stack(want["profile_embedding"]), atol=1e-5)
+
+
+def test_sigkill_at_five_random_moments_then_restart_loses_nothing_and_counts_nothing_twice(
+    published, tiny_week, model
+):
+    """A worker killed (SIGKILL) at 5 random moments while it works through a stream, restarted each time under the
+    same consumer name: in the end every event is acknowledged, every click counted once and every vector (and
+    n_events) is the batch path's on the same clicks."""
+    import time
+
+    repo, _, events = published
+    client = repo.redis()
+    clicks = _valid_clicks(events, tiny_week[0], 240, seed=5)
+    write_clicks(client, clicks)
+    rng = np.random.default_rng(5)
+    args = ("--flush-s", "0.2")
+    kills = 0
+    while kills < 5:
+        before = _read_so_far(client)
+        worker = _cli_worker(repo, "w1", wait=False, batch=2, extra=args)
+        while _read_so_far(client) == before and worker.poll() is None:
+            time.sleep(0.01)  # started: it took its first micro-batch
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        if worker.poll() is not None:
+            break  # it finished before the moment came: nothing left to kill
+        worker.kill()
+        worker.wait()
+        kills += 1
+    assert kills == 5, "the stream ran out before the fifth kill: give it more events"
+    assert status(client)["pending"] > 0 or _read_so_far(client) < len(clicks)
+    code, output = _cli_worker(repo, "w1", extra=args)
+    assert code == 0, output
+    assert status(client) == {"length": len(clicks), "pending": 0, "dead": 0}
+    users = sorted(set(clicks["user_id"]))
+    want = _expected(model, tiny_week[0], events, clicks, users)
+    got = online_features(repo, users).set_index("user_id").loc[users]
+    np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5)
+    np.testing.assert_allclose(np.stack(got["profile_embedding"]), np.stack(want["profile_embedding"]), atol=1e-5)
+    assert (got["n_events"].to_numpy() == want["n_events"].to_numpy()).all()
+
+
+def _read_so_far(client) -> int:
+    groups = client.xinfo_groups(STREAM) if client.exists(STREAM) else []
+    return int(groups[0].get("entries-read") or 0) if groups else 0
+
+
+def test_a_new_listing_gets_vectors_from_its_lst_features_and_clicks_on_it_count(published, tiny_week, model):
+    """The site publishes a listing (lst features on the listings stream), a user clicks it a moment later: the
+    listing's vectors (the release's hybrid encoder, as the batch ``embed_items`` gives them) and features are
+    online, the click is accepted and moves the user's vector to the batch path's; a listing breaking the contract
+    goes to the listings' dead letters."""
+    from embeddings.stream import LISTINGS, ListingFeed, write_listings
+
+    repo, manifest, events = published
+    listings = tiny_week[0]
+    client = repo.redis()
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    template = listings.drop_duplicates("item_id", keep="last").iloc[0]
+    new = pd.DataFrame([template, template]).reset_index(drop=True)
+    new["item_id"] = ["L-new", "L-bad"]
+    new["price"] = [template["price"] * 1.1, template["price"]]
+    new["floor"] = [1, 9]
+    new["floors_total"] = [5, 4]  # L-bad: floor above the building
+    new["created_at"] = new["event_timestamp"] = now - pd.Timedelta(minutes=10)
+    write_listings(client, new)
+    user = str(events[events["event_timestamp"] < day(6)]["user_id"].iloc[0])
+    click = _clicks([(user, "L-new", now - pd.Timedelta(minutes=2), "view")])
+    write_clicks(client, click)
+
+    feed = ListingFeed(client, consumer="w1")
+    worker = StreamWorker(repo, RedisStreamSource(client, consumer="w1"), listings=feed)
+    report = worker.run(idle_stop_s=0.5)
+    assert (report.events, report.listings, report.dead) == (1, 1, 1)
+    dead = client.xrange(f"{LISTINGS}:dead")
+    assert len(dead) == 1 and b"floor" in dead[0][1][b"reason"] and dead[0][1][b"item_id"] == b"L-bad"
+
+    catalogue = pd.concat([listings, new.iloc[[0]]], ignore_index=True)
+    embedder = Embedder.from_checkpoint(model, catalogue)
+    want = embedder.embed_items().set_index("item_id").loc["L-new"]
+    store = repo.store()
+    got = (
+        store.get_online_features(
+            features=store.get_feature_service("listing_profile"), entity_rows=[{"item_id": "L-new"}]
+        )
+        .to_df()
+        .iloc[0]
+    )
+    np.testing.assert_allclose(got["embedding"], want["embedding"], atol=1e-5)
+    assert got["model_version"] == manifest["model_version"] and got["floors_total"] == 5
+    assert got["price"] == pytest.approx(template["price"] * 1.1)
+
+    so_far = pd.concat([events[events["event_timestamp"] < day(6)], click], ignore_index=True)
+    so_far["event_timestamp"] = pd.to_datetime(so_far["event_timestamp"], utc=True)
+    batch = embedder.embed_users(so_far, now + pd.Timedelta(minutes=1), progress=False).set_index("user_id")
+    online = online_features(repo, [user]).set_index("user_id")
+    np.testing.assert_allclose(online.loc[user, "embedding"], batch.loc[user, "embedding"], atol=1e-5)
+    assert online.loc[user, "n_events"] == batch.loc[user, "n_events"]
