@@ -388,7 +388,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         return 0
     source = RedisStreamSource(client, args.stream, args.group, args.consumer, args.claim_idle_ms)
     feed = ListingFeed(client, args.listings_stream, args.group, source.consumer, claim_idle_ms=args.claim_idle_ms)
-    worker = StreamWorker(repo, source, args.batch_size, flush_s=args.flush_s, listings=feed)
+    worker = StreamWorker(repo, source, args.batch_size, flush_s=args.flush_s, listings=feed, threads=args.threads)
     report = worker.run(args.max_events, args.idle_stop_s)
     print(
         f"{report.events:,} events ({report.dead:,} to the dead letters), {report.users:,} user updates in "
@@ -585,6 +585,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500, help="events a micro-batch")
     p.add_argument("--claim-idle-ms", type=int, default=30_000, help="take over others' events pending this long")
     p.add_argument("--flush-s", type=float, default=1.0, help="offline files and acknowledgements this often")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of this worker (add workers to scale)")
     p.add_argument("--max-events", type=int, help="stop after this many events (default: run until stopped)")
     p.add_argument("--idle-stop-s", type=float, help="stop when the stream has been empty this long")
     p.add_argument("--seed-from", metavar="DATA", help="only seed the clicks store from a data folder's events")

@@ -37,7 +37,7 @@ from embeddings.data.contract import (
     validate_frame,
 )
 from embeddings.errors import InputError
-from embeddings.feature_store.repo import Repo
+from embeddings.feature_store.repo import PROFILE_COLUMNS, Repo
 from embeddings.io import kill_point
 from embeddings.release import CLASSIFIER, MODEL, Release, published_release, release_dir
 from embeddings.stages.classify import PreferenceModel
@@ -140,7 +140,7 @@ def check_rows(rows: pd.DataFrame, columns, rules, listings: pd.DataFrame | None
             reasons.setdefault(i, f"column '{col.name}': {_problem(s[[i]], col)}")
     ok = [i for i in rows.index if i not in reasons]
     if ok:
-        flags = rule_flags(validate_frame(rows.loc[ok], columns, "stream").set_axis(ok), rules, listings)
+        flags = rule_flags(rows.loc[ok], rules, listings)  # the rules read text as the loaders' types
         for rule in rules:
             if rule.name in flags:
                 for i in flags[rule.name][~flags[rule.name]].index:
@@ -247,21 +247,17 @@ class ClickStore:
         return sorted(_text(u) for u in self.client.zrangebyscore(key, f"({seconds}", "+inf"))
 
     def histories(self, users: list[str], after_us: int = 0) -> tuple[pd.DataFrame, dict[str, History]]:
-        """The users' first touches as an events table (the batch ``embed``'s input: one row per first touch), and
-        per user what else the store holds, with the event time of the write (later than ``after_us``)."""
+        """The users' first touches (``user_id``, ``item_id``; each user's together, oldest first) and per user
+        what else the store holds, with the event time of the write they are read for (later than ``after_us``)."""
         pipe = self.client.pipeline(transaction=False)
         for user in users:
             self._read(keys=self._keys(user), args=[after_us], client=pipe)
         rows, stats = [], {}
         for user, got in zip(users, pipe.execute(), strict=True):
-            touches = got[0]
-            rows += [(user, _text(item), float(when)) for item, when in zip(touches[::2], touches[1::2], strict=True)]
+            rows += [(user, _text(item)) for item in got[0][::2]]
             if len(got) > 1:
                 stats[user] = History(*(int(_text(v)) for v in got[1:]))
-        frame = pd.DataFrame(rows, columns=["user_id", "item_id", "seconds"])
-        frame["event_timestamp"] = pd.to_datetime((frame["seconds"] * 1e6).round().astype("int64"), unit="us", utc=True)
-        frame["event_type"] = "view"
-        return frame.drop(columns="seconds"), stats
+        return pd.DataFrame(rows, columns=["user_id", "item_id"]), stats
 
 
 def _add_args(event_id: str, item: str, us: int, rent: bool) -> list:
@@ -299,7 +295,11 @@ class StreamWorker:
         block_ms: int = 200,
         flush_s: float = 1.0,
         listings: ListingFeed | None = None,
+        threads: int = 1,
     ):
+        import torch
+
+        torch.set_num_threads(threads)  # micro-batches are small: workers scale out as processes, one core each
         self.repo, self.source, self.feed = repo, source, listings
         self.batch_size, self.block_ms, self.flush_s = batch_size, block_ms, flush_s
         self._offline: dict[str, list[pd.DataFrame]] = {name: [] for name in PUSH_SOURCES}
@@ -330,6 +330,7 @@ class StreamWorker:
         self.views = {  # resolved once per release: Feast's push reads the registry again on every call
             source: self.store._fvs_for_push_source_or_raise(source, True) for source in PUSH_SOURCES.values()
         }
+        self.ttls = {fv.name: int(fv.ttl.total_seconds()) for views in self.views.values() for fv in views}
         self.listings = _published_listings(self.repo)
         if self.feed is not None:
             self.feed.rewind()  # the catalogue again from the whole listings stream, for the new embedder
@@ -446,7 +447,6 @@ class StreamWorker:
         self.report.dead += int(reasons.notna().sum())
 
     def _write_listings(self, versions: pd.DataFrame) -> None:
-        from embeddings.feature_store._writer import _offline_table
 
         latest = latest_versions(versions)
         ids = list(latest["item_id"].astype(str))
@@ -462,20 +462,17 @@ class StreamWorker:
             }
         )
         self._mark("item_id", ids, [int(t.value // 1000) for t in stamps], "listing_embedding")
-        published_at = pd.Timestamp.now(tz="UTC")
-        for name, frame in (("listings", versions), ("listing_embeddings", self.release.columns(table, "intent"))):
-            rows = _offline_table(name, frame, published_at)
-            self._push(PUSH_SOURCES[name], rows)
-            self._offline[name].append(rows)
+        self._emit({"listings": versions, "listing_embeddings": self.release.columns(table, "intent")})
 
     def flush(self) -> None:
         """The buffered offline rows as one Parquet file per table (never a rewrite), then the acknowledgements."""
-        from embeddings.feature_store._writer import _write_offline, content_hash
+        from embeddings.feature_store._writer import _offline_table, _write_offline, content_hash
 
         stamp = pd.Timestamp.now(tz="UTC")
         for name, parts in self._offline.items():
             if parts:
-                rows = pd.concat(parts, ignore_index=True)
+                both = pd.concat(parts, ignore_index=True)
+                rows = _offline_table(name, both.drop(columns="published_at"), both["published_at"].to_numpy())
                 path = self.repo.data / "offline" / name / f"stream-{stamp:%Y%m%dT%H%M%S%f}-{os.getpid()}.parquet"
                 _write_offline(rows, path, content_hash({name: rows}))
         self._offline = {name: [] for name in PUSH_SOURCES}
@@ -488,17 +485,18 @@ class StreamWorker:
 
     def _write(self, users: list[str]) -> None:
         """The users' vectors (and score) from their clicks in the store, online, then buffered for offline."""
-        from embeddings.feature_store._writer import _offline_table
         from embeddings.stages.embed import Embedder
 
-        frame, stats = self.clicks.histories(users, self.cutoff_us)
-        vectors = self.embedder.embed_users(frame, pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1), progress=False)
+        touches, stats = self.clicks.histories(users, self.cutoff_us)
+        vectors = self.embedder.embed_first_touches(touches)
+        if not len(vectors):
+            return
         held = [stats[u] for u in vectors["user_id"]]
-        stamps = pd.to_datetime([h.stamp_us for h in held], unit="us", utc=True)
         vectors = vectors.assign(
             n_events=np.array([h.n_events for h in held], np.int64),
             last_event_at=pd.to_datetime([h.last_us for h in held], unit="us", utc=True),
-            event_timestamp=stamps,
+            model_version=self.embedder.version,
+            event_timestamp=pd.to_datetime([h.stamp_us for h in held], unit="us", utc=True),
         )
         intent, profiles = Embedder.split_heads(vectors)
         tables = {"user_embeddings": self.release.columns(intent, "intent")}
@@ -508,11 +506,7 @@ class StreamWorker:
             head = profiles if self.release.scorer["head"] == "profile" else intent
             tables["user_preference"] = self._score(head, held)
         self._mark("user_id", intent["user_id"], [h.stamp_us for h in held], "user_embedding")
-        published_at = pd.Timestamp.now(tz="UTC")
-        for name, table in tables.items():
-            rows = _offline_table(name, table, published_at)
-            self._push(PUSH_SOURCES[name], rows)
-            self._offline[name].append(rows)
+        self._emit(tables)
         self.clicks.mark_streamed(list(intent["user_id"]), [h.last_us / 1e6 for h in held])
 
     def _score(self, users: pd.DataFrame, held: list[History]) -> pd.DataFrame:
@@ -532,14 +526,29 @@ class StreamWorker:
             }
         )
 
+    def _emit(self, tables: dict[str, pd.DataFrame]) -> None:
+        """Each table online through its push source, and buffered for the offline files (written at the next
+        :meth:`flush`, in the offline tables' shape, with the time the rows went online)."""
+        published_at = pd.Timestamp.now(tz="UTC")
+        for name, table in tables.items():
+            table = table.assign(published_at=published_at)
+            self._push(PUSH_SOURCES[name], _view_rows(name, table))
+            self._offline[name].append(table)
+
     def _push(self, source: str, rows: pd.DataFrame) -> None:
-        """What ``FeatureStore.push(source, rows, to=ONLINE)`` does (the provider's ingestion into each view of the
-        push source, a view whose features are all null skipped), with the views resolved once per release."""
+        """What ``FeatureStore.push(source, rows, to=ONLINE)`` does: the provider's ingestion into each view of the
+        push source (a view whose features are all null skipped), with the views resolved once per release and
+        the rows converted to Arrow once for all of them (``ingest_df`` converts them again for every view)."""
+        import pyarrow as pa
+        from feast.utils import _convert_arrow_to_proto
+
         provider = self.store._get_provider()
+        table = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()
         for fv in self.views[source]:
-            if rows[[f.name for f in fv.features]].isna().all().all():
+            if fv.name.endswith("_next_space") and self.release.next_space is None:
                 continue  # no next space: the publish's nulls stay
-            provider.ingest_df(fv, rows)
+            keys = {entity.name: entity.dtype.to_value_type() for entity in fv.entity_columns}
+            provider.online_write_batch(self.store.config, fv, _convert_arrow_to_proto(table, fv, keys), progress=None)
 
     def _mark(self, key: str, ids, stamps_us: list[int], view: str) -> None:
         """Before the push: each entity's Feast key records the event time of the stream's write (a weekly publish
@@ -550,7 +559,7 @@ class StreamWorker:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
-        ttl = int(self.store.get_feature_view(view).ttl.total_seconds())
+        ttl = self.ttls[view]
         version = self.store.config.entity_key_serialization_version
         pipe = self.clicks.client.pipeline(transaction=False)
         for entity, us in zip(ids, stamps_us, strict=True):
@@ -564,6 +573,15 @@ local old = tonumber(redis.call('HGET', KEYS[1], '{STREAMED}') or '0')
 if tonumber(ARGV[1]) > old then redis.call('HSET', KEYS[1], '{STREAMED}', ARGV[1]) end
 if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
 """
+
+
+def _view_rows(name: str, table: pd.DataFrame) -> pd.DataFrame:
+    """A table's rows under its views' field names and types (the offline files' shape, less the vectors' lists)."""
+    if name == "user_embeddings":  # Unix seconds: Feast's online types carry no time zone
+        return table.assign(last_event_at=table["last_event_at"].astype("datetime64[us, UTC]").astype("int64") // 10**6)
+    if name == "user_profiles":
+        return table.rename(columns=PROFILE_COLUMNS)
+    return table
 
 
 def _published_listings(repo: Repo) -> pd.DataFrame | None:

@@ -203,7 +203,7 @@ def _offline_table(name: str, df: pd.DataFrame, published_at: pd.Timestamp) -> p
     if name in ("listing_embeddings", "user_embeddings", "user_profiles"):
         for col in VECTORS:
             if col in df:
-                df[col] = df[col].map(lambda v: None if v is None else [float(x) for x in v])
+                df[col] = df[col].map(lambda v: None if v is None else np.asarray(v, np.float64))  # list<double>
     if name == "user_embeddings":  # Unix seconds: Feast's online types carry no time zone
         df["last_event_at"] = df["last_event_at"].astype("datetime64[us, UTC]").astype("int64") // 1_000_000
     if name == "user_profiles":  # names of their own, so a service with both views has no clashing features

@@ -122,6 +122,24 @@ class Embedder:
             out.insert(2, "profile_embedding", list(states["profile"].numpy().astype(np.float32)))
         return out
 
+    def embed_first_touches(self, touches: pd.DataFrame) -> pd.DataFrame:
+        """``embed_users`` for users whose first touches are already in order (``user_id``, ``item_id`` rows,
+        each user's rows together, oldest first: what the stream's click store holds): the same vectors without
+        regrouping the events, for the micro-batches of ``lst-embeddings stream``. ``user_id`` + the vectors."""
+        index, table = self._item_table(touches, None)
+        codes = index.get_indexer(touches["item_id"])
+        users = touches["user_id"].to_numpy(object)[codes >= 0]
+        codes = codes[codes >= 0].astype(np.int64)
+        if not len(codes):
+            return pd.DataFrame({"user_id": pd.Series(dtype=object), "embedding": pd.Series(dtype=object)})
+        change = np.flatnonzero(users[1:] != users[:-1]) + 1
+        users = users[np.r_[0, change]]
+        states = self.model.user_states(np.split(codes, change), 256, table)
+        out = pd.DataFrame({"user_id": users, "embedding": list(states["intent"].numpy().astype(np.float32))})
+        if "profile" in states:
+            out["profile_embedding"] = list(states["profile"].numpy().astype(np.float32))
+        return out
+
     @staticmethod
     def split_heads(users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """``embed_users``' frame as the intent table and (when the model has a profile head) the profile
