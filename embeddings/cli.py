@@ -392,7 +392,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     report = worker.run(args.max_events, args.idle_stop_s)
     print(
         f"{report.events:,} events ({report.dead:,} to the dead letters), {report.users:,} user updates in "
-        f"{report.batches:,} micro-batches, {report.listings:,} new listing versions, {report.seconds:.1f} s; "
+        f"{report.batches:,} micro-batches ({report.percentiles()}), {report.listings:,} new listing "
+        f"versions, {report.seconds:.1f} s; "
         f"release {report.release}; stream {status(client, args.stream, args.group)}"
     )
     return 0

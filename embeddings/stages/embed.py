@@ -52,6 +52,8 @@ class Embedder:
         self.index = pd.Index(model.item_ids)
         self.report = EmbedReport()
         self._table: torch.Tensor | None = None
+        self._encoded = pd.Index([], dtype=object)  # listings outside the catalogue encoded once (encode_listings)
+        self._encoded_table = torch.zeros(0, model.config.dim)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, listings: pd.DataFrame | None = None) -> Embedder:
@@ -67,23 +69,38 @@ class Embedder:
 
     def _encode_new(self, item_ids: list[str], as_of: pd.Timestamp | None) -> torch.Tensor:
         """Vectors for listings outside the catalogue, from their lst features (model's own normalisation)."""
-        lst = listing_features(self.listings, np.asarray(item_ids, dtype=object), as_of, stats=self.model.feature_stats)
+        rows = self.listings[self.listings["item_id"].isin(item_ids)]  # their versions only: O(listings) once
+        lst = listing_features(rows, np.asarray(item_ids, dtype=object), as_of, stats=self.model.feature_stats)
         return self.model.encode_listings(lst.smooth()[0])
+
+    def encode_listings(self, item_ids) -> None:
+        """Encode these listings (outside the catalogue) from their newest lst features now, once: later
+        embeddings index the kept vectors instead of encoding them again (the stream's micro-batches; a new
+        version of a listing is encoded again here)."""
+        ids = pd.Index(pd.unique(np.asarray(item_ids, dtype=object))).difference(self.index)
+        if not len(ids) or not self._can_encode:
+            return
+        vectors = self._encode_new(list(ids), None)
+        keep = ~self._encoded.isin(ids)
+        self._encoded = self._encoded[keep].append(ids)
+        self._encoded_table = torch.cat([self._encoded_table[torch.from_numpy(keep)], vectors])
 
     def _item_table(self, events: pd.DataFrame, as_of: pd.Timestamp | None) -> tuple[pd.Index, torch.Tensor]:
         """All item ids the events can be mapped to, and their vectors (row 0 = padding)."""
         if self._table is None:  # the model is frozen here: its catalogue's vectors once
             self._table = self.model.item_table()
-        table = self._table
-        unknown = pd.Index(events["item_id"].unique()).difference(self.index)
+        index, table = self.index, self._table
+        if len(self._encoded):  # encoded before (encode_listings)
+            index, table = index.append(self._encoded), torch.cat([table, self._encoded_table])
+        unknown = pd.Index(events["item_id"].unique()).difference(index)
         can_encode = self._can_encode
         if len(unknown) and can_encode:
             unknown = unknown.intersection(pd.Index(self.listings["item_id"].unique()))
             if len(unknown):
                 table = torch.cat([table, self._encode_new(list(unknown), as_of)])
                 self.report.unknown_listings_encoded += len(unknown)
-                return self.index.append(unknown), table
-        return self.index, table
+                return index.append(unknown), table
+        return index, table
 
     def histories(self, events: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.Index, torch.Tensor]:
         """Per user: the item rows of their clicks before ``cutoff`` (first touch order), counts, last time."""
@@ -126,6 +143,7 @@ class Embedder:
         """``embed_users`` for users whose first touches are already in order (``user_id``, ``item_id`` rows,
         each user's rows together, oldest first: what the stream's click store holds): the same vectors without
         regrouping the events, for the micro-batches of ``lst-embeddings stream``. ``user_id`` + the vectors."""
+        self.encode_listings(pd.Index(touches["item_id"].unique()).difference(self._encoded))
         index, table = self._item_table(touches, None)
         codes = index.get_indexer(touches["item_id"])
         users = touches["user_id"].to_numpy(object)[codes >= 0]
