@@ -2,8 +2,10 @@
 
     python -m bench.stream [--quick] [--users N] [--events N] [--rate 200] [--seconds 20]
 
-Setup: a synthetic week, a hybrid SASRec (profile head) trained briefly on it, the run published to a redis-server
-on a free loopback port (the ``redis`` target), the clicks store seeded with the week. Then, in one run:
+Setup, for each store (``--stores``: a redis-server on a free loopback port, the ``redis`` target, and a local Redis
+Cluster of three masters and three replicas from scripts/redis-cluster.sh, the ``redis-cluster`` target): a
+synthetic week, a hybrid SASRec (profile head) trained briefly on it, the run published, the clicks store seeded
+with the week. Then, in one run:
 
 - throughput: ``--events`` valid clicks (known users, known listings) written to the stream at once, then 1 and
   then 2 workers (``lst-embeddings stream`` processes, micro-batches of 500) until every event is acknowledged;
@@ -35,7 +37,7 @@ import pandas as pd
 from bench.common import local_redis, table, write
 
 
-def _setup(folder: Path, users: int, env: dict):
+def _setup(folder: Path, users: int, env: dict, target: str = "redis"):
     import shutil
 
     from embeddings import pipeline as pl
@@ -46,14 +48,14 @@ def _setup(folder: Path, users: int, env: dict):
     os.environ.update(env)
     write_week(WeekConfig(users=users, listings=users, days=7, seed=0), folder / "week")
     shutil.copytree(REPO, folder / "repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
-    repo = Repo(folder / "repo", "redis")
+    repo = Repo(folder / "repo", target)
     job = pl.JobConfig.from_dict(
         {
             "job": {"out": str(folder / "run")},
             "data": {"path": str(folder / "week")},
             "model": {"item_encoder": "hybrid", "max_len": 50, "dim": 64, "profile_horizon": 16},
             "train": {"epochs": 3},
-            "feature_store": {"repo": str(repo.path), "target": "redis"},
+            "feature_store": {"repo": str(repo.path), "target": target},
             "publish": {"allow_drift": "bench"},
         }
     )
@@ -77,7 +79,7 @@ def _clicks(data, n: int, seed: int, new_users: bool = False) -> pd.DataFrame:
 
 
 def _workers(repo, env: dict, n: int, stream: str) -> list[subprocess.Popen]:
-    argv = [sys.executable, "-m", "embeddings.cli", "stream", "--repo", str(repo.path), "--target", "redis"]
+    argv = [sys.executable, "-m", "embeddings.cli", "stream", "--repo", str(repo.path), "--target", repo.target]
     argv += ["--idle-stop-s", "2", "--batch-size", "500", "--stream", stream]
     return [
         subprocess.Popen([*argv, "--consumer", f"worker-{k}"], env={**os.environ, **env}, stdout=subprocess.PIPE)
@@ -184,23 +186,48 @@ def latency(repo, data, env: dict, rate: float, seconds: float) -> dict:
     }
 
 
+def measure(folder: Path, env: dict, target: str, users: int, events: int, rate: float, seconds: float) -> dict:
+    repo, data = _setup(folder, users, env, target)
+    rows = [{"store": target, **throughput(repo, data, env, events, n)} for n in (1, 2)]
+    print(table(rows, ["store", "workers", "events", "seconds", "events_per_s"]))
+    lat = {"store": target, **latency(repo, data, env, rate, seconds)}
+    print(table([lat], ["store", "rate", "clicks", "visible", "p50_ms", "p99_ms", "max_ms"]))
+    return {"throughput": rows, "latency": lat}
+
+
 def main() -> None:
+    from bench.scale import start_cluster, stop_cluster
+
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--users", type=int, default=3000)
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--stores", default="redis,redis-cluster", help="redis, redis-cluster or both")
     args = p.parse_args()
     users, events, seconds = (1000, 4000, 8.0) if args.quick else (args.users, args.events, args.seconds)
     folder = Path(tempfile.mkdtemp(prefix="lst-stream-"))
-    with local_redis(folder) as env:
-        repo, data = _setup(folder, users, env)
-        rows = [throughput(repo, data, env, events, n) for n in (1, 2)]
-        print(table(rows, ["workers", "events", "seconds", "events_per_s"]))
-        lat = latency(repo, data, env, args.rate, seconds)
-        print(table([lat], ["rate", "clicks", "visible", "p50_ms", "p99_ms", "max_ms"]))
-    print(f"wrote {write('stream', {'users': users, 'throughput': rows, 'latency': lat})}")
+    for store in ("redis", "cluster"):
+        (folder / store).mkdir()
+    results = {}
+    if "redis" in args.stores.split(","):
+        with local_redis(folder / "redis") as env:
+            results["redis"] = measure(folder / "redis", env, "redis", users, events, args.rate, seconds)
+    if "redis-cluster" in args.stores.split(","):
+        env = start_cluster(folder / "cluster")
+        if env is not None:
+            try:
+                results["redis-cluster"] = measure(
+                    folder / "cluster", env, "redis-cluster", users, events, args.rate, seconds
+                )
+            finally:
+                stop_cluster(folder / "cluster")
+    rows = [r for result in results.values() for r in result["throughput"]]
+    print(table(rows, ["store", "workers", "events", "seconds", "events_per_s"]))
+    lats = [result["latency"] for result in results.values()]
+    print(table(lats, ["store", "rate", "clicks", "visible", "p50_ms", "p99_ms", "max_ms"]))
+    print(f"wrote {write('stream', {'users': users, 'throughput': rows, 'latency': lats})}")
 
 
 if __name__ == "__main__":

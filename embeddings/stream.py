@@ -203,14 +203,8 @@ class ClickStore:
     """Each user's clicks in Redis: the first touch of each listing (a sorted set by time), the number of clicks, the
     clicks on rentals and the last one, and the ids of the events counted (so a re-delivered event counts once)."""
 
-    client: object
+    client: object  # a Redis or Redis Cluster client: the scripts go as EVAL (a cluster pipeline refuses EVALSHA)
     project: str
-    _add: object = field(default=None, repr=False)
-    _read: object = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self._add = self.client.register_script(_ADD)
-        self._read = self.client.register_script(_READ)
 
     def _keys(self, user: str) -> list[str]:
         tag = f"lst_embeddings:clicks:{self.project}:{{{user}}}"  # one hash slot per user on a cluster
@@ -220,7 +214,7 @@ class ClickStore:
         """(event id, user, listing, Unix us, rental) each; one round trip. Returns how many were new."""
         pipe = self.client.pipeline(transaction=False)
         for event_id, user, item, us, rent in events:
-            self._add(keys=self._keys(user), args=_add_args(event_id, item, us, rent), client=pipe)
+            _eval(pipe, _ADD, self._keys(user), _add_args(event_id, item, us, rent))
         return sum(pipe.execute()) if events else 0
 
     def seed(self, events: pd.DataFrame, listings: pd.DataFrame | None = None) -> int:
@@ -232,7 +226,7 @@ class ClickStore:
         pipe = self.client.pipeline(transaction=False)
         for i, row in enumerate(frame.itertuples(index=False)):
             key = f"batch:{row.user_id}:{row.item_id}:{row.us}:{row.event_type}"  # a click seeded twice: once
-            self._add(keys=self._keys(row.user_id), args=_add_args(key, row.item_id, row.us, row.rent), client=pipe)
+            _eval(pipe, _ADD, self._keys(row.user_id), _add_args(key, row.item_id, row.us, row.rent))
             if i % 10_000 == 9_999:
                 pipe.execute()
         pipe.execute()
@@ -252,13 +246,18 @@ class ClickStore:
         what else the store holds, with the event time of the write they are read for (later than ``after_us``)."""
         pipe = self.client.pipeline(transaction=False)
         for user in users:
-            self._read(keys=self._keys(user), args=[after_us], client=pipe)
+            _eval(pipe, _READ, self._keys(user), [after_us])
         rows, stats = [], {}
         for user, got in zip(users, pipe.execute(), strict=True):
             rows += [(user, _text(item)) for item in got[0][::2]]
             if len(got) > 1:
                 stats[user] = History(*(int(_text(v)) for v in got[1:]))
         return pd.DataFrame(rows, columns=["user_id", "item_id"]), stats
+
+
+def _eval(pipe, script: str, keys: list, args: list) -> None:
+    """A Lua script in a pipeline of a Redis or a Redis Cluster client (routed by its keys' slot there)."""
+    pipe.execute_command("EVAL", script, len(keys), *keys, *args)
 
 
 def _add_args(event_id: str, item: str, us: int, rent: bool) -> list:
@@ -616,7 +615,7 @@ class StreamWorker:
         pipe = self.clicks.client.pipeline(transaction=False)
         for entity, us in zip(ids, stamps_us, strict=True):
             entity_key = EntityKey(join_keys=[key], entity_values=[Value(string_val=entity)])
-            pipe.eval(_MARK, 1, _redis_key(self.store.project, entity_key, version), int(us), int(us) // 10**6 + ttl)
+            _eval(pipe, _MARK, [_redis_key(self.store.project, entity_key, version)], [int(us), int(us) // 10**6 + ttl])
         pipe.execute()
 
 
