@@ -38,9 +38,12 @@ def model(tiny_week, tmp_path_factory):
 def published(tiny_dir, tiny_week, model, feature_repo, redis_server, monkeypatch, tmp_path):
     """A run (the tiny week's model, cut-off day 6) published to Redis, and the clicks store seeded with the clicks
     before its cut-off."""
+    return _publish(on_redis(feature_repo, redis_server, monkeypatch), tiny_dir, tiny_week, model, tmp_path)
+
+
+def _publish(repo: Repo, tiny_dir, tiny_week, model, tmp_path):
     import shutil
 
-    repo = on_redis(feature_repo, redis_server, monkeypatch)
     layout = pl.RunLayout(tmp_path / "run")
     layout.model_dir.mkdir(parents=True)
     shutil.copyfile(model, layout.model)
@@ -355,3 +358,35 @@ def test_a_new_listing_gets_vectors_from_its_lst_features_and_clicks_on_it_count
     online = online_features(repo, [user]).set_index("user_id")
     np.testing.assert_allclose(online.loc[user, "embedding"], batch.loc[user, "embedding"], atol=1e-5)
     assert online.loc[user, "n_events"] == batch.loc[user, "n_events"]
+
+
+def test_the_stream_on_a_redis_cluster(tiny_dir, tiny_week, model, feature_repo, redis_cluster, monkeypatch, tmp_path):
+    """The same worker against a Redis Cluster (streams, the clicks store's scripts and Feast's writes routed by
+    slot): streamed vectors are the batch path's, a bad event goes to the dead letters, a new listing gets its
+    vector."""
+    from embeddings.stream import ListingFeed, write_listings
+
+    nodes, password = redis_cluster
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", nodes)
+    monkeypatch.setenv("REDIS_CLUSTER_PASSWORD", password)
+    repo = Repo(feature_repo.path, "redis-cluster")
+    repo.redis().flushall()
+    repo, manifest, events = _publish(repo, tiny_dir, tiny_week, model, tmp_path)
+    listings = tiny_week[0]
+    client = repo.redis()
+    new = listings.drop_duplicates("item_id", keep="last").iloc[[0]].assign(item_id="L-cluster")
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    new["created_at"] = new["event_timestamp"] = now - pd.Timedelta(minutes=10)
+    write_listings(client, new)
+    clicks = pd.concat([_valid_clicks(events, listings, 12, seed=6), _clicks([("U-new", "L-cluster", now, "view")])])
+    write_clicks(client, pd.concat([clicks, _clicks([("U-new", "no-such-listing", now, "view")])]))
+    worker = StreamWorker(repo, RedisStreamSource(client, consumer="c1"), listings=ListingFeed(client, consumer="c1"))
+    report = worker.run(idle_stop_s=0.5)
+    assert (report.events, report.dead, report.listings) == (14, 1, 1)
+    assert status(client) == {"length": 14, "pending": 0, "dead": 1}
+    users = sorted(set(clicks["user_id"]))
+    want = _expected(model, pd.concat([listings, new], ignore_index=True), events, clicks, users)
+    got = online_features(repo, users).set_index("user_id").loc[users]
+    np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5)
+    assert (got["n_events"].to_numpy() == want["n_events"].to_numpy()).all()
+    assert set(got["model_version"]) == {manifest["model_version"]}
