@@ -14,6 +14,9 @@ with the week. Then, in one run:
   the 20 oldest pending users every 5 ms: p50 and p99 from the click's ``XADD`` to the first read that returns
   its vector.
 
+- offline writes: Feast's offline push (DuckDB offline store: it rewrites the whole Parquet file) against the
+  worker's appended files, 50 rows into tables of 10k, 100k and 300k rows.
+
 Each measurement has a stream of its own (a stream deleted and made again under the same key stalled a new worker
 for seconds here; not understood yet).
 
@@ -186,6 +189,66 @@ def latency(repo, data, env: dict, rate: float, seconds: float) -> dict:
     }
 
 
+def offline_push(folder: Path, sizes=(10_000, 100_000, 300_000), batch: int = 50, pushes: int = 5) -> list[dict]:
+    """Feast's offline push (``FeatureStore.push(..., to=PushMode.OFFLINE)``, DuckDB offline store, a FileSource of
+    one Parquet file: it reads the whole file, appends and writes it again) against the worker's way (a new file
+    per flush beside the others), for ``batch`` rows of 64-float vectors into a table of ``size`` rows. Median of
+    ``pushes``."""
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, PushSource, RepoConfig
+    from feast.data_source import PushMode
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+    from feast.types import Array, Float32
+
+    from embeddings.feature_store._writer import _write_offline
+
+    def rows(n: int, seed: int) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        start = pd.Timestamp("2026-12-01", tz="UTC")
+        return pd.DataFrame(
+            {
+                "user_id": [f"U{seed}-{i}" for i in range(n)],
+                "embedding": list(rng.normal(size=(n, 64))),
+                "event_timestamp": start + pd.to_timedelta(np.arange(n), unit="s"),
+                "published_at": start,
+            }
+        )
+
+    out = []
+    for size in sizes:
+        where = folder / f"push-{size}"
+        where.mkdir(parents=True)
+        rows(size, 0).to_parquet(where / "table.parquet")
+        user = Entity(name="user", join_keys=["user_id"])
+        source = FileSource(
+            name="table", path=str(where / "table.parquet"), timestamp_field="event_timestamp",
+            created_timestamp_column="published_at",
+        )  # fmt: skip
+        push = PushSource(name="table_push", batch_source=source)
+        vector = Field(name="embedding", dtype=Array(Float32))
+        view = FeatureView(name="v", entities=[user], schema=[vector], source=push)
+        config = RepoConfig(
+            project="bench", provider="local", registry=str(where / "registry.db"), repo_path=str(where),
+            online_store=SqliteOnlineStoreConfig(path=str(where / "online.db")),
+            offline_store=DuckDBOfflineStoreConfig(), entity_key_serialization_version=3,
+        )  # fmt: skip
+        store = FeatureStore(config=config)
+        store.apply([user, push, view])
+        feast_s, append_s = [], []
+        for k in range(pushes):
+            new = rows(batch, k + 1)
+            began = time.perf_counter()
+            store.push("table_push", new, to=PushMode.OFFLINE)
+            feast_s.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            _write_offline(new, where / "appended" / f"stream-{k}.parquet", f"bench-{k}")
+            append_s.append(time.perf_counter() - began)
+        feast, append = float(np.median(feast_s)), float(np.median(append_s))
+        out.append({"table_rows": size, "batch_rows": batch, "feast_push_s": feast, "appended_file_s": append,
+                    "ratio": feast / append})  # fmt: skip
+    return out
+
+
 def measure(folder: Path, env: dict, target: str, users: int, events: int, rate: float, seconds: float) -> dict:
     repo, data = _setup(folder, users, env, target)
     rows = [{"store": target, **throughput(repo, data, env, events, n)} for n in (1, 2)]
@@ -223,11 +286,14 @@ def main() -> None:
                 )
             finally:
                 stop_cluster(folder / "cluster")
+    pushes = offline_push(folder / "offline", (10_000, 50_000) if args.quick else (10_000, 100_000, 300_000))
     rows = [r for result in results.values() for r in result["throughput"]]
     print(table(rows, ["store", "workers", "events", "seconds", "events_per_s"]))
     lats = [result["latency"] for result in results.values()]
     print(table(lats, ["store", "rate", "clicks", "visible", "p50_ms", "p99_ms", "max_ms"]))
-    print(f"wrote {write('stream', {'users': users, 'throughput': rows, 'latency': lats})}")
+    print(table(pushes, ["table_rows", "batch_rows", "feast_push_s", "appended_file_s", "ratio"]))
+    payload = {"users": users, "throughput": rows, "latency": lats, "offline_push": pushes}
+    print(f"wrote {write('stream', payload)}")
 
 
 if __name__ == "__main__":
