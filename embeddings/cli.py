@@ -388,7 +388,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
         return 0
     source = RedisStreamSource(client, args.stream, args.group, args.consumer, args.claim_idle_ms)
     feed = ListingFeed(client, args.listings_stream, args.group, source.consumer, claim_idle_ms=args.claim_idle_ms)
-    worker = StreamWorker(repo, source, args.batch_size, flush_s=args.flush_s, listings=feed, threads=args.threads)
+    worker = StreamWorker(
+        repo,
+        source,
+        args.batch_size,
+        flush_s=args.flush_s,
+        listings=feed,
+        threads=args.threads,
+        compact_after_s=args.compact_after_s,
+    )
     report = worker.run(args.max_events, args.idle_stop_s)
     print(
         f"{report.events:,} events ({report.dead:,} to the dead letters), {report.users:,} user updates in "
@@ -587,6 +595,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--claim-idle-ms", type=int, default=30_000, help="take over others' events pending this long")
     p.add_argument("--flush-s", type=float, default=1.0, help="offline files and acknowledgements this often")
     p.add_argument("--threads", type=int, default=1, help="torch threads of this worker (add workers to scale)")
+    p.add_argument(
+        "--compact-after-s", type=float, default=3600.0, help="merge the per-flush offline files this old, per hour"
+    )
     p.add_argument("--max-events", type=int, help="stop after this many events (default: run until stopped)")
     p.add_argument("--idle-stop-s", type=float, help="stop when the stream has been empty this long")
     p.add_argument("--seed-from", metavar="DATA", help="only seed the clicks store from a data folder's events")

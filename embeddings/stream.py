@@ -21,6 +21,7 @@ import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -53,6 +54,8 @@ PUSH_SOURCES = {
     "listings": "listing_lst_push",
     "listing_embeddings": "listing_embedding_push",
 }
+COMPACTED = "compacted"  # in the name of an offline file merged from a worker's per-flush files
+COMPACT_EVERY_S = 600.0  # how often a worker's flusher looks for files to merge (compact_stream_files)
 STREAMED = "_lst_streamed"  # on an entity's Feast hash: the event time (Unix us) of the stream's latest write to it
 
 
@@ -304,6 +307,7 @@ class StreamWorker:
         flush_s: float = 1.0,
         listings: ListingFeed | None = None,
         threads: int = 1,
+        compact_after_s: float | None = 3600.0,
     ):
         import torch
 
@@ -316,6 +320,7 @@ class StreamWorker:
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="lst-flush")
         self._flushing: Future | None = None
         self._flushed = time.monotonic()
+        self.compact_after_s, self._compacted = compact_after_s, time.monotonic()  # None: never compacts
         self.store = repo.store()
         self.clicks = ClickStore(repo.redis(), self.store.project)
         self.release: Release | None = None
@@ -533,6 +538,9 @@ class StreamWorker:
         if self.feed is not None:
             self.feed.source.ack(listings)
         self.source.ack(ids)
+        if self.compact_after_s is not None and time.monotonic() - self._compacted >= COMPACT_EVERY_S:
+            self._compacted = time.monotonic()
+            compact_stream_files(self.repo, self.clicks.client, self.compact_after_s)
 
     def _write(self, users: list[str]) -> None:
         """The users' vectors (and score) from their clicks in the store, online, then buffered for offline."""
@@ -669,6 +677,45 @@ class ListingFeed:
         if not rows:
             return None
         return pd.DataFrame([f for _, f in rows], columns=[c.name for c in LISTING_COLUMNS])
+
+
+def compact_stream_files(repo: Repo, client, older_than_s: float = 3600.0) -> dict[str, int]:
+    """Merge the workers' offline files (one per flush) older than ``older_than_s`` into one file per table and
+    hour (with any earlier merge of that hour), so that point-in-time joins read a few files a day, not one a
+    second. One compaction at a time (a Redis lock); the merged file is in place before its parts go. A join that
+    listed a part just before it went fails with "file not found": run it again. Returns the parts merged per
+    table."""
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embeddings.io import write_atomic
+
+    lock, token = f"lst_embeddings:compact:{repo.config().project}", uuid.uuid4().hex
+    if not client.set(lock, token, nx=True, px=600_000):
+        return {}
+    merged: dict[str, int] = {}
+    try:
+        before = time.time() - older_than_s
+        for folder in sorted(p for p in (repo.data / "offline").glob("*") if p.is_dir()):
+            hours: dict[str, list[Path]] = {}
+            for path in folder.glob("stream-*.parquet"):
+                hours.setdefault(path.name[len("stream-") :][:11], []).append(path)  # YYYYmmddTHH
+            for hour, paths in sorted(hours.items()):
+                parts = [p for p in paths if COMPACTED not in p.name and p.stat().st_mtime < before]
+                if not parts or len(paths) < 2:
+                    continue
+                group = sorted(p for p in paths if COMPACTED in p.name or p in parts)
+                table = pa.concat_tables([pq.read_table(p).replace_schema_metadata(None) for p in group])
+                path = folder / f"stream-{hour}-{COMPACTED}-{token[:8]}.parquet"
+                write_atomic(path, lambda tmp, table=table: pq.write_table(table, tmp))
+                for p in group:
+                    p.unlink()
+                merged[folder.name] = merged.get(folder.name, 0) + len(group)
+    finally:
+        client.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end", 1, lock, token)
+    return merged
 
 
 def write_listings(client, listings: pd.DataFrame, stream: str = LISTINGS) -> list[str]:

@@ -390,3 +390,33 @@ def test_the_stream_on_a_redis_cluster(tiny_dir, tiny_week, model, feature_repo,
     np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5)
     assert (got["n_events"].to_numpy() == want["n_events"].to_numpy()).all()
     assert set(got["model_version"]) == {manifest["model_version"]}
+
+
+def test_compaction_merges_the_per_flush_files_and_changes_no_join(published, tiny_week):
+    """The worker writes one offline file per table and flush; compaction merges them per hour (one compaction at
+    a time), and a point-in-time join gives the same rows before and after."""
+    from embeddings.stream import COMPACTED, compact_stream_files
+
+    repo, _, events = published
+    client = repo.redis()
+    clicks = _valid_clicks(events, tiny_week[0], 30, seed=7)
+    write_clicks(client, clicks)
+    worker = StreamWorker(repo, RedisStreamSource(client, consumer="w1"), batch_size=3, flush_s=0.0)
+    worker.run(idle_stop_s=0.5)
+    folder = repo.data / "offline" / "user_embeddings"
+    assert len(list(folder.glob("stream-*.parquet"))) >= 5
+    entity = pd.DataFrame({"user_id": sorted(set(clicks["user_id"])), "event_timestamp": pd.Timestamp.now(tz="UTC")})
+    entity = entity.astype({"event_timestamp": "datetime64[us, UTC]"})
+    before = historical_features(repo, entity).sort_values("user_id").reset_index(drop=True)
+
+    client.set(f"lst_embeddings:compact:{repo.config().project}", "another-worker")
+    assert compact_stream_files(repo, client, older_than_s=0) == {}  # another compaction holds the lock
+    client.delete(f"lst_embeddings:compact:{repo.config().project}")
+    merged = compact_stream_files(repo, client, older_than_s=0)
+    assert merged["user_embeddings"] >= 5 and merged["user_preference"] >= 5
+    left = list(folder.glob("stream-*.parquet"))
+    assert 1 <= len(left) <= 2 and all(COMPACTED in p.name for p in left)  # one per hour (a flush may straddle one)
+    after = historical_features(repo, entity).sort_values("user_id").reset_index(drop=True)
+    np.testing.assert_allclose(np.stack(after["embedding"]), np.stack(before["embedding"]), atol=0)
+    assert after["n_events"].tolist() == before["n_events"].tolist()
+    np.testing.assert_allclose(after["p_rent"], before["p_rent"])
