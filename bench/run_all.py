@@ -222,14 +222,23 @@ def summary(folder: Path = RESULTS) -> str:
             )
     stream = _load("stream", folder)
     if stream:
-        one, two = stream["throughput"]
-        lat = stream["latency"]
-        lines.append(
-            f"| stream worker (bench/stream.py), Redis: events/s; click-to-visible at {_f(lat['rate'], 0)} events/s | "
-            f"1 worker {_f(one['events_per_s'], 0)}, 2 workers {_f(two['events_per_s'], 0)}; "
-            f"p50 {_f(lat['p50_ms'], 1)} ms, p99 {_f(lat['p99_ms'], 1)} ms | "
-            "targets: 2,000 events/s, p99 100 ms | - | - |"
-        )
+        lats = stream["latency"] if isinstance(stream["latency"], list) else [stream["latency"]]
+        for lat in lats:
+            store = lat.get("store", "redis")
+            one, two = (r for r in stream["throughput"] if r.get("store", "redis") == store)
+            lines.append(
+                f"| stream worker (bench/stream.py), {store}: events/s; click-to-visible at {_f(lat['rate'], 0)} "
+                f"events/s | 1 worker {_f(one['events_per_s'], 0)}, 2 workers {_f(two['events_per_s'], 0)}; "
+                f"p50 {_f(lat['p50_ms'], 1)} ms, p99 {_f(lat['p99_ms'], 1)} ms | "
+                "targets (Redis): 2,000 events/s, p99 100 ms | - | - |"
+            )
+        for push in stream.get("offline_push", []):
+            lines.append(
+                f"| offline write of {push['batch_rows']} streamed rows into a table of {push['table_rows']:,} "
+                f"(bench/stream.py) | appended file {_f(push['appended_file_s'] * 1000, 1)} ms | "
+                f"Feast's DuckDB offline push {_f(push['feast_push_s'] * 1000, 0)} ms | "
+                f"{_f(push['ratio'], 0)}x | - |"
+            )
     readers = _load("publish_readers", folder)
     if readers:
         view, hset = readers["rows"]
