@@ -235,9 +235,8 @@ def summary(folder: Path = RESULTS) -> str:
         for push in stream.get("offline_push", []):
             lines.append(
                 f"| offline write of {push['batch_rows']} streamed rows into a table of {push['table_rows']:,} "
-                f"(bench/stream.py) | appended file {_f(push['appended_file_s'] * 1000, 1)} ms | "
-                f"Feast's DuckDB offline push {_f(push['feast_push_s'] * 1000, 0)} ms | "
-                f"{_f(push['ratio'], 0)}x | - |"
+                f"(bench/stream.py) | appended file {_f(push['appended_file_s'] * 1000, 1)} ms | - | - | "
+                f"Feast's DuckDB offline push {_f(push['feast_push_s'] * 1000, 0)} ms ({_f(push['ratio'], 0)}x) |"
             )
     readers = _load("publish_readers", folder)
     if readers:

@@ -168,7 +168,7 @@ def check_listings(rows: pd.DataFrame) -> pd.Series:
 
 # ---------------------------------------------------------------------------------------------- the clicks
 # one event into a user's clicks, once: KEYS (ids set, first touches zset, stats hash); ARGV: event id, listing,
-# time (Unix s, the first touches' order), 1 if the listing is a rental, time (Unix us)
+# time (Unix s, the first touches' order), 1 if the listing is a rental, time (Unix us), the keys' ttl (s)
 _ADD = """
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], 'LT', ARGV[3], ARGV[2])
@@ -176,8 +176,10 @@ redis.call('HINCRBY', KEYS[3], 'n_events', 1)
 redis.call('HINCRBY', KEYS[3], 'rent', ARGV[4])
 local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '-1')
 if tonumber(ARGV[5]) > last then redis.call('HSET', KEYS[3], 'last', ARGV[5]) end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 return 1
 """
+CLICKS_TTL_S = 8 * 86_400  # a user's clicks are kept this long after the last (the user views' ttl)
 # a user's clicks, and the event time (Unix us) of the write they are read for: the last click's, but later than the
 # previous write's and than the release's cut-off (ARGV[1]), so Feast's Redis store, which skips a write that is not
 # newer than the stored one, takes every write (a late click, a second click in the same instant, a new release)
@@ -204,10 +206,12 @@ class History:
 @dataclass
 class ClickStore:
     """Each user's clicks in Redis: the first touch of each listing (a sorted set by time), the number of clicks, the
-    clicks on rentals and the last one, and the ids of the events counted (so a re-delivered event counts once)."""
+    clicks on rentals and the last one, and the ids of the events counted (so a re-delivered event counts once);
+    kept ``ttl_s`` after the user's last click."""
 
     client: object  # a Redis or Redis Cluster client: the scripts go as EVAL (a cluster pipeline refuses EVALSHA)
     project: str
+    ttl_s: int = CLICKS_TTL_S
 
     def _keys(self, user: str) -> list[str]:
         tag = f"lst_embeddings:clicks:{self.project}:{{{user}}}"  # one hash slot per user on a cluster
@@ -217,7 +221,7 @@ class ClickStore:
         """(event id, user, listing, Unix us, rental) each; one round trip. Returns how many were new."""
         pipe = self.client.pipeline(transaction=False)
         for event_id, user, item, us, rent in events:
-            _eval(pipe, _ADD, self._keys(user), _add_args(event_id, item, us, rent))
+            _eval(pipe, _ADD, self._keys(user), [*_add_args(event_id, item, us, rent), self.ttl_s])
         return sum(pipe.execute()) if events else 0
 
     def seed(self, events: pd.DataFrame, listings: pd.DataFrame | None = None) -> int:
@@ -229,7 +233,7 @@ class ClickStore:
         pipe = self.client.pipeline(transaction=False)
         for i, row in enumerate(frame.itertuples(index=False)):
             key = f"batch:{row.user_id}:{row.item_id}:{row.us}:{row.event_type}"  # a click seeded twice: once
-            _eval(pipe, _ADD, self._keys(row.user_id), _add_args(key, row.item_id, row.us, row.rent))
+            _eval(pipe, _ADD, self._keys(row.user_id), [*_add_args(key, row.item_id, row.us, row.rent), self.ttl_s])
             if i % 10_000 == 9_999:
                 pipe.execute()
         pipe.execute()
@@ -242,6 +246,7 @@ class ClickStore:
 
     def streamed_since(self, seconds: float) -> list[str]:
         key = f"lst_embeddings:streamed:{self.project}"
+        self.client.zremrangebyscore(key, "-inf", seconds)
         return sorted(_text(u) for u in self.client.zrangebyscore(key, f"({seconds}", "+inf"))
 
     def histories(self, users: list[str], after_us: int = 0) -> tuple[pd.DataFrame, dict[str, History]]:
@@ -360,7 +365,7 @@ class StreamWorker:
         self.report.release = release.model_version
         if switched:  # users streamed since the new run's cut-off: their vectors again, from the new release
             cutoff = pd.Timestamp(latest["cutoff"]).timestamp()
-            users = self.clicks.streamed_since(cutoff)
+            users = self.clicks.streamed_since(cutoff)  # (and the users streamed before it are forgotten)
             for start in range(0, len(users), self.batch_size):
                 self._write(users[start : start + self.batch_size])
             self.report.switched += 1

@@ -92,6 +92,9 @@ def test_a_click_moves_the_online_vectors_to_the_batch_paths_and_bad_events_go_t
     assert any("event_timestamp" in r and "clock skew" in r for r in reasons)
     assert any("event_type" in r for r in reasons) and len(reasons) == 4
     assert status(client) == {"length": 7, "pending": 0, "dead": 4}
+    project = repo.config().project
+    for part in ("ids", "items", "stats"):  # a user's clicks are kept as long as their vectors, not for ever
+        assert 0 < client.ttl(f"lst_embeddings:clicks:{project}:{{U-new}}:{part}") <= 8 * 86_400
 
     # the batch path on the same clicks: the published model embeds every click so far, as the weekly embed does
     embedder = Embedder.from_checkpoint(model, listings)
