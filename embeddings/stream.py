@@ -2,16 +2,20 @@
 
 A worker reads click events from a Redis Stream through a consumer group (several workers share one stream),
 checks every event against the data contract (a bad one goes to a dead-letter stream with its reason and changes
-nothing), keeps each user's clicks in Redis (first touch of each listing, click count, last click: what the batch
-``embed`` reads from the events table, so a restarted or added worker continues where another stopped), and for
-every user a micro-batch touched recomputes the intent and profile vectors with the published release's model,
-mapped into the pinned space exactly as the weekly publish maps them. The vectors go online through Feast's push
-sources (``user_embedding_push``, ``user_profile_push``) and offline as appended Parquet files (one per
-micro-batch, never a rewrite), stamped with the user's last click; the events are acknowledged only after that.
+nothing), keeps each user's clicks in Redis (first touch of each listing, click count, clicks on rentals, last
+click: what the batch ``embed`` and ``classify`` read from the events table, so a restarted or added worker
+continues where another stopped), and for every user a micro-batch touched recomputes the intent and profile
+vectors with the published release's model, mapped into the pinned space exactly as the weekly publish maps them,
+and the rent/sale score with the release's classifier. New listings (with their lst features, on a listings
+stream) get vectors from the release's item encoder. Everything goes online through Feast's push sources and
+offline as appended Parquet files (one per table and flush, never a rewrite; merged per hour later), stamped
+with the user's last click (later than the previous write, see ``_READ``); the events are acknowledged only after
+that.
 
 Delivery is at least once: a worker killed before its acknowledgement leaves the events pending, and a restarted
 worker (or another, after ``claim_idle_ms``) processes them again. Re-processing is idempotent: the click store
-counts an event id once, and the same clicks give the same vector.
+counts an event id once, and the same clicks give the same vector. A weekly publish leaves a user the stream
+wrote later alone (``_lst_streamed``); the workers then switch to its release on their own.
 """
 
 from __future__ import annotations
@@ -493,7 +497,8 @@ class StreamWorker:
         self.report.dead += int(reasons.notna().sum())
 
     def _write_listings(self, versions: pd.DataFrame) -> None:
-
+        """The newest version's vector (after the release's cut-off, so Feast takes it over the run's), online and
+        buffered, with the versions' lst features."""
         latest = latest_versions(versions)
         ids = list(latest["item_id"].astype(str))
         floor = pd.Timestamp(self.cutoff_us + 1, unit="us", tz="UTC")  # after the release's rows: Feast takes it
