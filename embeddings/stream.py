@@ -43,7 +43,8 @@ from embeddings.data.contract import (
     validate_frame,
 )
 from embeddings.errors import InputError
-from embeddings.feature_store.repo import PROFILE_COLUMNS, Repo
+from embeddings.feature_store._writer import view_columns
+from embeddings.feature_store.repo import Repo
 from embeddings.io import kill_point
 from embeddings.release import CLASSIFIER, MODEL, Release, published_release, release_dir
 from embeddings.stages.classify import PreferenceModel
@@ -601,7 +602,7 @@ class StreamWorker:
         published_at = pd.Timestamp.now(tz="UTC")
         for name, table in tables.items():
             table = table.assign(published_at=published_at)
-            self._push(PUSH_SOURCES[name], _view_rows(name, table))
+            self._push(PUSH_SOURCES[name], view_columns(name, table))
             self._offline[name].append(table)
 
     def _push(self, source: str, rows: pd.DataFrame) -> None:
@@ -642,15 +643,6 @@ local old = tonumber(redis.call('HGET', KEYS[1], '{STREAMED}') or '0')
 if tonumber(ARGV[1]) > old then redis.call('HSET', KEYS[1], '{STREAMED}', ARGV[1]) end
 if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
 """
-
-
-def _view_rows(name: str, table: pd.DataFrame) -> pd.DataFrame:
-    """A table's rows under its views' field names and types (the offline files' shape, less the vectors' lists)."""
-    if name == "user_embeddings":  # Unix seconds: Feast's online types carry no time zone
-        return table.assign(last_event_at=table["last_event_at"].astype("datetime64[us, UTC]").astype("int64") // 10**6)
-    if name == "user_profiles":
-        return table.rename(columns=PROFILE_COLUMNS)
-    return table
 
 
 def _published_listings(repo: Repo) -> pd.DataFrame | None:

@@ -204,15 +204,22 @@ def _offline_table(name: str, df: pd.DataFrame, published_at: pd.Timestamp) -> p
         for col in VECTORS:
             if col in df:
                 df[col] = df[col].map(lambda v: None if v is None else np.asarray(v, np.float64))  # list<double>
-    if name == "user_embeddings":  # Unix seconds: Feast's online types carry no time zone
-        df["last_event_at"] = df["last_event_at"].astype("datetime64[us, UTC]").astype("int64") // 1_000_000
-    if name == "user_profiles":  # names of their own, so a service with both views has no clashing features
+    if name == "user_profiles":
         df = df[["user_id", *(c for c in PROFILE_COLUMNS if c in df), "event_timestamp"]]
-        df = df.rename(columns=PROFILE_COLUMNS)
+    df = view_columns(name, df)
     df["published_at"] = published_at
     for col in df.columns:  # microseconds: Spark's offline store cannot read nanosecond Parquet timestamps
         if isinstance(df[col].dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(df[col]):
             df[col] = df[col].astype("datetime64[us, UTC]" if getattr(df[col].dt, "tz", None) else "datetime64[us]")
+    return df
+
+
+def view_columns(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """A table's rows under its feature views' field names and types (what the offline files and a push carry)."""
+    if name == "user_embeddings":  # Unix seconds: Feast's online types carry no time zone
+        return df.assign(last_event_at=df["last_event_at"].astype("datetime64[us, UTC]").astype("int64") // 10**6)
+    if name == "user_profiles":  # names of their own, so a service with both views has no clashing features
+        return df.rename(columns=PROFILE_COLUMNS)
     return df
 
 

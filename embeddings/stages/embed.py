@@ -51,9 +51,10 @@ class Embedder:
         self.listings = listings
         self.index = pd.Index(model.item_ids)
         self.report = EmbedReport()
-        self._table: torch.Tensor | None = None
+        self._table: torch.Tensor | None = None  # the catalogue's vectors (row 0 padding), computed once
         self._encoded = pd.Index([], dtype=object)  # listings outside the catalogue encoded once (encode_listings)
         self._encoded_table = torch.zeros(0, model.config.dim)
+        self._known: tuple[pd.Index, torch.Tensor] | None = None  # catalogue + encoded: rebuilt when encoding adds
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, listings: pd.DataFrame | None = None) -> Embedder:
@@ -84,14 +85,18 @@ class Embedder:
         keep = ~self._encoded.isin(ids)
         self._encoded = self._encoded[keep].append(ids)
         self._encoded_table = torch.cat([self._encoded_table[torch.from_numpy(keep)], vectors])
+        self._known = None
 
     def _item_table(self, events: pd.DataFrame, as_of: pd.Timestamp | None) -> tuple[pd.Index, torch.Tensor]:
         """All item ids the events can be mapped to, and their vectors (row 0 = padding)."""
-        if self._table is None:  # the model is frozen here: its catalogue's vectors once
-            self._table = self.model.item_table()
-        index, table = self.index, self._table
-        if len(self._encoded):  # encoded before (encode_listings)
-            index, table = index.append(self._encoded), torch.cat([table, self._encoded_table])
+        if self._known is None:  # the model is frozen here: its catalogue's vectors once, and the kept encodings
+            self._table = self.model.item_table() if self._table is None else self._table
+            extended = len(self._encoded) > 0
+            self._known = (
+                self.index.append(self._encoded) if extended else self.index,
+                torch.cat([self._table, self._encoded_table]) if extended else self._table,
+            )
+        index, table = self._known
         unknown = pd.Index(events["item_id"].unique()).difference(index)
         can_encode = self._can_encode
         if len(unknown) and can_encode:
